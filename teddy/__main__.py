@@ -1,0 +1,5 @@
+import sys
+
+from teddy.cli import main
+
+sys.exit(main())

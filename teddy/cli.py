@@ -1,0 +1,163 @@
+"""``teddy <stage>``: one subcommand per stage; Snakemake and DVC call exactly these.
+
+Every subcommand takes the layered config (``--config`` files, first = base, then ``--set
+section.key=value``) and explicit input/output folders. It writes ``metrics.json`` (the stage's
+figures + wall seconds + peak memory) and ``config.resolved.yaml`` into its output folder, and
+mirrors both to one MLflow run named after the stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+from teddy import config as config_mod
+
+log = logging.getLogger("teddy")
+
+# stage → (help, input folders, selection options)
+STAGES = {
+    "prepare-data": ("Read, split, resize and cache the dataset.", [], []),
+    "pretrain-pool": ("Train the base model and keep the pool of weak models.", ["data"], []),
+    "distill": (
+        "Synthesize the distilled set (teddy / sre2l / random).",
+        ["data", "pool"],
+        ["method", "ipc", "seed"],
+    ),
+    "relabel": ("Precompute the teacher's soft labels on stored crops.", ["synthetic", "pool"], ["seed"]),
+    "evaluate": (
+        "Train a student on the synthetic set; top-1 on real val.",
+        ["data", "synthetic", "soft_labels"],
+        ["arch", "seed"],
+    ),
+    "report": ("Tables and plot from evaluation folders.", ["evaluations"], []),
+}
+SELECTION_TYPES = {"method": str, "ipc": int, "seed": int, "arch": str}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="teddy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, (help_text, ins, sel) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config",
+            action="append",
+            default=[],
+            metavar="YAML",
+            help="config file; repeat to layer deltas (default: config/config.yaml)",
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            dest="overrides",
+            help="override one key, e.g. distill.iterations=50; repeatable",
+        )
+        for folder in ins:
+            nargs = "+" if folder == "evaluations" else None
+            p.add_argument(
+                f"--{folder.replace('_', '-')}",
+                required=True,
+                nargs=nargs,
+                metavar="DIR",
+                help=f"input folder: {folder}",
+            )
+        for option in sel:
+            p.add_argument(f"--{option}", required=True, type=SELECTION_TYPES[option])
+        p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    return parser
+
+
+def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict) -> dict:
+    """Run one stage with timing, memory, metrics file and MLflow mirroring."""
+    import torch
+
+    from teddy import tracking
+    from teddy.utils import peak_memory_mb, provenance, resolve_device, write_json
+
+    module = importlib.import_module(f"teddy.{stage.replace('-', '_')}")
+    device = resolve_device(cfg.run.device)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    prov = provenance()
+    tags = {"stage": stage, "dataset": cfg.run.dataset, **selection, "git_sha": prov["git_sha"]}
+    out.mkdir(parents=True, exist_ok=True)
+    with tracking.stage_run(cfg, stage.replace("-", "_"), tags) as tracker:
+        t0 = time.perf_counter()
+        metrics = module.run(cfg, inputs, {"out": out}, **selection, device=device, tracker=tracker)
+        metrics["wall_s"] = time.perf_counter() - t0
+        metrics |= peak_memory_mb(device)
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        tracker.log_metrics(scalars)
+        record = {
+            "stage": stage,
+            "dataset": cfg.run.dataset,
+            **selection,
+            **metrics,
+            "inputs": {k: v for k, v in inputs.items()},
+            "device": str(device),
+            **prov,
+        }
+        config_mod.dump(cfg, out / "config.resolved.yaml")
+        write_json(record, out / "metrics.json")
+    log.info("%s done in %.1f s → %s", stage, metrics["wall_s"], out)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    _, ins, sel = STAGES[args.stage]
+    try:
+        cfg = config_mod.load(args.config, args.overrides)
+    except config_mod.ConfigError as err:
+        print(f"teddy {args.stage}: {err}", file=sys.stderr)
+        return 2
+    inputs = {k: getattr(args, k) for k in ins}
+    for key, value in inputs.items():
+        for folder in value if isinstance(value, list) else [value]:
+            if not Path(folder).is_dir():
+                print(
+                    f"teddy {args.stage}: --{key.replace('_', '-')} {folder} is not a folder; "
+                    "run the stage that produces it first",
+                    file=sys.stderr,
+                )
+                return 2
+    selection = {k: getattr(args, k) for k in sel}
+    problem = check_selection(cfg, selection)
+    if problem:
+        print(f"teddy {args.stage}: {problem}", file=sys.stderr)
+        return 2
+    execute(args.stage, cfg, inputs, Path(args.out), selection)
+    return 0
+
+
+def check_selection(cfg, selection: dict) -> str | None:
+    from teddy import models
+
+    if "arch" in selection and selection["arch"] not in models.available():
+        return f"--arch {selection['arch']!r} is not a registered architecture: {models.available()}"
+    if "method" in selection and selection["method"] not in ("teddy", "sre2l", "random"):
+        return f"--method {selection['method']!r}: use teddy, sre2l or random"
+    if "ipc" in selection:
+        from teddy import datasets
+
+        limit = datasets.get(cfg.run.dataset).min_train_per_class(config_mod.to_dict(cfg.prepare_data))
+        if not 1 <= selection["ipc"] <= limit:
+            return (
+                f"--ipc {selection['ipc']}: must be between 1 and {limit} (training images of "
+                f"the smallest class of {cfg.run.dataset})"
+            )
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

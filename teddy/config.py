@@ -1,0 +1,209 @@
+"""Layered, schema-validated configuration.
+
+defaults (schema) ← config/config.yaml ← experiment deltas ← ``--set key=value`` overrides.
+The JSON Schema in ``workflow/schemas/config.schema.yaml`` is the single source of truth for keys,
+types and defaults; it is also what Snakemake validates against. The validated mapping becomes
+frozen dataclasses generated from that schema, so attribute typos fail loudly too.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import functools
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as what is wrong, where, and how to fix it."""
+
+
+@functools.cache
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def deep_merge(base: Mapping, delta: Mapping) -> dict:
+    """Return ``base`` updated recursively by ``delta`` (lists and scalars replace)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in delta.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: pass an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return dict(data)
+
+
+def parse_override(item: str) -> dict:
+    """``"distill.iterations=5"`` → ``{"distill": {"iterations": 5}}`` (value parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    dotted, raw = item.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw else None
+    for part in reversed(dotted.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def _fill_defaults(validator_cls):
+    validate_props = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+                elif sub.get("type") == "object":
+                    instance.setdefault(key, {})
+        yield from validate_props(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+_Validator = _fill_defaults(jsonschema.Draft202012Validator)
+
+
+def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        hints = []
+        for key in extra:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return f"unknown config key {', '.join(hints)} in {where}: allowed keys are {', '.join(allowed)}"
+    desc = error.schema.get("description", "").strip()
+    fix = f" — {desc}" if desc else ""
+    return f"config key {where}: {error.message}{fix}"
+
+
+def validate(raw: Mapping) -> dict:
+    """Validate ``raw`` against the schema, filling defaults; raise ConfigError listing problems."""
+    data = copy.deepcopy(dict(raw))
+    schema = load_schema()
+    errors = sorted(_Validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = "\n  ".join(_describe(e, schema) for e in errors)
+        raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n  {lines}")
+    return data
+
+
+@functools.cache
+def _dataclass_for(name: str, schema_json: str) -> type:
+    import json
+
+    schema = json.loads(schema_json)
+    fields = [(key, Any) for key in schema.get("properties", {})]
+    return dataclasses.make_dataclass(name, fields, frozen=True)
+
+
+def _freeze(name: str, value: Any, schema: dict) -> Any:
+    import json
+
+    if schema.get("type") == "object" and isinstance(value, Mapping):
+        cls = _dataclass_for(name, json.dumps(schema, sort_keys=True))
+        props = schema.get("properties", {})
+        return cls(**{k: _freeze(k.title(), value[k], props[k]) for k in props})
+    if isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def to_dict(cfg: Any) -> dict:
+    """Frozen config → plain nested dict (tuples become lists) for YAML/JSON/MLflow."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+def freeze(data: Mapping) -> Any:
+    return _freeze("Config", data, load_schema())
+
+
+def load(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Any:
+    """Compose config files (first = base) and overrides, validate, check, and freeze."""
+    paths = list(paths) or [DEFAULT_CONFIG]
+    raw: dict = {}
+    for path in paths:
+        raw = deep_merge(raw, read_yaml(path))
+    for item in overrides:
+        raw = deep_merge(raw, parse_override(item))
+    data = validate(raw)
+    check(data)
+    return freeze(data)
+
+
+def check(data: Mapping) -> None:
+    """Checks the schema cannot express: names in registries, datasets present, IPC feasible."""
+    from teddy import datasets, models
+
+    problems = []
+    for key, names in (
+        ("pretrain_pool.arch", [data["pretrain_pool"]["arch"]]),
+        ("evaluate.archs", data["evaluate"]["archs"]),
+    ):
+        for name in names:
+            if name not in models.available():
+                problems.append(
+                    f"config key {key}: unknown architecture {name!r}; "
+                    f"available: {', '.join(models.available())}"
+                )
+    try:
+        spec = datasets.get(data["run"]["dataset"])
+        spec.check_available(data["prepare_data"])
+        smallest = spec.min_train_per_class(data["prepare_data"])
+        too_big = [ipc for ipc in data["distill"]["ipcs"] if ipc > smallest]
+        if too_big:
+            problems.append(
+                f"config key distill.ipcs: IPC {too_big} exceeds the {smallest} training images "
+                f"of the smallest class of {spec.name}; use IPC ≤ {smallest}"
+            )
+    except datasets.DatasetError as err:
+        problems.append(str(err))
+    for epoch in data["pretrain_pool"]["prior_epochs"]:
+        if epoch >= data["pretrain_pool"]["epochs"]:
+            problems.append(
+                f"config key pretrain_pool.prior_epochs: epoch {epoch} is not before the last "
+                f"epoch ({data['pretrain_pool']['epochs']}); prior members are early checkpoints"
+            )
+    if data["report"]["baseline_method"] not in data["distill"]["methods"]:
+        problems.append(
+            f"config key report.baseline_method: {data['report']['baseline_method']!r} is not in "
+            f"distill.methods {data['distill']['methods']}; add it there or change the baseline"
+        )
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def dump(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

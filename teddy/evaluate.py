@@ -1,0 +1,83 @@
+"""Stage evaluate: train a student from scratch on (synthetic images, replayed soft labels) with
+KL divergence at temperature T; report top-1/top-5 on the real val split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from teddy import augment, models, prepare_data
+from teddy.distill import load_synthetic
+from teddy.losses import soft_kl
+from teddy.relabel import load_soft_labels
+from teddy.train import accuracy, make_optimizer, warmup_cosine
+from teddy.utils import read_json
+
+
+def train_student(cfg, model, images, soft: dict, seed: int, device, on_epoch) -> None:
+    e = cfg.evaluate
+    n = len(images)
+    stored_epochs = soft["crops"].shape[0]
+    if stored_epochs < e.epochs or soft["crops"].shape[1] != n:
+        raise RuntimeError(
+            f"soft-label file holds {stored_epochs} epochs × {soft['crops'].shape[1]} images but "
+            f"evaluate needs {e.epochs} × {n}: rerun relabel with the same evaluate.epochs"
+        )
+    batch = min(e.batch_size, n)
+    opt = make_optimizer(model, e.optimizer, e.lr, e.weight_decay)
+    steps = e.epochs * -(-n // batch)
+    sched = warmup_cosine(opt, steps)
+    gen = torch.Generator().manual_seed(seed)
+    images = images.to(device)
+    crops, logits = soft["crops"].to(device), soft["logits"].to(device)
+    for epoch in range(e.epochs):
+        model.train()
+        perm = torch.randperm(n, generator=gen).to(device)
+        total = 0.0
+        for start in range(0, n, batch):
+            idx = perm[start : start + batch]
+            view = augment.apply_crops(images[idx], crops[epoch, idx])
+            loss = soft_kl(model(view), logits[epoch, idx], e.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        on_epoch(epoch + 1, total / n)
+
+
+def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, tracker) -> dict:
+    """inputs: ``data``, ``synthetic``, ``soft_labels`` dirs; outputs: ``out`` dir."""
+    data_dir = Path(inputs["data"])
+    manifest = read_json(data_dir / prepare_data.MANIFEST)
+    data = prepare_data.load(data_dir / prepare_data.CACHE)
+    syn = load_synthetic(inputs["synthetic"])
+    soft = load_soft_labels(inputs["soft_labels"])
+    torch.manual_seed(seed)
+    model = models.create_model(arch, models.InputSpec.from_manifest(manifest), width=cfg.evaluate.width).to(
+        device
+    )
+    every = max(1, cfg.evaluate.epochs // 10)
+    curve = []
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        tracker.log_metrics({"train_kl": loss}, step=epoch)
+        if epoch % every == 0 or epoch == cfg.evaluate.epochs:
+            acc = accuracy(model, data["val_x"], data["val_y"], cfg.evaluate.eval_batch_size, device)
+            tracker.log_metrics({"val_top1": acc["top1"]}, step=epoch)
+            curve.append({"epoch": epoch, "train_kl": loss, **acc})
+
+    train_student(cfg, model, syn["images"], soft, seed, device, on_epoch)
+    Path(outputs["out"]).mkdir(parents=True, exist_ok=True)
+    final = curve[-1]
+    return {
+        "arch": arch,
+        "seed": seed,
+        "method": syn["method"],
+        "ipc": syn["ipc"],
+        "top1": final["top1"],
+        "top5": final["top5"],
+        "params": models.count_params(model),
+        "curve": curve,
+    }

@@ -1,0 +1,81 @@
+"""Loss terms as pure functions, plus the hook that collects BatchNorm inputs' statistics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from teddy.models import bn_layers
+
+
+def feature_stats(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of features h (N, C, H, W) → two (C,) tensors."""
+    mean = h.mean(dim=(0, 2, 3))
+    var = h.var(dim=(0, 2, 3), unbiased=False)
+    return mean, var
+
+
+def bn_matching_loss(
+    means: Sequence[torch.Tensor],
+    variances: Sequence[torch.Tensor],
+    running_means: Sequence[torch.Tensor],
+    running_vars: Sequence[torch.Tensor],
+    weights: Sequence[float],
+) -> torch.Tensor:
+    """Σ_l w_l (‖μ_l − μ_l^φ‖₂ + ‖σ²_l − σ²_l^φ‖₂); every entry of each sequence is (C_l,)."""
+    terms = [
+        w * (torch.linalg.vector_norm(m - rm) + torch.linalg.vector_norm(v - rv))
+        for m, v, rm, rv, w in zip(means, variances, running_means, running_vars, weights, strict=True)
+    ]
+    return torch.stack(terms).sum()
+
+
+def layer_weights(n_layers: int, first: float) -> list[float]:
+    """SRe2L's weighting: ``first`` for the first BN layer, 1 for the rest."""
+    return [first] + [1.0] * (n_layers - 1)
+
+
+class BNStatsRecorder:
+    """Forward hooks on every BN layer of a model, recording its input batch statistics."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = bn_layers(model)
+        if not self.layers:
+            raise ValueError("BN matching needs a model with BatchNorm layers")
+        self.means: list[torch.Tensor] = []
+        self.vars: list[torch.Tensor] = []
+
+    def _hook(self, module, inputs, output):
+        mean, var = feature_stats(inputs[0].float())
+        self.means.append(mean)
+        self.vars.append(var)
+
+    @contextlib.contextmanager
+    def record(self):
+        self.means, self.vars = [], []
+        handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def loss(self, first_weight: float) -> torch.Tensor:
+        return bn_matching_loss(
+            self.means,
+            self.vars,
+            [layer.running_mean for layer in self.layers],
+            [layer.running_var for layer in self.layers],
+            layer_weights(len(self.layers), first_weight),
+        )
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), batch-mean; logits (N, K)."""
+    log_p = F.log_softmax(student_logits / t, dim=1)
+    q = F.softmax(teacher_logits.float() / t, dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean") * t * t

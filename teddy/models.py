@@ -1,0 +1,156 @@
+"""Model registry: ``@register(name)`` + ``create_model(name, spec)``.
+
+Every model takes images in [0, 1] and normalises them itself (first module), so synthetic images
+live in pixel space: clipping, PNG grids and augmentation need no dataset statistics.
+torchvision architectures are adapted to small inputs (≤ 64 px: 3×3 stride-1 stem, no max-pool)
+and to the dataset's channel count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    num_classes: int
+    channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> InputSpec:
+        return cls(
+            manifest["num_classes"],
+            manifest["channels"],
+            manifest["image_size"],
+            tuple(manifest["mean"]),
+            tuple(manifest["std"]),
+        )
+
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def create_model(name: str, spec: InputSpec, width: int = 128) -> nn.Module:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown architecture {name!r}; available: {', '.join(available())}")
+    net = _REGISTRY[name](spec, width=width)
+    return nn.Sequential(Normalize(spec.mean, spec.std), net)
+
+
+# -- ConvNet-BN (the DC/MTT family's ConvNet with BatchNorm) ----------------------------------
+
+
+@register("convnet")
+def convnet(spec: InputSpec, width: int = 128) -> nn.Module:
+    """conv3×3 → BN → ReLU → avg-pool, repeated while the map is ≥ 4 px (3 blocks at 16–32 px)."""
+    layers, channels, size = [], spec.channels, spec.image_size
+    for _ in range(3):
+        layers += [
+            nn.Conv2d(channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
+        if size >= 4:
+            layers.append(nn.AvgPool2d(2))
+            size //= 2
+        channels = width
+    layers += [nn.Flatten(), nn.Linear(width * size * size, spec.num_classes)]
+    return nn.Sequential(*layers)
+
+
+# -- torchvision families, adapted to small images -------------------------------------------
+
+
+def _small(spec: InputSpec) -> bool:
+    return spec.image_size <= 64
+
+
+@register("resnet18")
+def resnet18(spec: InputSpec, width: int = 0) -> nn.Module:
+    return _resnet("resnet18", spec)
+
+
+@register("resnet50")
+def resnet50(spec: InputSpec, width: int = 0) -> nn.Module:
+    return _resnet("resnet50", spec)
+
+
+def _resnet(name: str, spec: InputSpec) -> nn.Module:
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None, num_classes=spec.num_classes)
+    if _small(spec):
+        net.conv1 = nn.Conv2d(spec.channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif spec.channels != 3:
+        net.conv1 = nn.Conv2d(spec.channels, 64, 7, stride=2, padding=3, bias=False)
+    return net
+
+
+@register("mobilenetv2")
+def mobilenetv2(spec: InputSpec, width: int = 0) -> nn.Module:
+    import torchvision
+
+    net = torchvision.models.mobilenet_v2(weights=None, num_classes=spec.num_classes)
+    stem = net.features[0][0]
+    stride = 1 if _small(spec) else 2
+    net.features[0][0] = nn.Conv2d(spec.channels, stem.out_channels, 3, stride=stride, padding=1, bias=False)
+    return net
+
+
+def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def checkpoint(model: nn.Module, name: str, spec: InputSpec, width: int, **extra) -> dict:
+    """State + everything needed to rebuild the model (weights_only-loadable)."""
+    return {
+        "arch": name,
+        "width": width,
+        "spec": spec.__dict__ | {"mean": list(spec.mean), "std": list(spec.std)},
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+
+
+def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
+    spec = ckpt["spec"]
+    spec = InputSpec(
+        spec["num_classes"], spec["channels"], spec["image_size"], tuple(spec["mean"]), tuple(spec["std"])
+    )
+    model = create_model(ckpt["arch"], spec, width=ckpt["width"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device)

@@ -1,0 +1,103 @@
+"""Stage pretrain_pool: train the base model; keep early checkpoints as the prior pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from teddy import augment, models, prepare_data
+from teddy.train import accuracy, make_optimizer, to_unit, warmup_cosine
+from teddy.utils import load_torch, read_json, save_torch, sha256, write_json
+
+BASE = "base.pt"
+MANIFEST = "manifest.json"
+
+
+def member_file(epoch: int) -> str:
+    return f"prior_e{epoch:03d}.pt"
+
+
+def train_base(cfg, data: dict, spec: models.InputSpec, device, tracker, on_epoch) -> torch.nn.Module:
+    """Train cfg.pretrain_pool's recipe on the cached train split; ``on_epoch(epoch, model)``."""
+    p = cfg.pretrain_pool
+    gen = torch.Generator().manual_seed(cfg.run.seeds[0])
+    torch.manual_seed(cfg.run.seeds[0])
+    model = models.create_model(p.arch, spec, width=p.width).to(device)
+    x, y = data["train_x"], data["train_y"]
+    steps_per_epoch = -(-len(x) // p.batch_size)
+    opt = make_optimizer(model, p.optimizer, p.lr, p.weight_decay)
+    sched = warmup_cosine(opt, p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch)
+    for epoch in range(1, p.epochs + 1):
+        model.train()
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for start in range(0, len(x), p.batch_size):
+            idx = perm[start : start + p.batch_size]
+            xb = to_unit(x[idx]).to(device)
+            if p.augment:
+                xb = augment.apply_crops(xb, augment.sample_crops(len(idx), 0.5, p.flip, gen))
+            loss = F.cross_entropy(model(xb), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        tracker.log_metrics({"train_loss": total / len(x)}, step=epoch)
+        on_epoch(epoch, model)
+    return model
+
+
+def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
+    """inputs: ``data`` dir; outputs: ``out`` dir (base.pt, prior_eXXX.pt, manifest.json)."""
+    data_dir, out = Path(inputs["data"]), Path(outputs["out"])
+    manifest = read_json(data_dir / prepare_data.MANIFEST)
+    data = prepare_data.load(data_dir / prepare_data.CACHE, data_dir / prepare_data.MANIFEST)
+    spec = models.InputSpec.from_manifest(manifest)
+    p = cfg.pretrain_pool
+    members = []
+
+    def evaluate_and_save(name: str, model, epoch: int, origin: str) -> dict:
+        acc = accuracy(model, data["val_x"], data["val_y"], 1024, device)
+        path = out / name
+        save_torch(models.checkpoint(model, p.arch, spec, p.width, epoch=epoch, origin=origin), path)
+        tracker.log_metrics({f"val_top1_{origin}": acc["top1"]}, step=epoch)
+        return {
+            "file": name,
+            "origin": origin,
+            "epoch": epoch,
+            "val_top1": acc["top1"],
+            "params": models.count_params(model),
+            "sha256": sha256(path),
+        }
+
+    def on_epoch(epoch, model):
+        if epoch in p.prior_epochs:
+            members.append(evaluate_and_save(member_file(epoch), model, epoch, "prior"))
+
+    model = train_base(cfg, data, spec, device, tracker, on_epoch)
+    base = evaluate_and_save(BASE, model, p.epochs, "base")
+    write_json({"arch": p.arch, "base": base, "members": members}, out / MANIFEST)
+    metrics = {"base_val_top1": base["val_top1"]}
+    metrics |= {f"prior_e{m['epoch']}_val_top1": m["val_top1"] for m in members}
+    return metrics
+
+
+def load_pool(pool_dir: str | Path, which: str, device) -> list[torch.nn.Module]:
+    """``which``: 'base' → [base model]; 'prior' → the prior members. Checksums are verified."""
+    pool_dir = Path(pool_dir)
+    manifest = read_json(pool_dir / MANIFEST)
+    entries = [manifest["base"]] if which == "base" else manifest["members"]
+    if not entries:
+        raise RuntimeError(f"{pool_dir / MANIFEST} lists no {which} members: set pretrain_pool.prior_epochs")
+    pool = []
+    for entry in entries:
+        path = pool_dir / entry["file"]
+        if sha256(path) != entry["sha256"]:
+            raise RuntimeError(f"{path} does not match its checksum in the pool manifest; rerun pretrain-pool")
+        model = models.from_checkpoint(load_torch(path), device).eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        pool.append(model)
+    return pool

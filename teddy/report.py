@@ -1,0 +1,99 @@
+"""Stage report: one table of accuracy and stage runtimes per dataset/method/IPC/arch/seed
+(CSV + Markdown), the improvement over random real images (IOR), and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from teddy.utils import atomic_path, read_json, write_json
+
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+PLOT = "accuracy.png"
+STAGES = ("prepare_data", "pretrain_pool", "distill", "relabel", "evaluate")
+
+
+def collect_row(eval_dir: Path) -> dict:
+    """Follow an evaluation's recorded inputs back through the stages that produced them."""
+    ev = read_json(eval_dir / "metrics.json")
+    syn = read_json(Path(ev["inputs"]["synthetic"]) / "metrics.json")
+    soft = read_json(Path(ev["inputs"]["soft_labels"]) / "metrics.json")
+    data = read_json(Path(ev["inputs"]["data"]) / "metrics.json")
+    pool = read_json(Path(soft["inputs"]["pool"]) / "metrics.json")
+    walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
+    row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
+    row |= {f"{stage}_s": round(walls[stage]["wall_s"], 3) for stage in STAGES}
+    return row
+
+
+def add_ior(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    keys = ["dataset", "ipc", "arch", "seed"]
+    base = df[df.method == baseline][keys + ["top1"]].rename(columns={"top1": "baseline_top1"})
+    out = df.merge(base, on=keys, how="left")
+    out["ior"] = out["top1"] - out.pop("baseline_top1")
+    return out
+
+
+def mean_std_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    g = df.groupby(["dataset", "method", "ipc", "arch"])[value]
+    cell = g.mean().map("{:.2f}".format) + " ± " + g.std(ddof=0).fillna(0).map("{:.2f}".format)
+    return cell.unstack("arch").reset_index()
+
+
+def plot(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    archs = sorted(df.arch.unique())
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
+    for ax, arch in zip(axes[0], archs, strict=True):
+        sub = df[df.arch == arch].groupby(["method", "ipc"]).top1.agg(["mean", "std"]).reset_index()
+        for method, m in sub.groupby("method"):
+            ax.errorbar(m.ipc, m["mean"], yerr=m["std"].fillna(0), marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted(df.ipc.unique()), [str(i) for i in sorted(df.ipc.unique())])
+        ax.set(
+            title=f"{df.dataset.iloc[0]} · student {arch}", xlabel="images per class", ylabel="val top-1 (%)"
+        )
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
+    """inputs: ``evaluations`` (list of evaluate dirs); outputs: ``out`` dir."""
+    rows = [collect_row(Path(d)) for d in inputs["evaluations"]]
+    df = add_ior(pd.DataFrame(rows), cfg.report.baseline_method)
+    df = df.sort_values(["dataset", "method", "ipc", "arch", "seed"]).reset_index(drop=True)
+    out = Path(outputs["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / SUMMARY_CSV) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+    md = [
+        f"# Results: {', '.join(df.dataset.unique())}\n",
+        "Student val top-1 (%), mean ± std over seeds; rows method/IPC, columns student arch.\n",
+        mean_std_table(df, "top1").to_markdown(index=False),
+        f"\nIOR: top-1 minus `{cfg.report.baseline_method}` (same dataset/IPC/arch/seed, same protocol).\n",
+        mean_std_table(df, "ior").to_markdown(index=False),
+        "\nAll runs (wall seconds per stage):\n",
+        df.to_markdown(index=False, floatfmt=".2f"),
+    ]
+    with atomic_path(out / SUMMARY_MD) as tmp:
+        tmp.write_text("\n".join(md) + "\n")
+    plot(df, out / PLOT)
+    for name in (SUMMARY_CSV, SUMMARY_MD, PLOT):
+        tracker.log_artifact(out / name)
+    means = df.groupby(["method", "ipc", "arch"]).top1.mean()
+    summary: dict = {}
+    for (method, ipc, arch), value in means.items():
+        summary.setdefault(method, {}).setdefault(f"ipc{ipc}", {})[arch] = round(float(value), 3)
+    write_json(summary, out / "accuracy.json")
+    flat = {f"top1.{m}.ipc{i}.{a}": float(v) for (m, i, a), v in means.items()}
+    return {"rows": len(df), **flat}

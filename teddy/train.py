@@ -1,0 +1,54 @@
+"""Training helpers shared by pretrain_pool and evaluate: optimizer, schedule, accuracy."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float):
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True
+        )
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; use sgd or adamw")
+
+
+def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 0):
+    """Linear warm-up to the base lr, then cosine decay to 0 over ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images → float32 in [0, 1]."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) of ``model`` on uint8 or [0, 1] images."""
+    was_training = model.training
+    model.eval()
+    hits1 = hits5 = 0
+    for start in range(0, len(x), batch_size):
+        xb = to_unit(x[start : start + batch_size]).to(device)
+        yb = y[start : start + batch_size].to(device)
+        logits = model(xb)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits1 += (top[:, 0] == yb).sum().item()
+        hits5 += (top == yb[:, None]).any(dim=1).sum().item()
+    model.train(was_training)
+    return {"top1": 100.0 * hits1 / len(x), "top5": 100.0 * hits5 / len(x)}
