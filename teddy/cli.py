@@ -25,7 +25,7 @@ STAGES = {
     "pretrain-pool": ("Train the base model and keep the pool of weak models.", ["data"], []),
     "distill": (
         "Synthesize the distilled set (teddy / sre2l / random).",
-        ["data", "pool"],
+        ["data", "pool?"],
         ["method", "ipc", "seed"],
     ),
     "relabel": ("Precompute the teacher's soft labels on stored crops.", ["synthetic", "pool"], ["seed"]),
@@ -36,6 +36,7 @@ STAGES = {
     ),
     "report": ("Tables and plot from evaluation folders.", ["evaluations"], []),
 }
+TAG_KEYS = ("method", "ipc", "arch", "seed")  # what runs are compared by in MLflow
 SELECTION_TYPES = {"method": str, "ipc": int, "seed": int, "arch": str}
 
 
@@ -61,14 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
             dest="overrides",
             help="override one key, e.g. distill.iterations=50; repeatable",
         )
-        for folder in ins:
-            nargs = "+" if folder == "evaluations" else None
+        for folder in ins:  # "name?" = only some selections need it
+            optional = folder.endswith("?")
+            folder = folder.rstrip("?")
             p.add_argument(
                 f"--{folder.replace('_', '-')}",
-                required=True,
-                nargs=nargs,
+                required=not optional,
+                nargs="+" if folder == "evaluations" else None,
                 metavar="DIR",
-                help=f"input folder: {folder}",
+                help=f"input folder: {folder}" + (" (only for methods that need it)" if optional else ""),
             )
         for option in sel:
             p.add_argument(f"--{option}", required=True, type=SELECTION_TYPES[option])
@@ -97,12 +99,13 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict) -> dict:
         metrics |= peak_memory_mb(device)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         tracker.log_metrics(scalars)
+        tracker.set_tags({k: metrics[k] for k in TAG_KEYS if k in metrics and k not in selection})
         record = {
             "stage": stage,
             "dataset": cfg.run.dataset,
             **selection,
             **metrics,
-            "inputs": {k: v for k, v in inputs.items()},
+            "inputs": inputs,
             "device": str(device),
             **prov,
         }
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as err:
         print(f"teddy {args.stage}: {err}", file=sys.stderr)
         return 2
-    inputs = {k: getattr(args, k) for k in ins}
+    inputs = {k.rstrip("?"): getattr(args, k.rstrip("?")) for k in ins}
+    inputs = {k: v for k, v in inputs.items() if v is not None}
     for key, value in inputs.items():
         for folder in value if isinstance(value, list) else [value]:
             if not Path(folder).is_dir():

@@ -207,3 +207,23 @@ def check(data: Mapping) -> None:
 
 def dump(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def resolve_for_workflow(raw: Mapping, folder: str | Path) -> tuple[dict, Path]:
+    """Validate + check a workflow's merged config and write it, content-addressed, to ``folder``.
+
+    Snakemake merges config/config.yaml, ``--configfile`` deltas and ``--config`` items; every job
+    then hands the stage CLI exactly that resolved file, so rules never re-derive the layering.
+    """
+    import hashlib
+
+    data = validate(raw)
+    check(data)
+    text = yaml.safe_dump(data, sort_keys=True)
+    path = Path(folder) / f"config-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    if not path.exists():
+        from teddy.utils import atomic_path
+
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    return data, path

@@ -111,6 +111,8 @@ def run(cfg, inputs: dict, outputs: dict, *, method: str, ipc: int, seed: int, d
     if method == "random":
         images, labels = random_real(data, ipc, seed)
     else:
+        if "pool" not in inputs:
+            raise ValueError(f"method {method!r} needs the pool: pass --pool (pretrain-pool's folder)")
         pool = load_pool(inputs["pool"], "base" if method == "sre2l" else "prior", device)
         metrics["pool_size"] = len(pool)
         batches, curves = [], []

@@ -47,7 +47,12 @@ def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
     save_torch({"crops": crops, "logits": logits.half(), "labels": labels, "seed": seed}, out / SOFT_LABELS)
-    return {"teacher_agreement": agree, "views": epochs * len(images)}
+    return {
+        "method": syn["method"],
+        "ipc": syn["ipc"],
+        "teacher_agreement": agree,
+        "views": epochs * len(images),
+    }
 
 
 def load_soft_labels(path_dir: str | Path) -> dict:

@@ -28,6 +28,34 @@ def collect_row(eval_dir: Path) -> dict:
     return row
 
 
+def find_evaluations(folders: list[str]) -> list[Path]:
+    """Each folder is an evaluation (holds metrics.json) or a tree searched for evaluations."""
+    found = []
+    for folder in map(Path, folders):
+        found += (
+            [folder]
+            if (folder / "metrics.json").is_file()
+            else sorted(p.parent for p in folder.rglob("metrics.json"))
+        )
+    if not found:
+        raise FileNotFoundError(f"no evaluation metrics.json under {folders}: run evaluate first")
+    return found
+
+
+def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
+    """Keep rows of the configured grid (a searched tree may hold runs of older configs)."""
+    keep = (
+        df.dataset.eq(cfg.run.dataset)
+        & df.method.isin(cfg.distill.methods)
+        & df.ipc.isin(cfg.distill.ipcs)
+        & df.arch.isin(cfg.evaluate.archs)
+        & df.seed.isin(cfg.run.seeds)
+    )
+    if not keep.any():
+        raise ValueError("none of the evaluations found matches the configured methods/ipcs/archs/seeds")
+    return df[keep]
+
+
 def add_ior(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     keys = ["dataset", "ipc", "arch", "seed"]
     base = df[df.method == baseline][keys + ["top1"]].rename(columns={"top1": "baseline_top1"})
@@ -69,8 +97,9 @@ def plot(df: pd.DataFrame, path: Path) -> None:
 
 def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     """inputs: ``evaluations`` (list of evaluate dirs); outputs: ``out`` dir."""
-    rows = [collect_row(Path(d)) for d in inputs["evaluations"]]
-    df = add_ior(pd.DataFrame(rows), cfg.report.baseline_method)
+    rows = [collect_row(d) for d in find_evaluations(inputs["evaluations"])]
+    df = in_config_grid(pd.DataFrame(rows), cfg)
+    df = add_ior(df, cfg.report.baseline_method)
     df = df.sort_values(["dataset", "method", "ipc", "arch", "seed"]).reset_index(drop=True)
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,9 @@ class NullTracker:
     def log_artifact(self, path: str | Path) -> None:
         pass
 
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        pass
+
 
 class MlflowTracker(NullTracker):
     def __init__(self, mlflow):
@@ -29,6 +32,9 @@ class MlflowTracker(NullTracker):
 
     def log_artifact(self, path: str | Path) -> None:
         self.mlflow.log_artifact(str(path))
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
 def resolve_uri(uri: str) -> str:

@@ -1,0 +1,32 @@
+# Teddy: prepare_data → pretrain_pool → distill → relabel → evaluate → report.
+# All logic lives in the `teddy` package; rules only name files and call its CLI.
+#   snakemake --cores 2                                   (local, config/config.yaml)
+#   snakemake --cores all --configfile config/experiments/fashion_mnist.yaml
+#   snakemake --profile slurm ...                         (SLURM; see README)
+from teddy.config import ConfigError, resolve_for_workflow
+
+
+configfile: "config/config.yaml"
+
+
+try:
+    # Same JSON Schema as the package (workflow/schemas/config.schema.yaml), defaults filled,
+    # plus the checks a schema cannot express; fails here, before any job starts.
+    config, RESOLVED_CONFIG = resolve_for_workflow(config, ".snakemake/teddy")
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare_data.smk"
+include: "workflow/rules/pretrain_pool.smk"
+include: "workflow/rules/distill.smk"
+include: "workflow/rules/relabel.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

@@ -1,0 +1,178 @@
+"""Every CLI stage on a tiny digits config, in a temp dir, with MLflow tracking on."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from teddy.cli import STAGES, main
+
+from .conftest import BASE, TINY
+
+
+def test_help_lists_every_stage():
+    out = subprocess.run([sys.executable, "-m", "teddy", "--help"], capture_output=True, text=True, check=True)
+    for stage in STAGES:
+        assert stage in out.stdout
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = [
+        "--config",
+        str(BASE),
+        "--config",
+        str(TINY),
+        "--set",
+        "tracking.enabled=true",
+        "--set",
+        f"tracking.uri={uri}",
+    ]
+
+    def teddy(*args):
+        assert main([args[0], *cfg, *args[1:]]) == 0, args
+
+    d, p = tmp / "data", tmp / "pool"
+    teddy("prepare-data", "--out", str(d))
+    teddy("pretrain-pool", "--data", str(d), "--out", str(p))
+    evals = []
+    for method in ("teddy", "sre2l", "random"):
+        s, r = tmp / f"syn_{method}", tmp / f"soft_{method}"
+        teddy(
+            "distill",
+            "--data",
+            str(d),
+            "--pool",
+            str(p),
+            "--method",
+            method,
+            "--ipc",
+            "2",
+            "--seed",
+            "0",
+            "--out",
+            str(s),
+        )
+        teddy("relabel", "--synthetic", str(s), "--pool", str(p), "--seed", "0", "--out", str(r))
+        for arch in ("convnet", "resnet18"):
+            e = tmp / f"eval_{method}_{arch}"
+            teddy(
+                "evaluate",
+                "--data",
+                str(d),
+                "--synthetic",
+                str(s),
+                "--soft-labels",
+                str(r),
+                "--arch",
+                arch,
+                "--seed",
+                "0",
+                "--out",
+                str(e),
+            )
+            evals.append(str(e))
+    teddy(
+        "report",
+        "--evaluations",
+        *evals,
+        "--out",
+        str(tmp / "report"),
+        "--set",
+        "distill.methods=[teddy, sre2l, random]",
+        "--set",
+        "distill.ipcs=[2]",
+    )
+    return tmp, uri
+
+
+def test_stage_outputs(pipeline):
+    tmp, _ = pipeline
+    manifest = json.loads((tmp / "data" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 10 and len(manifest["cache_sha256"]) == 64
+    pool = json.loads((tmp / "pool" / "manifest.json").read_text())
+    assert [m["epoch"] for m in pool["members"]] == [1, 2]
+    assert all((tmp / "pool" / m["file"]).is_file() for m in pool["members"])
+    assert (tmp / "syn_teddy" / "grid.png").stat().st_size > 0
+    ev = json.loads((tmp / "eval_teddy_convnet" / "metrics.json").read_text())
+    assert 0 <= ev["top1"] <= 100 and ev["wall_s"] > 0 and ev["peak_rss_mb"] > 0
+    assert (tmp / "eval_teddy_convnet" / "config.resolved.yaml").is_file()
+
+
+def test_report_table(pipeline):
+    import pandas as pd
+
+    tmp, _ = pipeline
+    df = pd.read_csv(tmp / "report" / "summary.csv")
+    assert len(df) == 6
+    need = {"dataset", "method", "ipc", "arch", "seed", "top1", "ior"}
+    need |= {f"{s}_s" for s in ("prepare_data", "pretrain_pool", "distill", "relabel", "evaluate")}
+    assert need <= set(df.columns)
+    assert (df[df.method == "random"].ior == 0).all()
+    assert (tmp / "report" / "accuracy.png").stat().st_size > 0
+    assert "± " in (tmp / "report" / "summary.md").read_text()
+
+
+def test_mlflow_has_one_run_per_stage_execution(pipeline):
+    import mlflow
+
+    _, uri = pipeline
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["teddy"])
+    counts = runs["tags.mlflow.runName"].value_counts().to_dict()
+    assert counts == {
+        "prepare_data": 1,
+        "pretrain_pool": 1,
+        "distill": 3,
+        "relabel": 3,
+        "evaluate": 6,
+        "report": 1,
+    }
+    ev = runs[runs["tags.mlflow.runName"] == "evaluate"]
+    assert ev["metrics.top1"].notna().all() and ev["metrics.wall_s"].notna().all()
+    assert ev["metrics.peak_rss_mb"].notna().all()
+    assert set(ev["tags.method"]) == {"teddy", "sre2l", "random"}
+    assert ev["params.distill.iterations"].eq("4").all()
+    client = mlflow.MlflowClient()
+    curve = client.get_metric_history(ev.run_id.iloc[0], "train_kl")
+    assert len(curve) == 2  # one point per student epoch
+
+
+def test_bad_selection_fails_before_work(tmp_path, capsys):
+    argv = [
+        "distill",
+        "--config",
+        str(BASE),
+        "--config",
+        str(TINY),
+        "--data",
+        str(tmp_path),
+        "--method",
+        "teddy",
+        "--ipc",
+        "1000",
+        "--seed",
+        "0",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert main(argv) == 2
+    assert "--ipc 1000" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_folder_is_named(tmp_path, capsys):
+    argv = [
+        "pretrain-pool",
+        "--config",
+        str(BASE),
+        "--data",
+        str(tmp_path / "nope"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(argv) == 2
+    assert "nope is not a folder" in capsys.readouterr().err

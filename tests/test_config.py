@@ -1,0 +1,90 @@
+import pytest
+import yaml
+
+from teddy import config
+
+from .conftest import BASE, TINY
+
+
+def write(tmp_path, data, name="delta.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_default_config_is_valid_and_complete():
+    cfg = config.load([BASE])
+    assert cfg.run.dataset == "digits"
+    assert cfg.distill.methods == ("teddy", "random")
+    # every schema key is present in the documented config file (no hidden defaults)
+    raw = yaml.safe_load(BASE.read_text())
+    for section, spec in config.load_schema()["properties"].items():
+        assert set(spec["properties"]) == set(raw[section]), section
+
+
+def test_config_is_frozen(tiny_cfg):
+    with pytest.raises(AttributeError):
+        tiny_cfg.distill.iterations = 3
+
+
+def test_layering_and_overrides(tmp_path):
+    delta = write(tmp_path, {"distill": {"iterations": 7}})
+    cfg = config.load([BASE, delta], ["evaluate.epochs=3", "distill.ipcs=[1, 5]"])
+    assert (cfg.distill.iterations, cfg.evaluate.epochs, cfg.distill.ipcs) == (7, 3, (1, 5))
+    assert cfg.distill.lr == config.read_yaml(BASE)["distill"]["lr"]
+
+
+def test_key_typo_names_key_and_suggestion(tmp_path):
+    delta = write(tmp_path, {"distill": {"iteratons": 5}})
+    with pytest.raises(config.ConfigError, match=r"'iteratons' \(did you mean 'iterations'\?\) in distill"):
+        config.load([BASE, delta])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(config.ConfigError, match=r"distill.iterations: 'many' is not of type 'integer'"):
+        config.load([BASE], ["distill.iterations=many"])
+
+
+def test_unknown_dataset():
+    with pytest.raises(config.ConfigError, match=r"run.dataset: 'imagenet22k' is not one of"):
+        config.load([BASE], ["run.dataset=imagenet22k"])
+
+
+def test_ipc_larger_than_class():
+    with pytest.raises(config.ConfigError, match=r"distill.ipcs: IPC \[500\] exceeds the 139 training images"):
+        config.load([BASE], ["distill.ipcs=[1, 500]"])
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path):
+    with pytest.raises(config.ConfigError, match="apt-get install dataset-fashion-mnist"):
+        config.load([BASE], ["run.dataset=fashion_mnist", f"prepare_data.fashion_mnist_dir={tmp_path}"])
+
+
+def test_cifar_without_root_says_which_key():
+    with pytest.raises(config.ConfigError, match="prepare_data.root"):
+        config.load([BASE], ["run.dataset=cifar10"])
+
+
+def test_unknown_architecture():
+    with pytest.raises(config.ConfigError, match="evaluate.archs: unknown architecture 'resnet19'"):
+        config.load([BASE], ["evaluate.archs=[convnet, resnet19]"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load([tmp_path / "nope.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load([bad])
+
+
+def test_experiment_files_are_valid_deltas():
+    for path in (BASE.parent / "experiments").glob("*.yaml"):
+        delta = config.read_yaml(path)
+        assert set(delta) <= set(config.load_schema()["properties"]), path
+        config.validate(config.deep_merge(config.read_yaml(BASE), delta))
+
+
+def test_tiny_test_config_is_valid():
+    assert config.load([BASE, TINY]).tracking.enabled is False

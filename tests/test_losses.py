@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from teddy.losses import BNStatsRecorder, bn_matching_loss, feature_stats, layer_weights, soft_kl
+
+
+def test_feature_stats_hand_computed():
+    # one channel, values 1, 2, 3, 6 over (N=2, H=1, W=2): mean 3, biased var (4+1+0+9)/4 = 3.5
+    h = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 6.0]]]])
+    mean, var = feature_stats(h)
+    assert mean.tolist() == [3.0]
+    assert var.tolist() == [3.5]
+
+
+def test_bn_matching_loss_hand_computed():
+    means = [torch.tensor([1.0, 2.0]), torch.tensor([0.0])]
+    variances = [torch.tensor([1.0, 1.0]), torch.tensor([4.0])]
+    run_means = [torch.tensor([4.0, 6.0]), torch.tensor([0.0])]  # ‖(−3, −4)‖ = 5
+    run_vars = [torch.tensor([1.0, 1.0]), torch.tensor([1.0])]  # layer-2 var gap 3
+    loss = bn_matching_loss(means, variances, run_means, run_vars, layer_weights(2, 10.0))
+    # 10 · (5 + 0) + 1 · (0 + 3)
+    assert loss.item() == pytest.approx(53.0)
+
+
+def test_layer_weights():
+    assert layer_weights(3, 10.0) == [10.0, 1.0, 1.0]
+
+
+def test_recorder_matches_manual_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2)
+    )
+    model.eval()
+    for bn in (model[1], model[4]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(5, 1, 6, 6)
+    rec = BNStatsRecorder(model)
+    with rec.record():
+        model(x)
+    h1 = model[0](x)
+    h2 = model[3](model[2](model[1](h1)))
+    expected = 0.0
+    for h, bn, w in ((h1, model[1], 10.0), (h2, model[4], 1.0)):
+        m, v = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+        expected += w * ((m - bn.running_mean).norm() + (v - bn.running_var).norm())
+    assert rec.loss(10.0).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_recorder_needs_batchnorm():
+    with pytest.raises(ValueError, match="BatchNorm"):
+        BNStatsRecorder(nn.Linear(2, 2))
+
+
+def test_soft_kl_hand_computed():
+    # teacher puts p = (0.5, 0.5); student log-probs log(0.25), log(0.75); T = 1
+    student = torch.tensor([[math.log(0.25), math.log(0.75)]])
+    teacher = torch.tensor([[0.0, 0.0]])
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert soft_kl(student, teacher, 1.0).item() == pytest.approx(expected, rel=1e-6)
+    assert soft_kl(teacher, teacher, 4.0).item() == pytest.approx(0.0, abs=1e-7)

@@ -1,0 +1,53 @@
+import os
+import sys
+
+DATASET = config["run"]["dataset"]
+TEDDY = f"{sys.executable} -m teddy"
+CONFIG_ARG = f"--config {RESOLVED_CONFIG}"
+
+
+wildcard_constraints:
+    dataset=DATASET,
+    method="|".join(config["distill"]["methods"]),
+    ipc=r"\d+",
+    seed=r"\d+",
+    arch="|".join(config["evaluate"]["archs"]),
+
+
+def stage_params(*sections):
+    """The config sections a rule reads: a change there reruns the rule (params trigger)."""
+    return {s: config[s] for s in sections}
+
+
+def get_pool_input(wildcards):
+    """random needs no pool; teddy and sre2l read the pool manifest (and its members)."""
+    if wildcards.method == "random":
+        return []
+    return f"results/{wildcards.dataset}/pool/manifest.json"
+
+
+def get_evaluations(wildcards):
+    return expand(
+        "results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json",
+        dataset=wildcards.dataset,
+        method=config["distill"]["methods"],
+        ipc=config["distill"]["ipcs"],
+        arch=config["evaluate"]["archs"],
+        seed=config["run"]["seeds"],
+    )
+
+
+def get_final_outputs():
+    grids = expand(
+        "results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/grid.png",
+        dataset=DATASET,
+        method=config["distill"]["methods"],
+        ipc=config["distill"]["ipcs"],
+        seed=config["run"]["seeds"],
+    )
+    tables = expand(
+        "results/{dataset}/report/{name}",
+        dataset=DATASET,
+        name=["summary.csv", "summary.md", "accuracy.png"],
+    )
+    return grids + tables

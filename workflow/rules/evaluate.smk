@@ -1,0 +1,16 @@
+rule evaluate:
+    input:
+        data="results/{dataset}/data/manifest.json",
+        synthetic="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/synthetic.pt",
+        soft="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/soft_labels.pt",
+    output:
+        metrics="results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json",
+    params:
+        cfg=stage_params("run", "evaluate"),
+    log:
+        "logs/{dataset}/evaluate/{method}_ipc{ipc}_{arch}_seed{seed}.log",
+    shell:
+        "{TEDDY} evaluate {CONFIG_ARG} --data $(dirname {input.data})"
+        " --synthetic $(dirname {input.synthetic}) --soft-labels $(dirname {input.soft})"
+        " --arch {wildcards.arch} --seed {wildcards.seed}"
+        " --out $(dirname {output.metrics}) > {log} 2>&1"

@@ -1,0 +1,15 @@
+rule relabel:
+    input:
+        synthetic="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/synthetic.pt",
+        pool="results/{dataset}/pool/manifest.json",
+    output:
+        soft="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/soft_labels.pt",
+        metrics="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/metrics.json",
+    params:
+        cfg=stage_params("run", "relabel", "evaluate"),
+    log:
+        "logs/{dataset}/relabel/{method}_ipc{ipc}_seed{seed}.log",
+    shell:
+        "{TEDDY} relabel {CONFIG_ARG} --synthetic $(dirname {input.synthetic})"
+        " --pool $(dirname {input.pool}) --seed {wildcards.seed}"
+        " --out $(dirname {output.metrics}) > {log} 2>&1"
