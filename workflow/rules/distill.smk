@@ -17,6 +17,6 @@ rule distill:
     log:
         "logs/{dataset}/distill/{method}_ipc{ipc}_seed{seed}.log",
     shell:
-        "{TEDDY} distill {CONFIG_ARG} --data $(dirname {input.data}) {params.pool}"
+        "{TEDDY} distill {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data}) {params.pool}"
         " --method {wildcards.method} --ipc {wildcards.ipc} --seed {wildcards.seed}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"

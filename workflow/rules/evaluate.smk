@@ -10,7 +10,7 @@ rule evaluate:
     log:
         "logs/{dataset}/evaluate/{method}_ipc{ipc}_{arch}_seed{seed}.log",
     shell:
-        "{TEDDY} evaluate {CONFIG_ARG} --data $(dirname {input.data})"
+        "{TEDDY} evaluate {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
         " --synthetic $(dirname {input.synthetic}) --soft-labels $(dirname {input.soft})"
         " --arch {wildcards.arch} --seed {wildcards.seed}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"

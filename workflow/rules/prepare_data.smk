@@ -8,4 +8,4 @@ rule prepare_data:
     log:
         "logs/{dataset}/prepare_data.log",
     shell:
-        "{TEDDY} prepare-data {CONFIG_ARG} --out $(dirname {output.metrics}) > {log} 2>&1"
+        "{TEDDY} prepare-data {CONFIG_ARG} --set run.threads={threads} --out $(dirname {output.metrics}) > {log} 2>&1"

@@ -10,5 +10,5 @@ rule pretrain_pool:
     log:
         "logs/{dataset}/pretrain_pool.log",
     shell:
-        "{TEDDY} pretrain-pool {CONFIG_ARG} --data $(dirname {input.data})"
+        "{TEDDY} pretrain-pool {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
         " --out $(dirname {output.metrics}) > {log} 2>&1"

@@ -10,6 +10,6 @@ rule relabel:
     log:
         "logs/{dataset}/relabel/{method}_ipc{ipc}_seed{seed}.log",
     shell:
-        "{TEDDY} relabel {CONFIG_ARG} --synthetic $(dirname {input.synthetic})"
+        "{TEDDY} relabel {CONFIG_ARG} --set run.threads={threads} --synthetic $(dirname {input.synthetic})"
         " --pool $(dirname {input.pool}) --seed {wildcards.seed}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"

@@ -21,5 +21,5 @@ rule report:
     log:
         "logs/{dataset}/report.log",
     shell:
-        "{TEDDY} report {CONFIG_ARG} --evaluations {params.evaluations}"
+        "{TEDDY} report {CONFIG_ARG} --set run.threads={threads} --evaluations {params.evaluations}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"
