@@ -30,7 +30,6 @@ lint: $(STAMP)
 	$(BIN)/ruff check teddy tests
 	$(BIN)/ruff format --check teddy tests
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	$(BIN)/snakemake --lint
 
 repro: $(STAMP)
 	$(BIN)/dvc repro

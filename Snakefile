@@ -3,7 +3,7 @@
 #   snakemake --cores 2                                   (local, config/config.yaml)
 #   snakemake --cores all --configfile config/experiments/fashion_mnist.yaml
 #   snakemake --profile slurm ...                         (SLURM; see README)
-from teddy.config import ConfigError, resolve_for_workflow
+from teddy.config import ConfigError, job_params, resolve_for_workflow
 
 
 configfile: "config/config.yaml"
@@ -27,6 +27,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_outputs(),
-    default_target: True

@@ -227,3 +227,16 @@ def resolve_for_workflow(raw: Mapping, folder: str | Path) -> tuple[dict, Path]:
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     return data, path
+
+
+# Keys that only define the workflow's grid of jobs (one job per value), not what a job computes.
+GRID_KEYS = {"run": {"seeds", "threads"}, "distill": {"methods", "ipcs", "grid_max_ipc"}, "evaluate": {"archs"}}
+
+
+def job_params(data: Mapping, *sections: str) -> dict:
+    """The config a job's result depends on: its sections minus grid keys.
+
+    Snakemake reruns a job when these change (params trigger), so adding a seed, an IPC or an
+    architecture schedules only the new jobs.
+    """
+    return {s: {k: v for k, v in data[s].items() if k not in GRID_KEYS.get(s, ())} for s in sections}

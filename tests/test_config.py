@@ -88,3 +88,10 @@ def test_experiment_files_are_valid_deltas():
 
 def test_tiny_test_config_is_valid():
     assert config.load([BASE, TINY]).tracking.enabled is False
+
+
+def test_job_params_leave_out_grid_keys():
+    data = config.validate(config.read_yaml(BASE))
+    params = config.job_params(data, "distill", "evaluate")
+    assert "ipcs" not in params["distill"] and "methods" not in params["distill"]
+    assert "archs" not in params["evaluate"] and params["evaluate"]["epochs"] == data["evaluate"]["epochs"]

@@ -15,8 +15,8 @@ wildcard_constraints:
 
 
 def stage_params(*sections):
-    """The config sections a rule reads: a change there reruns the rule (params trigger)."""
-    return {s: config[s] for s in sections}
+    """Config a rule's result depends on (grid keys excluded); a change reruns the rule."""
+    return job_params(config, *sections)
 
 
 def get_pool_input(wildcards):

@@ -11,11 +11,11 @@ rule distill:
             subcategory="{method}",
         ),
         metrics="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/metrics.json",
-    params:
-        cfg=stage_params("run", "distill"),
-        pool=lambda w, input: f"--pool $(dirname {input.pool})" if input.pool else "",
     log:
         "logs/{dataset}/distill/{method}_ipc{ipc}_seed{seed}.log",
+    params:
+        cfg=stage_params("distill"),
+        pool=lambda w, input: f"--pool $(dirname {input.pool})" if input.pool else "",
     shell:
         "{TEDDY} distill {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data}) {params.pool}"
         " --method {wildcards.method} --ipc {wildcards.ipc} --seed {wildcards.seed}"

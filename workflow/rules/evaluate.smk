@@ -5,10 +5,10 @@ rule evaluate:
         soft="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/soft_labels.pt",
     output:
         metrics="results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json",
-    params:
-        cfg=stage_params("run", "evaluate"),
     log:
         "logs/{dataset}/evaluate/{method}_ipc{ipc}_{arch}_seed{seed}.log",
+    params:
+        cfg=stage_params("evaluate"),
     shell:
         "{TEDDY} evaluate {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
         " --synthetic $(dirname {input.synthetic}) --soft-labels $(dirname {input.soft})"

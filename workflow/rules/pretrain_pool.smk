@@ -5,10 +5,11 @@ rule pretrain_pool:
         base="results/{dataset}/pool/base.pt",
         manifest="results/{dataset}/pool/manifest.json",
         metrics="results/{dataset}/pool/metrics.json",
-    params:
-        cfg=stage_params("run", "pretrain_pool"),
     log:
         "logs/{dataset}/pretrain_pool.log",
+    params:
+        cfg=stage_params("pretrain_pool"),
+        seed=config["run"]["seeds"][0],  # the base model's seed
     shell:
         "{TEDDY} pretrain-pool {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
         " --out $(dirname {output.metrics}) > {log} 2>&1"

@@ -5,10 +5,11 @@ rule relabel:
     output:
         soft="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/soft_labels.pt",
         metrics="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/metrics.json",
-    params:
-        cfg=stage_params("run", "relabel", "evaluate"),
     log:
         "logs/{dataset}/relabel/{method}_ipc{ipc}_seed{seed}.log",
+    params:
+        cfg=stage_params("relabel"),
+        epochs=config["evaluate"]["epochs"],  # one stored view per student epoch
     shell:
         "{TEDDY} relabel {CONFIG_ARG} --set run.threads={threads} --synthetic $(dirname {input.synthetic})"
         " --pool $(dirname {input.pool}) --seed {wildcards.seed}"

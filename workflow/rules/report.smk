@@ -15,11 +15,11 @@ rule report:
         ),
         accuracy="results/{dataset}/report/accuracy.json",
         metrics="results/{dataset}/report/metrics.json",
+    log:
+        "logs/{dataset}/report.log",
     params:
         cfg=stage_params("report"),
         evaluations=lambda w, input: " ".join(os.path.dirname(f) for f in input),
-    log:
-        "logs/{dataset}/report.log",
     shell:
         "{TEDDY} report {CONFIG_ARG} --set run.threads={threads} --evaluations {params.evaluations}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"
