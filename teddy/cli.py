@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
     selection = {k: getattr(args, k) for k in sel}
-    problem = check_selection(cfg, selection)
+    problem = check_selection(cfg, selection, inputs)
     if problem:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
@@ -144,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def check_selection(cfg, selection: dict) -> str | None:
+def check_selection(cfg, selection: dict, inputs: dict) -> str | None:
     from teddy import models
 
+    if selection.get("method") in ("teddy", "sre2l") and "pool" not in inputs:
+        return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
     if "arch" in selection and selection["arch"] not in models.available():
         return f"--arch {selection['arch']!r} is not a registered architecture: {models.available()}"
     if "method" in selection and selection["method"] not in ("teddy", "sre2l", "random"):
