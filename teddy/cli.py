@@ -40,6 +40,16 @@ TAG_KEYS = ("method", "ipc", "arch", "seed")  # what runs are compared by in MLf
 SELECTION_TYPES = {"method": str, "ipc": int, "seed": int, "arch": str}
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: use I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 ≤ I < N")
+    return i, n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="teddy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -74,11 +84,26 @@ def build_parser() -> argparse.ArgumentParser:
             )
         for option in sel:
             p.add_argument(f"--{option}", required=True, type=SELECTION_TYPES[option])
+        if name == "distill":
+            p.add_argument(
+                "--shard",
+                type=parse_shard,
+                default=(0, 1),
+                metavar="I/N",
+                help="synthesize only shard I of N (whole batches b ≡ I mod N); default 0/1 = all",
+            )
+            p.add_argument(
+                "--merge",
+                nargs="+",
+                metavar="DIR",
+                dest="merge_from",
+                help="assemble the synthetic set from these shard folders instead",
+            )
         p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     return parser
 
 
-def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict) -> dict:
+def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: dict | None = None) -> dict:
     """Run one stage with timing, memory, metrics file and MLflow mirroring."""
     import torch
 
@@ -94,7 +119,9 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run(cfg, stage.replace("-", "_"), tags) as tracker:
         t0 = time.perf_counter()
-        metrics = module.run(cfg, inputs, {"out": out}, **selection, device=device, tracker=tracker)
+        metrics = module.run(
+            cfg, inputs, {"out": out}, **selection, **(options or {}), device=device, tracker=tracker
+        )
         metrics["wall_s"] = time.perf_counter() - t0
         metrics |= peak_memory_mb(device)
         scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
@@ -136,23 +163,29 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
     selection = {k: getattr(args, k) for k in sel}
+    options = {k: getattr(args, k) for k in ("shard", "merge_from") if hasattr(args, k)}
+    for folder in options.get("merge_from") or []:
+        if not Path(folder).is_dir():
+            print(f"teddy {args.stage}: --merge {folder} is not a folder; run its shard first", file=sys.stderr)
+            return 2
     problem = check_selection(cfg, selection, inputs)
     if problem:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
-    execute(args.stage, cfg, inputs, Path(args.out), selection)
+    execute(args.stage, cfg, inputs, Path(args.out), selection, options)
     return 0
 
 
 def check_selection(cfg, selection: dict, inputs: dict) -> str | None:
     from teddy import models
 
-    if selection.get("method") in ("teddy", "sre2l") and "pool" not in inputs:
+    if selection.get("method") in ("teddy", "sre2l", "unrolled") and "pool" not in inputs:
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
     if "arch" in selection and selection["arch"] not in models.available():
         return f"--arch {selection['arch']!r} is not a registered architecture: {models.available()}"
-    if "method" in selection and selection["method"] not in ("teddy", "sre2l", "random"):
-        return f"--method {selection['method']!r}: use teddy, sre2l or random"
+    methods = config_mod.load_schema()["properties"]["distill"]["properties"]["methods"]["items"]["enum"]
+    if "method" in selection and selection["method"] not in methods:
+        return f"--method {selection['method']!r}: use one of {', '.join(methods)}"
     if "ipc" in selection:
         from teddy import datasets
 

@@ -230,7 +230,11 @@ def resolve_for_workflow(raw: Mapping, folder: str | Path) -> tuple[dict, Path]:
 
 
 # Keys that only define the workflow's grid of jobs (one job per value), not what a job computes.
-GRID_KEYS = {"run": {"seeds", "threads"}, "distill": {"methods", "ipcs", "grid_max_ipc"}, "evaluate": {"archs"}}
+GRID_KEYS = {
+    "run": {"seeds", "threads"},
+    "distill": {"methods", "ipcs", "grid_max_ipc", "shards", "checkpoint_every"},
+    "evaluate": {"archs"},
+}
 
 
 def job_params(data: Mapping, *sections: str) -> dict:

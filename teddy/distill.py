@@ -1,87 +1,211 @@
 """Stage distill: build the synthetic set.
 
-``teddy``: per iteration draw a model φ from the pool of weak (prior) models and minimise
-CE(φ(A(x̃)), ỹ) + α_bn Σ_l w_l (‖μ_l − μ_l^φ‖₂ + ‖σ²_l − σ²_l^φ‖₂) over the pixels x̃.
-``sre2l``: the same objective with the one fully trained base model.
-``random``: IPC real training images per class (the honest baseline).
+Methods (``--method``):
+  teddy     per iteration draw φ from the pool of weak (prior) models; objective ``distill.matching``:
+            ``bn``: CE(φ(A(x̃)), ỹ) + α_bn Σ_l w_l (‖μ_l − μ_l^φ‖₂ + ‖σ²_l − σ²_l^φ‖₂), no real images;
+            ``gradient``: Σ_c 1 − cos(∇θ CE(φ(real_c)), ∇θ CE(φ(A(x̃_c)))), the exact first-order form.
+  sre2l     the ``bn`` objective at the one fully trained base model.
+  unrolled  the exact bi-level objective: K SGD steps on x̃ from φ, CE on a real batch (teddy.meta).
+  random    IPC real training images per class (the honest baseline).
 
-Optimisation batches are fixed up front: batch j holds one image of every class (IPC slot j) and
-is seeded by (seed, j), so a batch's result does not depend on what else is synthesised.
+Batches are fixed up front: batch b holds one image of each class of a class group at one IPC
+slot and is seeded by (seed, b), so its result never depends on which other batches share the job.
+A shard is a union of whole batches (b ≡ shard mod n); ``--merge`` assembles the shards. Each
+shard checkpoints every ``distill.checkpoint_every`` iterations and resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from teddy import augment, prepare_data
-from teddy.losses import BNStatsRecorder
-from teddy.pretrain_pool import load_pool
+from teddy.objectives import make_objective
+from teddy.pretrain_pool import load_pool, pool_sampler
 from teddy.train import to_unit, warmup_cosine
-from teddy.utils import atomic_path, read_json, save_torch
+from teddy.utils import atomic_path, autocast, load_torch, read_json, save_torch
 
 SYNTHETIC = "synthetic.pt"
+BATCHES = "batches.pt"
 GRID = "grid.png"
+POOL_OF = {"teddy": "prior", "unrolled": "prior", "sre2l": "base"}
 
 
-def batch_seed(seed: int, slot: int) -> int:
-    return seed * 1_000_003 + slot
+@dataclass(frozen=True)
+class Batch:
+    index: int
+    slot: int
+    classes: tuple[int, ...]
 
 
-def random_real(data: dict, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def plan_batches(num_classes: int, ipc: int, classes_per_batch: int | None) -> list[Batch]:
+    """All optimisation batches of a synthetic set, in canonical order (slot-major)."""
+    group = classes_per_batch or num_classes
+    groups = [tuple(range(s, min(s + group, num_classes))) for s in range(0, num_classes, group)]
+    return [Batch(slot * len(groups) + g, slot, cls) for slot in range(ipc) for g, cls in enumerate(groups)]
+
+
+def batch_seed(seed: int, index: int) -> int:
+    return seed * 1_000_003 + index
+
+
+def random_real(data: dict, ipc: int, seed: int, classes=None) -> tuple[torch.Tensor, torch.Tensor]:
     """IPC real training images per class, chosen with ``seed`` → ([0,1] images, labels)."""
     rng = np.random.default_rng(seed)
     y = data["train_y"].numpy()
-    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), ipc, replace=False) for c in np.unique(y)])
+    classes = np.unique(y) if classes is None else classes
+    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), ipc, replace=False) for c in classes])
     return to_unit(data["train_x"][idx]), data["train_y"][idx].clone()
 
 
-def init_batch(manifest: dict, cfg, data: dict | None, slot_seed: int) -> torch.Tensor:
-    """One image per class: Gaussian noise around the dataset mean, or a real image."""
-    n, c, s = manifest["num_classes"], manifest["channels"], manifest["image_size"]
-    gen = torch.Generator().manual_seed(slot_seed)
+def init_batch(manifest: dict, cfg, data: dict | None, batch: Batch, seed: int) -> torch.Tensor:
+    """One image per class of the batch: Gaussian noise around the dataset mean, or a real image."""
     if cfg.distill.init == "real":
-        x, _ = random_real(data, 1, slot_seed)
-        return x
+        return random_real(data, 1, seed, batch.classes)[0]
+    c, s = manifest["channels"], manifest["image_size"]
+    gen = torch.Generator().manual_seed(seed)
     mean = torch.tensor(manifest["mean"]).view(1, c, 1, 1)
     std = torch.tensor(manifest["std"]).view(1, c, 1, 1)
-    return (mean + std * torch.randn(n, c, s, s, generator=gen)).clamp(0, 1)
+    return (mean + std * torch.randn(len(batch.classes), c, s, s, generator=gen)).clamp(0, 1)
+
+
+def new_state(x0: torch.Tensor, cfg, device) -> dict:
+    x = x0.to(device).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=cfg.distill.lr, betas=(0.5, 0.9))
+    return {"x": x, "opt": opt, "sched": warmup_cosine(opt, cfg.distill.iterations), "it": 0, "curve": None}
+
+
+def state_dict(st: dict, gen: torch.Generator) -> dict:
+    return {
+        "x": st["x"].detach().cpu(),
+        "opt": st["opt"].state_dict(),
+        "sched": st["sched"].state_dict(),
+        "it": st["it"],
+        "curve": None if st["curve"] is None else st["curve"].cpu(),
+        "gen": gen.get_state(),
+    }
+
+
+def load_state(saved: dict, cfg, gen: torch.Generator, device) -> dict:
+    st = new_state(saved["x"], cfg, device)
+    st["opt"].load_state_dict(saved["opt"])
+    st["sched"].load_state_dict(saved["sched"])
+    st["it"] = saved["it"]
+    st["curve"] = None if saved["curve"] is None else saved["curve"].to(device)
+    gen.set_state(saved["gen"])
+    return st
 
 
 def synthesize_batch(
-    x0: torch.Tensor, labels: torch.Tensor, pool: list, cfg, slot_seed: int, device
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Optimise one batch of pixels; returns the images and per-iteration (ce, bn) losses."""
+    st: dict, labels: torch.Tensor, pool: list, objective, draw, cfg, gen, device, save=None
+) -> dict:
+    """Run the remaining iterations of one batch; ``save(state)`` every checkpoint_every steps."""
     d = cfg.distill
-    gen = torch.Generator().manual_seed(slot_seed)
-    x = x0.clone().to(device).requires_grad_(True)
     labels = labels.to(device)
-    opt = torch.optim.Adam([x], lr=d.lr, betas=(0.5, 0.9))
-    sched = warmup_cosine(opt, d.iterations)
-    recorders = [BNStatsRecorder(model) for model in pool]
-    curve = np.zeros((d.iterations, 2), dtype=np.float32)
-    for it in range(d.iterations):
-        k = int(torch.randint(len(pool), (1,), generator=gen))
+    x, opt, sched = st["x"], st["opt"], st["sched"]
+    while st["it"] < d.iterations:
+        model = pool[draw(st["it"], gen)]
         view = augment.jitter(x, d.jitter, gen)
         view = augment.apply_crops(view, augment.sample_crops(len(x), d.crop_scale_min, d.flip, gen))
-        with recorders[k].record() as rec:
-            logits = pool[k](view)
-        ce = F.cross_entropy(logits, labels)
-        bn = rec.loss(d.first_bn_weight)
-        loss = ce + d.alpha_bn * bn
+        with autocast(device, cfg.run.dtype):
+            loss, terms = objective(model, view, labels, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         with torch.no_grad():
             x.clamp_(0, 1)
-        curve[it] = (ce.item(), bn.item())
-    return x.detach().cpu(), curve
+            if st["curve"] is None:
+                st["curve"] = torch.zeros(d.iterations, len(terms), device=device)
+            st["curve"][st["it"]] = terms.detach().float()  # stays on the device: no host sync
+        st["it"] += 1
+        if save is not None and st["it"] % d.checkpoint_every == 0 and st["it"] < d.iterations:
+            save(st)
+    return st
+
+
+def run_shard(
+    cfg, inputs: dict, out: Path, method: str, ipc: int, seed: int, shard: tuple[int, int], device, tracker
+) -> dict:
+    """Synthesize the batches of shard ``(i, n)`` into ``out/batches.pt`` (resuming if stopped)."""
+    data_dir = Path(inputs["data"])
+    manifest = read_json(data_dir / prepare_data.MANIFEST)
+    needs_real = cfg.distill.init == "real" or method == "unrolled" or cfg.distill.matching == "gradient"
+    data = prepare_data.load(data_dir / prepare_data.CACHE) if needs_real else None
+    pool, pool_manifest = load_pool(inputs["pool"], POOL_OF[method], device)
+    draw = pool_sampler(cfg.distill.pool_sampling, pool_manifest)
+    objective = make_objective(method, cfg, data, device)
+    batches = plan_batches(manifest["num_classes"], ipc, cfg.distill.classes_per_batch)[shard[0] :: shard[1]]
+    ckpt_path = out / "checkpoint.pt"
+    done = load_torch(ckpt_path)["done"] if ckpt_path.exists() else {}
+    saved_current = load_torch(ckpt_path).get("current") if ckpt_path.exists() else None
+    resumed = {
+        "resumed_batches": len(done),
+        "resumed_iterations": saved_current["state"]["it"] if saved_current else 0,
+    }
+    t0, iters, image_iters = time.perf_counter(), 0, 0
+    for batch in batches:
+        if batch.index in done:
+            continue
+        s = batch_seed(seed, batch.index)
+        gen = torch.Generator().manual_seed(s)
+        if saved_current is not None and saved_current["index"] == batch.index:
+            st = load_state(saved_current["state"], cfg, gen, device)
+        else:
+            st = new_state(init_batch(manifest, cfg, data, batch, s), cfg, device)
+        start = st["it"]
+
+        def save(st, batch=batch, gen=gen):
+            save_torch(
+                {"done": done, "current": {"index": batch.index, "state": state_dict(st, gen)}}, ckpt_path
+            )
+
+        st = synthesize_batch(st, torch.tensor(batch.classes), pool, objective, draw, cfg, gen, device, save)
+        iters += st["it"] - start
+        image_iters += (st["it"] - start) * len(batch.classes)
+        done[batch.index] = {
+            "images": st["x"].detach().cpu(),
+            "labels": torch.tensor(batch.classes),
+            "curve": st["curve"].cpu(),
+        }
+        save_torch({"done": done, "current": None}, ckpt_path)
+    elapsed = time.perf_counter() - t0
+    save_torch(done, out / BATCHES)
+    ckpt_path.unlink(missing_ok=True)
+    curve = torch.stack([b["curve"] for b in done.values()]).mean(0)
+    for it in range(0, len(curve), max(1, len(curve) // 100)):
+        tracker.log_metrics({f"loss_{n}": float(curve[it, k]) for k, n in enumerate(objective.names)}, step=it)
+    metrics = {f"final_loss_{n}": float(curve[-1, k]) for k, n in enumerate(objective.names)}
+    return (
+        metrics
+        | resumed
+        | {
+            "objective": type(objective).__name__,
+            "pool_size": len(pool),
+            "batches": len(done),
+            "iter_s": elapsed / max(1, iters),
+            "images_per_s": image_iters / max(elapsed, 1e-9),
+        }
+    )
+
+
+def merge(folders: list[Path], expected: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assemble shard folders (any count) into the set, in canonical batch order."""
+    done: dict = {}
+    for folder in folders:
+        done |= load_torch(Path(folder) / BATCHES)
+    if sorted(done) != list(range(expected)):
+        raise RuntimeError(
+            f"shards {folders} hold batches {sorted(done)}, expected 0..{expected - 1}: "
+            "a shard is missing or belongs to another configuration"
+        )
+    ordered = [done[i] for i in range(expected)]
+    return torch.cat([b["images"] for b in ordered]), torch.cat([b["labels"] for b in ordered])
 
 
 def save_grid(images: torch.Tensor, labels: torch.Tensor, ipc: int, max_ipc: int, path) -> None:
@@ -100,48 +224,61 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, ipc: int, max_ipc: int
         )
 
 
-def run(cfg, inputs: dict, outputs: dict, *, method: str, ipc: int, seed: int, device, tracker) -> dict:
-    """inputs: ``data`` dir, ``pool`` dir; outputs: ``out`` dir (synthetic.pt, grid.png)."""
-    data_dir, out = Path(inputs["data"]), Path(outputs["out"])
-    manifest = read_json(data_dir / prepare_data.MANIFEST)
-    needs_real = method == "random" or cfg.distill.init == "real"
-    data = prepare_data.load(data_dir / prepare_data.CACHE) if needs_real else None
-    t0 = time.perf_counter()
+def run(
+    cfg,
+    inputs: dict,
+    outputs: dict,
+    *,
+    method: str,
+    ipc: int,
+    seed: int,
+    device,
+    tracker,
+    shard: tuple[int, int] = (0, 1),
+    merge_from: list[str] | None = None,
+) -> dict:
+    """inputs: ``data`` dir, ``pool`` dir (not for random); outputs: ``out`` dir.
+
+    ``shard=(i, n)`` with n > 1 writes only that shard's batches; ``merge_from`` assembles shard
+    folders; the default (0, 1) synthesizes everything and writes the set in one job.
+    """
+    out = Path(outputs["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = read_json(Path(inputs["data"]) / prepare_data.MANIFEST)
     metrics: dict = {"method": method, "ipc": ipc, "seed": seed}
     if method == "random":
+        data = prepare_data.load(Path(inputs["data"]) / prepare_data.CACHE)
         images, labels = random_real(data, ipc, seed)
     else:
-        if "pool" not in inputs:
-            raise ValueError(f"method {method!r} needs the pool: pass --pool (pretrain-pool's folder)")
-        pool = load_pool(inputs["pool"], "base" if method == "sre2l" else "prior", device)
-        metrics["pool_size"] = len(pool)
-        batches, curves = [], []
-        labels_one = torch.arange(manifest["num_classes"])
-        for slot in range(ipc):
-            s = batch_seed(seed, slot)
-            x, curve = synthesize_batch(init_batch(manifest, cfg, data, s), labels_one, pool, cfg, s, device)
-            batches.append(x)
-            curves.append(curve)
-        images = torch.cat(batches)
-        labels = labels_one.repeat(ipc)
-        curve = np.mean(curves, axis=0)
-        for it in range(0, len(curve), max(1, len(curve) // 100)):
-            tracker.log_metrics({"loss_ce": float(curve[it, 0]), "loss_bn": float(curve[it, 1])}, step=it)
-        metrics |= {"final_loss_ce": float(curve[-1, 0]), "final_loss_bn": float(curve[-1, 1])}
-        elapsed = time.perf_counter() - t0
-        metrics["iter_s"] = elapsed / (ipc * cfg.distill.iterations)
-        metrics["images_per_s"] = ipc * manifest["num_classes"] * cfg.distill.iterations / elapsed
-    out.mkdir(parents=True, exist_ok=True)
+        n_batches = len(plan_batches(manifest["num_classes"], ipc, cfg.distill.classes_per_batch))
+        if merge_from is None:
+            metrics |= run_shard(cfg, inputs, out, method, ipc, seed, shard, device, tracker)
+            if shard[1] > 1:
+                return metrics | {"shard": f"{shard[0]}/{shard[1]}"}
+            merge_from = [out]
+        else:
+            metrics |= merge_metrics(merge_from)
+        images, labels = merge(merge_from, n_batches)
     save_torch(
         {"images": images.float(), "labels": labels.long(), "method": method, "ipc": ipc, "seed": seed},
         out / SYNTHETIC,
     )
     save_grid(images, labels, ipc, cfg.distill.grid_max_ipc, out / GRID)
-    metrics["num_images"] = len(images)
-    return metrics
+    return metrics | {"num_images": len(images)}
+
+
+def merge_metrics(folders: list[str]) -> dict:
+    shards = [read_json(Path(f) / "metrics.json") for f in folders]
+    finals = {k for s in shards for k in s if k.startswith("final_loss_")}
+    return {
+        "shards": len(shards),
+        "pool_size": shards[0]["pool_size"],
+        "objective": shards[0]["objective"],
+        "shard_wall_s": sum(s["wall_s"] for s in shards),
+        "iter_s": float(np.mean([s["iter_s"] for s in shards])),
+        **{k: float(np.mean([s[k] for s in shards])) for k in finals},
+    }
 
 
 def load_synthetic(path_dir: str | Path) -> dict:
-    from teddy.utils import load_torch
-
     return load_torch(Path(path_dir) / SYNTHETIC)

@@ -79,3 +79,13 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float
     log_p = F.log_softmax(student_logits / t, dim=1)
     q = F.softmax(teacher_logits.float() / t, dim=1)
     return F.kl_div(log_p, q, reduction="batchmean") * t * t
+
+
+def gradient_cosine_loss(g_real: Sequence[torch.Tensor], g_syn: Sequence[torch.Tensor]) -> torch.Tensor:
+    """1 − cos(g_real, g_syn) of two parameter gradients given as matching lists of tensors.
+
+    The gradients are flattened and concatenated over all parameters before the cosine.
+    """
+    a = torch.cat([g.reshape(-1) for g in g_real])
+    b = torch.cat([g.reshape(-1) for g in g_syn])
+    return 1 - F.cosine_similarity(a, b, dim=0, eps=1e-12)

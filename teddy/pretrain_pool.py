@@ -84,8 +84,11 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     return metrics
 
 
-def load_pool(pool_dir: str | Path, which: str, device) -> list[torch.nn.Module]:
-    """``which``: 'base' → [base model]; 'prior' → the prior members. Checksums are verified."""
+def load_pool(pool_dir: str | Path, which: str, device) -> tuple[list[torch.nn.Module], list[dict]]:
+    """``which``: 'base' → [base model]; 'prior' → the prior members. Checksums are verified.
+
+    Returns the models (eval mode, frozen, channels_last on CUDA) and their manifest entries.
+    """
     pool_dir = Path(pool_dir)
     manifest = read_json(pool_dir / MANIFEST)
     entries = [manifest["base"]] if which == "base" else manifest["members"]
@@ -97,7 +100,22 @@ def load_pool(pool_dir: str | Path, which: str, device) -> list[torch.nn.Module]
         if sha256(path) != entry["sha256"]:
             raise RuntimeError(f"{path} does not match its checksum in the pool manifest; rerun pretrain-pool")
         model = models.from_checkpoint(load_torch(path), device).eval()
+        if torch.device(device).type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
         for param in model.parameters():
             param.requires_grad_(False)
         pool.append(model)
-    return pool
+    return pool, entries
+
+
+def pool_sampler(mode: str, entries: list[dict]):
+    """``draw(iteration, generator) -> member index``: uniform, round_robin or accuracy-weighted."""
+    n = len(entries)
+    if mode == "uniform":
+        return lambda it, gen: int(torch.randint(n, (1,), generator=gen))
+    if mode == "round_robin":
+        return lambda it, gen: it % n
+    if mode == "accuracy":
+        weights = torch.tensor([e["val_top1"] for e in entries], dtype=torch.float)
+        return lambda it, gen: int(torch.multinomial(weights, 1, generator=gen))
+    raise ValueError(f"config key distill.pool_sampling: unknown mode {mode!r}")

@@ -33,7 +33,7 @@ def teacher_logits(teacher, images: torch.Tensor, crops: torch.Tensor, batch: in
 def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict:
     """inputs: ``synthetic`` dir, ``pool`` dir; outputs: ``out`` dir (soft_labels.pt)."""
     syn = load_synthetic(inputs["synthetic"])
-    teacher = load_pool(inputs["pool"], "base", device)[0]
+    teacher = load_pool(inputs["pool"], "base", device)[0][0]
     images, labels = syn["images"], syn["labels"]
     epochs, r = cfg.evaluate.epochs, cfg.relabel
     gen = torch.Generator().manual_seed(seed)

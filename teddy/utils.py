@@ -28,7 +28,7 @@ def resolve_device(name: str) -> torch.device:
 
 def autocast(device: torch.device, dtype: str):
     """bf16 autocast on CUDA when asked for; a no-op context elsewhere."""
-    if device.type == "cuda" and dtype == "bfloat16":
+    if torch.device(device).type == "cuda" and dtype == "bfloat16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

@@ -151,7 +151,7 @@ def test_bad_selection_fails_before_work(tmp_path, capsys):
         "--data",
         str(tmp_path),
         "--method",
-        "teddy",
+        "random",
         "--ipc",
         "1000",
         "--seed",

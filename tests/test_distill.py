@@ -51,15 +51,75 @@ def test_teddy_batches_do_not_depend_on_ipc(tmp_path):
 def test_synthesis_lowers_the_objective(tmp_path):
     run_distill(tmp_path, "random", 1)
     from teddy import config
+    from teddy.objectives import BNMatching
     from teddy.pretrain_pool import load_pool
 
     cfg = config.load([BASE, TINY], ["distill.iterations=60", "distill.jitter=0", "distill.crop_scale_min=1.0"])
-    pool = load_pool(tmp_path / "pool", "base", "cpu")
+    pool, _ = load_pool(tmp_path / "pool", "base", "cpu")
     manifest = {"num_classes": 10, "channels": 1, "image_size": 8, "mean": [0.3], "std": [0.3]}
-    x0 = distill.init_batch(manifest, cfg, None, slot_seed=0)
-    _, curve = distill.synthesize_batch(x0, torch.arange(10), pool, cfg, 0, "cpu")
-    total = curve[:, 0] + cfg.distill.alpha_bn * curve[:, 1]
+    batch = distill.Batch(0, 0, tuple(range(10)))
+    st = distill.new_state(distill.init_batch(manifest, cfg, None, batch, 0), cfg, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    st = distill.synthesize_batch(st, torch.arange(10), pool, BNMatching(cfg), lambda it, g: 0, cfg, gen, "cpu")
+    total = st["curve"][:, 0] + cfg.distill.alpha_bn * st["curve"][:, 1]
     assert total[-5:].mean() < 0.5 * total[:5].mean()
+
+
+def test_plan_batches_groups_classes():
+    batches = distill.plan_batches(num_classes=5, ipc=2, classes_per_batch=2)
+    assert [b.classes for b in batches] == [(0, 1), (2, 3), (4,)] * 2
+    assert [b.index for b in batches] == list(range(6)) and [b.slot for b in batches] == [0, 0, 0, 1, 1, 1]
+
+
+def test_same_images_whatever_the_shard_count(tmp_path):
+    whole = run_distill(tmp_path, "teddy", 2, "--set", "distill.classes_per_batch=4")
+    d, p = tmp_path / "data", tmp_path / "pool"
+    common = [
+        *CFG,
+        "--set",
+        "distill.classes_per_batch=4",
+        "--data",
+        str(d),
+        "--pool",
+        str(p),
+        "--method",
+        "teddy",
+        "--ipc",
+        "2",
+        "--seed",
+        "0",
+    ]
+    shards = [tmp_path / f"shard{i}" for i in range(4)]
+    for i, folder in enumerate(shards):  # 6 batches over 4 shards: uneven on purpose
+        assert cli.main(["distill", *common, "--shard", f"{i}/4", "--out", str(folder)]) == 0
+    merged = tmp_path / "merged"
+    assert cli.main(["distill", *common, "--merge", *map(str, shards), "--out", str(merged)]) == 0
+    assert torch.equal(distill.load_synthetic(merged)["images"], whole["images"])
+    assert torch.equal(distill.load_synthetic(merged)["labels"], whole["labels"])
+
+
+def test_merge_with_a_missing_shard_fails(tmp_path):
+    run_distill(tmp_path, "random", 1)
+    common = [
+        *CFG,
+        "--data",
+        str(tmp_path / "data"),
+        "--pool",
+        str(tmp_path / "pool"),
+        "--method",
+        "teddy",
+        "--ipc",
+        "2",
+        "--seed",
+        "0",
+    ]
+    assert cli.main(["distill", *common, "--shard", "0/2", "--out", str(tmp_path / "s0")]) == 0
+    try:
+        cli.main(["distill", *common, "--merge", str(tmp_path / "s0"), "--out", str(tmp_path / "m")])
+    except RuntimeError as err:
+        assert "a shard is missing" in str(err)
+    else:
+        raise AssertionError("merging an incomplete set must fail")
 
 
 def test_teddy_without_pool_fails_before_work(tmp_path, capsys):
@@ -82,3 +142,52 @@ def test_teddy_without_pool_fails_before_work(tmp_path, capsys):
     assert cli.main(argv) == 2
     assert "pass --pool" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_distill(tmp_path, "random", 1)  # builds data + pool
+    common = [
+        *CFG,
+        "--set",
+        "distill.iterations=300",
+        "--set",
+        "distill.checkpoint_every=10",
+        "--data",
+        str(tmp_path / "data"),
+        "--pool",
+        str(tmp_path / "pool"),
+        "--method",
+        "teddy",
+        "--ipc",
+        "2",
+        "--seed",
+        "0",
+    ]
+    assert cli.main(["distill", *common, "--out", str(tmp_path / "whole")]) == 0
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "teddy", "distill", *common, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoint.pt").exists() and not (killed / "synthetic.pt").exists()
+
+    assert cli.main(["distill", *common, "--out", str(killed)]) == 0
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["resumed_batches"] + metrics["resumed_iterations"] > 0
+    assert not (killed / "checkpoint.pt").exists()
+    assert torch.equal(
+        distill.load_synthetic(killed)["images"], distill.load_synthetic(tmp_path / "whole")["images"]
+    )

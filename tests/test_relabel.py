@@ -36,7 +36,7 @@ def test_replayed_soft_labels_equal_teacher_on_stored_crops(tmp_path):
     )
     soft = relabel.load_soft_labels(r)
     images = torch.load(s / "synthetic.pt", weights_only=True)["images"]
-    teacher = load_pool(p, "base", "cpu")[0]
+    teacher = load_pool(p, "base", "cpu")[0][0]
     epochs = soft["crops"].shape[0]
     assert soft["logits"].shape == (epochs, len(images), 10) and soft["logits"].dtype == torch.float16
     for e in range(epochs):

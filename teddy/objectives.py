@@ -1,0 +1,101 @@
+"""Distillation objectives: ``objective(φ, view, labels, gen) -> (loss, terms)``.
+
+``terms`` is a 1-D tensor of the logged loss terms (names in ``objective.names``); it stays on
+the device so the synthesis loop never waits for the host.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from teddy import meta
+from teddy.losses import BNStatsRecorder, gradient_cosine_loss
+from teddy.train import to_unit
+
+
+class RealBatches:
+    """Per-class real training batches from the dataset cache, drawn with the batch's generator."""
+
+    def __init__(self, data: dict, per_class: int, device):
+        if data is None:
+            raise ValueError("this objective needs real images: the dataset cache was not loaded")
+        y = data["train_y"]
+        self.x, self.per_class, self.device = data["train_x"], per_class, device
+        self.by_class = {int(c): torch.nonzero(y == c).flatten() for c in torch.unique(y)}
+
+    def __call__(self, classes: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, labels = [], []
+        for c in classes.tolist():
+            pool = self.by_class[c]
+            idx.append(pool[torch.randint(len(pool), (self.per_class,), generator=gen)])
+            labels.append(torch.full((self.per_class,), c))
+        return to_unit(self.x[torch.cat(idx)]).to(self.device), torch.cat(labels).to(self.device)
+
+
+class BNMatching:
+    names = ("ce", "bn")
+
+    def __init__(self, cfg):
+        self.alpha, self.first = cfg.distill.alpha_bn, cfg.distill.first_bn_weight
+        self.recorders: dict[int, BNStatsRecorder] = {}
+
+    def __call__(self, model, view, labels, gen):
+        rec = self.recorders.setdefault(id(model), BNStatsRecorder(model))
+        with rec.record():
+            logits = model(view)
+        ce = F.cross_entropy(logits.float(), labels)
+        bn = rec.loss(self.first)
+        return ce + self.alpha * bn, torch.stack([ce, bn])
+
+
+class GradientMatching:
+    """Σ_c 1 − cos(∇θ CE(φ(real_c), c), ∇θ CE(φ(x̃_c), c)) over the classes of the batch."""
+
+    names = ("grad_match",)
+
+    def __init__(self, cfg, data, device):
+        self.real = RealBatches(data, cfg.distill.real_batch, device)
+
+    def __call__(self, model, view, labels, gen):
+        params = {n: p.detach().requires_grad_(True) for n, p in model.named_parameters()}
+        buffers = dict(model.named_buffers())
+        x_real, y_real = self.real(labels, gen)
+        per = self.real.per_class
+        loss = view.new_zeros(())
+        for i in range(len(labels)):
+            real_loss = F.cross_entropy(
+                functional_call(model, (params, buffers), (x_real[i * per : (i + 1) * per],)),
+                y_real[i * per : (i + 1) * per],
+            )
+            g_real = torch.autograd.grad(real_loss, list(params.values()))
+            syn_loss = F.cross_entropy(
+                functional_call(model, (params, buffers), (view[i : i + 1],)), labels[i : i + 1]
+            )
+            g_syn = torch.autograd.grad(syn_loss, list(params.values()), create_graph=True)
+            loss = loss + gradient_cosine_loss(g_real, g_syn)
+        return loss, loss.detach()[None]
+
+
+class Unrolled:
+    """CE on a real batch after K inner SGD steps on the synthetic batch (exact bi-level)."""
+
+    names = ("outer_ce",)
+
+    def __init__(self, cfg, data, device):
+        self.real = RealBatches(data, cfg.distill.real_batch, device)
+        self.steps, self.inner_lr = cfg.distill.unroll_steps, cfg.distill.inner_lr
+
+    def __call__(self, model, view, labels, gen):
+        x_real, y_real = self.real(labels, gen)
+        loss = meta.unrolled_loss(model, view, labels, x_real, y_real, self.steps, self.inner_lr)
+        return loss, loss.detach()[None]
+
+
+def make_objective(method: str, cfg, data, device):
+    if method == "unrolled":
+        return Unrolled(cfg, data, device)
+    if method == "teddy" and cfg.distill.matching == "gradient":
+        return GradientMatching(cfg, data, device)
+    return BNMatching(cfg)
