@@ -24,7 +24,9 @@ def collect_row(eval_dir: Path) -> dict:
     pool = read_json(Path(soft["inputs"]["pool"]) / "metrics.json")
     walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
     row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
-    row |= {f"{stage}_s": round(walls[stage]["wall_s"], 3) for stage in STAGES}
+    row |= {
+        f"{stage}_s": round(walls[stage]["wall_s"] + walls[stage].get("shard_wall_s", 0), 3) for stage in STAGES
+    }
     return row
 
 

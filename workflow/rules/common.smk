@@ -12,6 +12,8 @@ wildcard_constraints:
     ipc=r"\d+",
     seed=r"\d+",
     arch="|".join(config["evaluate"]["archs"]),
+    shard=r"\d+",
+    nshards=r"\d+",
 
 
 def stage_params(*sections):
@@ -19,11 +21,21 @@ def stage_params(*sections):
     return job_params(config, *sections)
 
 
-def get_pool_input(wildcards):
-    """random needs no pool; teddy and sre2l read the pool manifest (and its members)."""
+def get_distill_shards(wildcards):
+    """random picks real images in one job; optimised methods run distill.shards shard jobs."""
     if wildcards.method == "random":
         return []
-    return f"results/{wildcards.dataset}/pool/manifest.json"
+    n = config["distill"]["shards"]
+    return expand(
+        "results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/shards/{shard}-of-{n}/batches.pt",
+        **wildcards,
+        shard=range(n),
+        n=n,
+    )
+
+
+def merge_args(shards):
+    return "--merge " + " ".join(os.path.dirname(f) for f in shards) if shards else ""
 
 
 def get_evaluations(wildcards):
