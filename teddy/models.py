@@ -127,6 +127,60 @@ def mobilenetv2(spec: InputSpec, width: int = 0) -> nn.Module:
     return net
 
 
+@register("shufflenetv2")
+def shufflenetv2(spec: InputSpec, width: int = 0) -> nn.Module:
+    import torchvision
+
+    net = torchvision.models.shufflenet_v2_x1_0(weights=None, num_classes=spec.num_classes)
+    out = net.conv1[0].out_channels
+    stride = 1 if _small(spec) else 2
+    net.conv1[0] = nn.Conv2d(spec.channels, out, 3, stride=stride, padding=1, bias=False)
+    if _small(spec):
+        net.maxpool = nn.Identity()
+    return net
+
+
+@register("efficientnet_b0")
+def efficientnet_b0(spec: InputSpec, width: int = 0) -> nn.Module:
+    import torchvision
+
+    net = torchvision.models.efficientnet_b0(weights=None, num_classes=spec.num_classes)
+    out = net.features[0][0].out_channels
+    stride = 1 if _small(spec) else 2
+    net.features[0][0] = nn.Conv2d(spec.channels, out, 3, stride=stride, padding=1, bias=False)
+    return net
+
+
+@register("densenet121")
+def densenet121(spec: InputSpec, width: int = 0) -> nn.Module:
+    import torchvision
+
+    net = torchvision.models.densenet121(weights=None, num_classes=spec.num_classes)
+    out = net.features.conv0.out_channels
+    if _small(spec):
+        net.features.conv0 = nn.Conv2d(spec.channels, out, 3, stride=1, padding=1, bias=False)
+        net.features.pool0 = nn.Identity()
+    elif spec.channels != 3:
+        net.features.conv0 = nn.Conv2d(spec.channels, out, 7, stride=2, padding=3, bias=False)
+    return net
+
+
+@register("deit_tiny")
+def deit_tiny(spec: InputSpec, width: int = 0) -> nn.Module:
+    """DeiT-tiny (timm, no pretrained weights); patch size chosen to give ≥ 4×4 patches."""
+    import timm
+
+    patch = next(p for p in (16, 8, 4, 2, 1) if spec.image_size % p == 0 and spec.image_size // p >= 4)
+    return timm.create_model(
+        "deit_tiny_patch16_224",
+        pretrained=False,
+        num_classes=spec.num_classes,
+        img_size=spec.image_size,
+        patch_size=patch,
+        in_chans=spec.channels,
+    )
+
+
 def bn_layers(model: nn.Module) -> list[nn.BatchNorm2d]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 

@@ -1,0 +1,210 @@
+"""Distillation cost and fidelity benchmarks → benchmarks/results/distill.json (+ fidelity.png).
+
+Run: make bench   (or python benchmarks/distill.py). CPU by default; every figure that is a
+comparison is a ratio of two measurements taken side by side in this one run.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import config, host, median_time, peak_rss_mb, write  # noqa: E402
+
+from teddy import distill, meta, models  # noqa: E402
+from teddy.objectives import BNMatching, Unrolled  # noqa: E402
+
+SPEC = models.InputSpec(10, 1, 28, (0.286,), (0.353,))  # Fashion-MNIST-sized
+BATCH, WIDTH, POOL = 100, 128, 5
+KS_COST, KS_FIDELITY = (1, 5, 10, 20), (1, 2, 5, 10)
+
+
+def make_pool(n: int = POOL, width: int = WIDTH) -> list[torch.nn.Module]:
+    pool = []
+    for i in range(n):
+        torch.manual_seed(i)
+        model = models.create_model("convnet", SPEC, width=width)
+        with torch.no_grad():  # give BN running statistics of (random) data, as a trained member has
+            model.train()(torch.rand(256, 1, 28, 28))
+        pool.append(model.eval().requires_grad_(False))
+    return pool
+
+
+def fake_data(n: int = 2000) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "train_x": torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g),
+        "train_y": torch.arange(n) % 10,
+    }
+
+
+class EnsembleBN:
+    """The multi-model style: match the statistics of every pool model at every step."""
+
+    names = ("ce", "bn")
+
+    def __init__(self, cfg, pool):
+        self.single, self.pool = BNMatching(cfg), pool
+
+    def __call__(self, model, view, labels, gen):
+        parts = [self.single(m, view, labels, gen) for m in self.pool]
+        return sum(p[0] for p in parts) / len(parts), torch.stack([p[1] for p in parts]).mean(0)
+
+
+def run_steps(objective_name: str, iterations: int, k: int = 1) -> None:
+    """``iterations`` synthesis steps of one batch through distill.synthesize_batch (the real loop)."""
+    cfg = config(f"distill.iterations={iterations}", f"distill.unroll_steps={k}", "distill.real_batch=16")
+    pool = make_pool()
+    labels = torch.arange(BATCH) % 10
+    objective = {
+        "teddy": lambda: BNMatching(cfg),
+        "ensemble": lambda: EnsembleBN(cfg, pool),
+        "unrolled": lambda: Unrolled(cfg, fake_data(), "cpu"),
+    }[objective_name]()
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.rand(BATCH, 1, 28, 28, generator=gen)
+    st = distill.new_state(x0, cfg, "cpu")
+    draw = lambda it, g: int(torch.randint(len(pool), (1,), generator=g))  # noqa: E731
+    distill.synthesize_batch(st, labels, pool, objective, draw, cfg, gen, "cpu")
+
+
+def time_per_step(objective_name: str, iterations: int, k: int = 1, repeats: int = 3) -> float:
+    return median_time(lambda: run_steps(objective_name, iterations, k), repeats, warmup=1) / iterations
+
+
+def bare_forward_backward(iterations: int) -> float:
+    model = make_pool(1)[0]
+    x = torch.rand(BATCH, 1, 28, 28, requires_grad=True)
+    labels = torch.arange(BATCH) % 10
+
+    def steps():
+        for _ in range(iterations):
+            F.cross_entropy(model(x), labels).backward()
+            x.grad = None
+
+    return median_time(steps, 3, warmup=1) / iterations
+
+
+def cost(quick: bool) -> dict:
+    n = 5 if quick else 20
+    bare = bare_forward_backward(n)
+    teddy = time_per_step("teddy", n)
+    ensemble = time_per_step("ensemble", max(2, n // 4))
+    out = {
+        "batch": BATCH,
+        "width": WIDTH,
+        "pool_size": POOL,
+        "bare_fwd_bwd_s": bare,
+        "teddy_step_s": teddy,
+        "ensemble_step_s": ensemble,
+        "overhead_vs_fwd_bwd": teddy / bare - 1,
+        "ensemble_runtime_reduction": 1 - teddy / ensemble,
+    }
+    teddy_mem = peak_rss_mb(run_steps, "teddy", 2)
+    out["teddy_peak_rss_mb"] = teddy_mem
+    out["unrolled"] = {}
+    for k in KS_COST[:2] if quick else KS_COST:
+        t = time_per_step("unrolled", 2, k, repeats=1 if k >= 10 else 2)
+        mem = peak_rss_mb(run_steps, "unrolled", 2, k)
+        out["unrolled"][k] = {"step_s": t, "peak_rss_mb": mem}
+    out["unrolled_time_ratio"] = {k: v["step_s"] / teddy for k, v in out["unrolled"].items()}
+    out["unrolled_memory_ratio"] = {k: v["peak_rss_mb"] / teddy_mem for k, v in out["unrolled"].items()}
+    return out
+
+
+def trained_digits_model(tmp: Path):
+    """A weak (one-epoch) BN ConvNet on embedded digits and the real data it saw."""
+    from teddy import prepare_data, pretrain_pool
+    from teddy.tracking import NullTracker
+
+    cfg = config("pretrain_pool.epochs=1", "pretrain_pool.width=32", "pretrain_pool.prior_epochs=[]")
+    prepare_data.run(cfg, {}, {"out": tmp}, device="cpu", tracker=NullTracker())
+    data = prepare_data.load(tmp / "cache.pt")
+    manifest = {"num_classes": 10, "channels": 1, "image_size": 16, "mean": [0.3], "std": [0.32]}
+    spec = models.InputSpec.from_manifest(manifest)
+    model = pretrain_pool.train_base(cfg, data, spec, "cpu", NullTracker(), lambda e, m: None)
+    return model.eval().requires_grad_(False), data
+
+
+def fidelity(quick: bool) -> dict:
+    """cos(∇x̃ unrolled K-step loss, ∇x̃ Taylor surrogate) on a small ConvNet, mean ± std over draws."""
+    from teddy.objectives import RealBatches
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model, data = trained_digits_model(Path(tmp))
+    real = RealBatches(data, 16, "cpu")
+    table = {}
+    for eta in (0.01, 0.1):
+        table[eta] = {}
+        for k in KS_FIDELITY:
+            cosines = []
+            for draw in range(3 if quick else 8):
+                gen = torch.Generator().manual_seed(draw)
+                labels = torch.arange(10)
+                x = torch.rand(10, 1, 16, 16, generator=gen).requires_grad_(True)
+                xr, yr = real(labels, gen)
+                (exact,) = torch.autograd.grad(meta.unrolled_loss(model, x, labels, xr, yr, k, eta), x)
+                g_real = meta.real_gradient(model, xr, yr)
+                (approx,) = torch.autograd.grad(meta.taylor_surrogate(model, x, labels, g_real, k, eta), x)
+                cosines.append(F.cosine_similarity(exact.flatten(), approx.flatten(), dim=0).item())
+            t = torch.tensor(cosines)
+            table[eta][k] = {"mean": t.mean().item(), "std": t.std().item(), "draws": len(cosines)}
+    return table
+
+
+def plot_fidelity(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for eta, row in table.items():
+        ks = sorted(row)
+        ax.errorbar(
+            ks,
+            [row[k]["mean"] for k in ks],
+            yerr=[row[k]["std"] for k in ks],
+            marker="o",
+            capsize=3,
+            label=f"inner lr η = {eta}",
+        )
+    ax.set(
+        xlabel="unrolled inner steps K",
+        ylabel="cos(exact, Taylor) of ∇x̃",
+        title="Fidelity of the first-order surrogate",
+    )
+    ax.set_xticks(KS_FIDELITY)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    torch.set_num_threads(1)  # one core per measurement: stabler on a shared 2-core machine
+    fid = fidelity(quick)
+    result = {"host": host(), "device": "cpu", "quick": quick, **cost(quick)}
+    result["fidelity"] = {str(eta): {str(k): v for k, v in row.items()} for eta, row in fid.items()}
+    result["fidelity_cosine"] = {str(k): v["mean"] for k, v in fid[0.01].items()}
+    path = write("distill.json", result)
+    plot_fidelity(fid, path.parent / "fidelity.png")
+    print(f"wrote {path}")
+    for key in (
+        "overhead_vs_fwd_bwd",
+        "ensemble_runtime_reduction",
+        "unrolled_time_ratio",
+        "unrolled_memory_ratio",
+        "fidelity_cosine",
+    ):
+        print(f"{key}: {result[key]}")
+
+
+if __name__ == "__main__":
+    main()
