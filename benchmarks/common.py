@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -34,19 +33,36 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
 
 
 def _peak_child(target, args, queue):
+    import threading
+
+    import psutil
+
     torch.set_num_threads(1)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    proc = psutil.Process()
+    baseline = proc.memory_info().rss
+    peak, done = [baseline], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     target(*args)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    done.set()
+    sampler.join()
+    queue.put((peak[0] - baseline) / 2**20)
 
 
 def peak_rss_mb(target, *args) -> float:
-    """Peak RSS growth (MiB) of ``target(*args)`` run in a fresh process (CPU memory on this host)."""
+    """Peak RSS growth (MiB) over the RSS at the start of ``target(*args)``, run in a fresh process
+    and sampled every 2 ms (CPU memory of this host; a CUDA run would read max_memory_allocated)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_peak_child, args=(target, args, queue))
     proc.start()
-    value = queue.get(timeout=600)
+    value = queue.get(timeout=900)
     proc.join()
     return value
 

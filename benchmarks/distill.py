@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -70,7 +71,8 @@ def run_steps(objective_name: str, iterations: int, k: int = 1) -> None:
     x0 = torch.rand(BATCH, 1, 28, 28, generator=gen)
     st = distill.new_state(x0, cfg, "cpu")
     draw = lambda it, g: int(torch.randint(len(pool), (1,), generator=g))  # noqa: E731
-    distill.synthesize_batch(st, labels, pool, objective, draw, cfg, gen, "cpu")
+    schedule = distill.draw_schedule(cfg, BATCH, draw, gen, "cpu")
+    distill.synthesize_batch(st, labels, pool, objective, schedule, cfg, gen, "cpu")
 
 
 def time_per_step(objective_name: str, iterations: int, k: int = 1, repeats: int = 3) -> float:
@@ -90,8 +92,13 @@ def bare_forward_backward(iterations: int) -> float:
     return median_time(steps, 3, warmup=1) / iterations
 
 
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 def cost(quick: bool) -> dict:
     n = 5 if quick else 20
+    log("bare forward+backward, teddy and ensemble steps")
     bare = bare_forward_backward(n)
     teddy = time_per_step("teddy", n)
     ensemble = time_per_step("ensemble", max(2, n // 4))
@@ -109,6 +116,7 @@ def cost(quick: bool) -> dict:
     out["teddy_peak_rss_mb"] = teddy_mem
     out["unrolled"] = {}
     for k in KS_COST[:2] if quick else KS_COST:
+        log(f"unrolled K={k}")
         t = time_per_step("unrolled", 2, k, repeats=1 if k >= 10 else 2)
         mem = peak_rss_mb(run_steps, "unrolled", 2, k)
         out["unrolled"][k] = {"step_s": t, "peak_rss_mb": mem}
@@ -189,6 +197,7 @@ def plot_fidelity(table: dict, path: Path) -> None:
 def main() -> None:
     quick = "--quick" in sys.argv
     torch.set_num_threads(1)  # one core per measurement: stabler on a shared 2-core machine
+    log("fidelity")
     fid = fidelity(quick)
     result = {"host": host(), "device": "cpu", "quick": quick, **cost(quick)}
     result["fidelity"] = {str(eta): {str(k): v for k, v in row.items()} for eta, row in fid.items()}

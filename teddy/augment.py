@@ -43,9 +43,13 @@ def apply_crops(x: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Roll the whole batch by one random (dy, dx) in [-max_shift, max_shift] (SRe2L jitter)."""
+def sample_shift(max_shift: int, generator: torch.Generator) -> tuple[int, int]:
+    """One random (dy, dx) in [-max_shift, max_shift] for a whole batch (SRe2L jitter)."""
     if max_shift <= 0:
-        return x
+        return 0, 0
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
-    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+    return dy, dx
+
+
+def roll(x: torch.Tensor, shift: tuple[int, int]) -> torch.Tensor:
+    return torch.roll(x, shifts=shift, dims=(2, 3)) if shift != (0, 0) else x

@@ -75,7 +75,10 @@ def init_batch(manifest: dict, cfg, data: dict | None, batch: Batch, seed: int) 
 
 
 def new_state(x0: torch.Tensor, cfg, device) -> dict:
-    x = x0.to(device).requires_grad_(True)
+    x = x0.to(device)
+    if torch.device(device).type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg.distill.lr, betas=(0.5, 0.9))
     return {"x": x, "opt": opt, "sched": warmup_cosine(opt, cfg.distill.iterations), "it": 0, "curve": None}
 
@@ -101,19 +104,38 @@ def load_state(saved: dict, cfg, gen: torch.Generator, device) -> dict:
     return st
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Everything random about a batch's iterations, drawn up front from the batch's generator and
+    moved to the device once, so the loop never waits for the host."""
+
+    members: list[int]
+    shifts: list[tuple[int, int]]
+    crops: torch.Tensor  # (iterations, n, 4)
+
+
+def draw_schedule(cfg, n: int, draw, gen: torch.Generator, device) -> Schedule:
+    d = cfg.distill
+    members, shifts, crops = [], [], []
+    for it in range(d.iterations):
+        members.append(draw(it, gen))
+        shifts.append(augment.sample_shift(d.jitter, gen))
+        crops.append(augment.sample_crops(n, d.crop_scale_min, d.flip, gen))
+    return Schedule(members, shifts, torch.stack(crops).to(device))
+
+
 def synthesize_batch(
-    st: dict, labels: torch.Tensor, pool: list, objective, draw, cfg, gen, device, save=None
+    st: dict, labels: torch.Tensor, pool: list, objective, schedule: Schedule, cfg, gen, device, save=None
 ) -> dict:
     """Run the remaining iterations of one batch; ``save(state)`` every checkpoint_every steps."""
     d = cfg.distill
     labels = labels.to(device)
     x, opt, sched = st["x"], st["opt"], st["sched"]
     while st["it"] < d.iterations:
-        model = pool[draw(st["it"], gen)]
-        view = augment.jitter(x, d.jitter, gen)
-        view = augment.apply_crops(view, augment.sample_crops(len(x), d.crop_scale_min, d.flip, gen))
+        it = st["it"]
+        view = augment.apply_crops(augment.roll(x, schedule.shifts[it]), schedule.crops[it])
         with autocast(device, cfg.run.dtype):
-            loss, terms = objective(model, view, labels, gen)
+            loss, terms = objective(pool[schedule.members[it]], view, labels, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -122,7 +144,7 @@ def synthesize_batch(
             x.clamp_(0, 1)
             if st["curve"] is None:
                 st["curve"] = torch.zeros(d.iterations, len(terms), device=device)
-            st["curve"][st["it"]] = terms.detach().float()  # stays on the device: no host sync
+            st["curve"][it] = terms.detach().float()  # stays on the device: no host sync
         st["it"] += 1
         if save is not None and st["it"] % d.checkpoint_every == 0 and st["it"] < d.iterations:
             save(st)
@@ -154,6 +176,7 @@ def run_shard(
             continue
         s = batch_seed(seed, batch.index)
         gen = torch.Generator().manual_seed(s)
+        schedule = draw_schedule(cfg, len(batch.classes), draw, gen, device)
         if saved_current is not None and saved_current["index"] == batch.index:
             st = load_state(saved_current["state"], cfg, gen, device)
         else:
@@ -165,7 +188,9 @@ def run_shard(
                 {"done": done, "current": {"index": batch.index, "state": state_dict(st, gen)}}, ckpt_path
             )
 
-        st = synthesize_batch(st, torch.tensor(batch.classes), pool, objective, draw, cfg, gen, device, save)
+        st = synthesize_batch(
+            st, torch.tensor(batch.classes), pool, objective, schedule, cfg, gen, device, save
+        )
         iters += st["it"] - start
         image_iters += (st["it"] - start) * len(batch.classes)
         done[batch.index] = {

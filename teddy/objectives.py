@@ -88,7 +88,7 @@ class Unrolled:
         self.steps, self.inner_lr = cfg.distill.unroll_steps, cfg.distill.inner_lr
 
     def __call__(self, model, view, labels, gen):
-        x_real, y_real = self.real(labels, gen)
+        x_real, y_real = self.real(torch.unique(labels), gen)  # real_batch images per class of the batch
         loss = meta.unrolled_loss(model, view, labels, x_real, y_real, self.steps, self.inner_lr)
         return loss, loss.detach()[None]
 

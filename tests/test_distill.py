@@ -60,7 +60,8 @@ def test_synthesis_lowers_the_objective(tmp_path):
     batch = distill.Batch(0, 0, tuple(range(10)))
     st = distill.new_state(distill.init_batch(manifest, cfg, None, batch, 0), cfg, "cpu")
     gen = torch.Generator().manual_seed(0)
-    st = distill.synthesize_batch(st, torch.arange(10), pool, BNMatching(cfg), lambda it, g: 0, cfg, gen, "cpu")
+    schedule = distill.draw_schedule(cfg, 10, lambda it, g: 0, gen, "cpu")
+    st = distill.synthesize_batch(st, torch.arange(10), pool, BNMatching(cfg), schedule, cfg, gen, "cpu")
     total = st["curve"][:, 0] + cfg.distill.alpha_bn * st["curve"][:, 1]
     assert total[-5:].mean() < 0.5 * total[:5].mean()
 
