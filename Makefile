@@ -37,6 +37,10 @@ repro: $(STAMP)
 report-html: $(STAMP)
 	$(BIN)/snakemake --report results/report.html
 
+# Benchmarks run on demand (not in CI); each writes benchmarks/results/<name>.json.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/distill.py $(BENCH_ARGS)
+
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 

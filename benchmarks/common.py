@@ -32,12 +32,13 @@ def median_time(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def _peak_child(target, args, queue):
+def _peak_child(make, args, queue):
     import threading
 
     import psutil
 
     torch.set_num_threads(1)
+    target = make(*args)
     proc = psutil.Process()
     baseline = proc.memory_info().rss
     peak, done = [baseline], threading.Event()
@@ -49,18 +50,19 @@ def _peak_child(target, args, queue):
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    target(*args)
+    target()
     done.set()
     sampler.join()
     queue.put((peak[0] - baseline) / 2**20)
 
 
-def peak_rss_mb(target, *args) -> float:
-    """Peak RSS growth (MiB) over the RSS at the start of ``target(*args)``, run in a fresh process
-    and sampled every 2 ms (CPU memory of this host; a CUDA run would read max_memory_allocated)."""
+def peak_rss_mb(make, *args) -> float:
+    """In a fresh process, ``target = make(*args)`` (setup, not measured), then the peak RSS growth
+    (MiB) while ``target()`` runs, sampled every 2 ms (CPU memory; a CUDA run would read
+    max_memory_allocated)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_child, args=(target, args, queue))
+    proc = ctx.Process(target=_peak_child, args=(make, args, queue))
     proc.start()
     value = queue.get(timeout=900)
     proc.join()

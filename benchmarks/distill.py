@@ -57,8 +57,9 @@ class EnsembleBN:
         return sum(p[0] for p in parts) / len(parts), torch.stack([p[1] for p in parts]).mean(0)
 
 
-def run_steps(objective_name: str, iterations: int, k: int = 1) -> None:
-    """``iterations`` synthesis steps of one batch through distill.synthesize_batch (the real loop)."""
+def setup(objective_name: str, iterations: int, k: int = 1):
+    """Build config, pool and objective; return ``steps()`` running ``iterations`` synthesis steps of
+    one batch through distill.synthesize_batch (the real loop) from a fresh state."""
     cfg = config(f"distill.iterations={iterations}", f"distill.unroll_steps={k}", "distill.real_batch=16")
     pool = make_pool()
     labels = torch.arange(BATCH) % 10
@@ -67,16 +68,21 @@ def run_steps(objective_name: str, iterations: int, k: int = 1) -> None:
         "ensemble": lambda: EnsembleBN(cfg, pool),
         "unrolled": lambda: Unrolled(cfg, fake_data(), "cpu"),
     }[objective_name]()
-    gen = torch.Generator().manual_seed(0)
-    x0 = torch.rand(BATCH, 1, 28, 28, generator=gen)
-    st = distill.new_state(x0, cfg, "cpu")
-    draw = lambda it, g: int(torch.randint(len(pool), (1,), generator=g))  # noqa: E731
-    schedule = distill.draw_schedule(cfg, BATCH, draw, gen, "cpu")
-    distill.synthesize_batch(st, labels, pool, objective, schedule, cfg, gen, "cpu")
+
+    def draw(it, g):
+        return int(torch.randint(len(pool), (1,), generator=g))
+
+    def steps():
+        gen = torch.Generator().manual_seed(0)
+        st = distill.new_state(torch.rand(BATCH, 1, 28, 28, generator=gen), cfg, "cpu")
+        schedule = distill.draw_schedule(cfg, BATCH, draw, gen, "cpu")
+        distill.synthesize_batch(st, labels, pool, objective, schedule, cfg, gen, "cpu")
+
+    return steps
 
 
 def time_per_step(objective_name: str, iterations: int, k: int = 1, repeats: int = 3) -> float:
-    return median_time(lambda: run_steps(objective_name, iterations, k), repeats, warmup=1) / iterations
+    return median_time(setup(objective_name, iterations, k), repeats, warmup=1) / iterations
 
 
 def bare_forward_backward(iterations: int) -> float:
@@ -112,13 +118,13 @@ def cost(quick: bool) -> dict:
         "overhead_vs_fwd_bwd": teddy / bare - 1,
         "ensemble_runtime_reduction": 1 - teddy / ensemble,
     }
-    teddy_mem = peak_rss_mb(run_steps, "teddy", 2)
+    teddy_mem = peak_rss_mb(setup, "teddy", 2)
     out["teddy_peak_rss_mb"] = teddy_mem
     out["unrolled"] = {}
     for k in KS_COST[:2] if quick else KS_COST:
         log(f"unrolled K={k}")
         t = time_per_step("unrolled", 2, k, repeats=1 if k >= 10 else 2)
-        mem = peak_rss_mb(run_steps, "unrolled", 2, k)
+        mem = peak_rss_mb(setup, "unrolled", 2, k)
         out["unrolled"][k] = {"step_s": t, "peak_rss_mb": mem}
     out["unrolled_time_ratio"] = {k: v["step_s"] / teddy for k, v in out["unrolled"].items()}
     out["unrolled_memory_ratio"] = {k: v["peak_rss_mb"] / teddy_mem for k, v in out["unrolled"].items()}

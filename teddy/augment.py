@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,3 +54,36 @@ def sample_shift(max_shift: int, generator: torch.Generator) -> tuple[int, int]:
 
 def roll(x: torch.Tensor, shift: tuple[int, int]) -> torch.Tensor:
     return torch.roll(x, shifts=shift, dims=(2, 3)) if shift != (0, 0) else x
+
+
+def sample_mix(n: int, mode: str, alpha: float, generator: torch.Generator) -> torch.Tensor:
+    """Mixing parameters per image → float32 (n, 4): partner index, λ, box centre (cx, cy) in [0, 1].
+
+    λ ~ Beta(α, α) is the weight of the image itself (mixup) or the area it keeps (cutmix);
+    mode "none" gives λ = 1 (no partner)."""
+    if mode == "none":
+        return torch.stack([torch.arange(n).float(), torch.ones(n), torch.zeros(n), torch.zeros(n)], dim=1)
+    partner = torch.randperm(n, generator=generator).float()
+    rng = np.random.default_rng(
+        int(torch.randint(2**62, (1,), generator=generator))
+    )  # torch's Beta takes no generator
+    lam = torch.from_numpy(rng.beta(alpha, alpha, n)).float()
+    centres = torch.rand(n, 2, generator=generator)
+    return torch.stack([partner, lam, centres[:, 0], centres[:, 1]], dim=1)
+
+
+def apply_mix(x: torch.Tensor, partner: torch.Tensor, mix: torch.Tensor, mode: str) -> torch.Tensor:
+    """Mix views x (N, C, H, W) with partner views (N, C, H, W) by mix (N, 4) from sample_mix."""
+    if mode == "none":
+        return x
+    lam = mix[:, 1].to(x).view(-1, 1, 1, 1)
+    if mode == "mixup":
+        return lam * x + (1 - lam) * partner
+    h, w = x.shape[-2:]
+    side = torch.sqrt(1 - mix[:, 1]).to(x)  # the pasted box covers a (1 − λ) fraction of the image
+    ys = (torch.arange(h, device=x.device, dtype=x.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=x.device, dtype=x.dtype) + 0.5) / w
+    in_y = (ys[None, :] - mix[:, 3:4].to(x)).abs() < side[:, None] / 2
+    in_x = (xs[None, :] - mix[:, 2:3].to(x)).abs() < side[:, None] / 2
+    box = (in_y[:, :, None] & in_x[:, None, :])[:, None]
+    return torch.where(box, partner, x)

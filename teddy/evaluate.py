@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch
 
-from teddy import augment, models, prepare_data
+from teddy import models, prepare_data, relabel
 from teddy.distill import load_synthetic
 from teddy.losses import soft_kl
-from teddy.relabel import load_soft_labels
 from teddy.train import accuracy, make_optimizer, warmup_cosine
 from teddy.utils import read_json
 
 
-def train_student(cfg, model, images, soft: dict, seed: int, device, on_epoch) -> None:
+def train_student(cfg, model, images, soft: dict, seed: int, device, on_epoch, teacher=None) -> None:
+    """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online."""
     e = cfg.evaluate
     n = len(images)
     stored_epochs = soft["crops"].shape[0]
@@ -24,36 +24,40 @@ def train_student(cfg, model, images, soft: dict, seed: int, device, on_epoch) -
             f"soft-label file holds {stored_epochs} epochs × {soft['crops'].shape[1]} images but "
             f"evaluate needs {e.epochs} × {n}: rerun relabel with the same evaluate.epochs"
         )
+    if "logits" not in soft and teacher is None:
+        raise RuntimeError("the soft-label file was made with relabel.mode=online: pass --pool for the teacher")
     batch = min(e.batch_size, n)
     opt = make_optimizer(model, e.optimizer, e.lr, e.weight_decay)
-    steps = e.epochs * -(-n // batch)
-    sched = warmup_cosine(opt, steps)
+    sched = warmup_cosine(opt, e.epochs * -(-n // batch))
     gen = torch.Generator().manual_seed(seed)
     images = images.to(device)
-    crops, logits = soft["crops"].to(device), soft["logits"].to(device)
+    views = {**soft, "crops": soft["crops"].to(device), "mix": soft["mix"].to(device)}
+    logits = soft["logits"].to(device) if "logits" in soft else None
     for epoch in range(e.epochs):
         model.train()
         perm = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
+        total = torch.zeros((), device=device)
         for start in range(0, n, batch):
             idx = perm[start : start + batch]
-            view = augment.apply_crops(images[idx], crops[epoch, idx])
-            loss = soft_kl(model(view), logits[epoch, idx], e.temperature)
+            view = relabel.render(images, views, epoch, idx)
+            target = logits[epoch, idx] if logits is not None else teacher(view)
+            loss = soft_kl(model(view), target, e.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
-        on_epoch(epoch + 1, total / n)
+            total += loss.detach() * len(idx)
+        on_epoch(epoch + 1, total.item() / n)
 
 
 def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, tracker) -> dict:
-    """inputs: ``data``, ``synthetic``, ``soft_labels`` dirs; outputs: ``out`` dir."""
+    """inputs: ``data``, ``synthetic``, ``soft_labels`` (+ ``pool``: online relabel) dirs; outputs: ``out``."""
     data_dir = Path(inputs["data"])
     manifest = read_json(data_dir / prepare_data.MANIFEST)
     data = prepare_data.load(data_dir / prepare_data.CACHE)
     syn = load_synthetic(inputs["synthetic"])
-    soft = load_soft_labels(inputs["soft_labels"])
+    soft = relabel.load_soft_labels(inputs["soft_labels"])
+    teacher = relabel.Teacher(inputs["pool"], soft["teacher"], device) if "logits" not in soft else None
     torch.manual_seed(seed)
     model = models.create_model(arch, models.InputSpec.from_manifest(manifest), width=cfg.evaluate.width).to(
         device
@@ -68,7 +72,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
             tracker.log_metrics({"val_top1": acc["top1"]}, step=epoch)
             curve.append({"epoch": epoch, "train_kl": loss, **acc})
 
-    train_student(cfg, model, syn["images"], soft, seed, device, on_epoch)
+    train_student(cfg, model, syn["images"], soft, seed, device, on_epoch, teacher)
     Path(outputs["out"]).mkdir(parents=True, exist_ok=True)
     final = curve[-1]
     return {

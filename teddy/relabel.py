@@ -1,8 +1,11 @@
-"""Stage relabel: FKD-style precomputed soft labels.
+"""Stage relabel: FKD-style soft labels.
 
-For each of E epochs and every synthetic image, draw the augmentation (random-resized-crop +
-flip, stored as four numbers) and store the teacher's logits on that view (fp16). evaluate
-replays the file, so the teacher runs once per synthetic set whatever the number of students.
+For each of E student epochs and every synthetic image, draw the augmentation — a
+random-resized-crop + flip (four numbers) and, per ``relabel.mix``, a Mixup/CutMix partner, λ and
+box centre — and store it. ``precomputed`` also stores the teacher's logits on every view (fp16),
+so the teacher runs once per synthetic set whatever the number of students; ``online`` stores
+only the views and evaluate runs the teacher inside the student's loop on the very same views.
+The teacher is the fully trained base model, or the mean logits of the pool (``ensemble``).
 """
 
 from __future__ import annotations
@@ -19,40 +22,66 @@ from teddy.utils import load_torch, save_torch
 SOFT_LABELS = "soft_labels.pt"
 
 
+def draw_views(n: int, epochs: int, r, gen: torch.Generator) -> dict:
+    crops, mixes = [], []
+    for _ in range(epochs):
+        crops.append(augment.sample_crops(n, r.crop_scale_min, r.flip, gen))
+        mixes.append(augment.sample_mix(n, r.mix, r.mix_alpha, gen))
+    return {"crops": torch.stack(crops), "mix": torch.stack(mixes), "mix_mode": r.mix}  # (E, N, 4) each
+
+
+def render(images: torch.Tensor, views: dict, epoch: int, idx: torch.Tensor) -> torch.Tensor:
+    """The augmented views of images[idx] at ``epoch`` (images, views and idx on one device)."""
+    crops, mix = views["crops"][epoch], views["mix"][epoch, idx]
+    x = augment.apply_crops(images[idx], crops[idx])
+    if views["mix_mode"] == "none":
+        return x
+    partner = mix[:, 0].long()
+    return augment.apply_mix(x, augment.apply_crops(images[partner], crops[partner]), mix, views["mix_mode"])
+
+
+class Teacher:
+    """Logits of the base model, or the mean logits of the pool members."""
+
+    def __init__(self, pool_dir, which: str, device):
+        self.models, _ = load_pool(pool_dir, "base" if which == "base" else "prior", device)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float() for m in self.models]).mean(0)
+
+
 @torch.no_grad()
-def teacher_logits(teacher, images: torch.Tensor, crops: torch.Tensor, batch: int, device) -> torch.Tensor:
-    out = []
-    for start in range(0, len(images), batch):
-        view = augment.apply_crops(
-            images[start : start + batch].to(device), crops[start : start + batch].to(device)
-        )
-        out.append(teacher(view).float().cpu())
-    return torch.cat(out)
+def teacher_logits(teacher, images: torch.Tensor, views: dict, epoch: int, batch: int) -> torch.Tensor:
+    idx = torch.arange(len(images), device=images.device)
+    return torch.cat(
+        [teacher(render(images, views, epoch, idx[s : s + batch])).cpu() for s in range(0, len(images), batch)]
+    )
 
 
 def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict:
     """inputs: ``synthetic`` dir, ``pool`` dir; outputs: ``out`` dir (soft_labels.pt)."""
     syn = load_synthetic(inputs["synthetic"])
-    teacher = load_pool(inputs["pool"], "base", device)[0][0]
-    images, labels = syn["images"], syn["labels"]
-    epochs, r = cfg.evaluate.epochs, cfg.relabel
-    gen = torch.Generator().manual_seed(seed)
-    crops = torch.stack(
-        [augment.sample_crops(len(images), r.crop_scale_min, r.flip, gen) for _ in range(epochs)]
-    )  # (E, N, 4)
-    logits = torch.stack(
-        [teacher_logits(teacher, images, crops[e], cfg.evaluate.eval_batch_size, device) for e in range(epochs)]
-    )  # (E, N, K)
-    agree = (logits.argmax(-1) == labels[None]).float().mean().item() * 100
+    images, labels = syn["images"].to(device), syn["labels"]
+    r = cfg.relabel
+    views = draw_views(len(images), cfg.evaluate.epochs, r, torch.Generator().manual_seed(seed))
+    record = {**views, "labels": labels, "seed": seed, "mode": r.mode, "teacher": r.teacher}
+    metrics = {"method": syn["method"], "ipc": syn["ipc"], "views": cfg.evaluate.epochs * len(images)}
+    if r.mode == "precomputed":
+        teacher = Teacher(inputs["pool"], r.teacher, device)
+        dev_views = {**views, "crops": views["crops"].to(device), "mix": views["mix"].to(device)}
+        logits = torch.stack(
+            [
+                teacher_logits(teacher, images, dev_views, e, cfg.evaluate.eval_batch_size)
+                for e in range(cfg.evaluate.epochs)
+            ]
+        )  # (E, N, K)
+        record["logits"] = logits.half()
+        metrics["teacher_agreement"] = (logits.argmax(-1) == labels[None]).float().mean().item() * 100
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
-    save_torch({"crops": crops, "logits": logits.half(), "labels": labels, "seed": seed}, out / SOFT_LABELS)
-    return {
-        "method": syn["method"],
-        "ipc": syn["ipc"],
-        "teacher_agreement": agree,
-        "views": epochs * len(images),
-    }
+    save_torch(record, out / SOFT_LABELS)
+    return metrics
 
 
 def load_soft_labels(path_dir: str | Path) -> dict:
