@@ -33,7 +33,10 @@ from teddy.utils import atomic_path, autocast, load_torch, read_json, save_torch
 SYNTHETIC = "synthetic.pt"
 BATCHES = "batches.pt"
 GRID = "grid.png"
-POOL_OF = {"teddy": "prior", "unrolled": "prior", "sre2l": "base"}
+
+
+def pool_of(method: str, cfg) -> str:
+    return "base" if method == "sre2l" else cfg.distill.pool
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ def run_shard(
     manifest = read_json(data_dir / prepare_data.MANIFEST)
     needs_real = cfg.distill.init == "real" or method == "unrolled" or cfg.distill.matching == "gradient"
     data = prepare_data.load(data_dir / prepare_data.CACHE) if needs_real else None
-    pool, pool_manifest = load_pool(inputs["pool"], POOL_OF[method], device)
+    pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, cfg.distill.pool_size)
     draw = pool_sampler(cfg.distill.pool_sampling, pool_manifest)
     objective = make_objective(method, cfg, data, device)
     batches = plan_batches(manifest["num_classes"], ipc, cfg.distill.classes_per_batch)[shard[0] :: shard[1]]

@@ -206,5 +206,36 @@ def from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module
         spec["num_classes"], spec["channels"], spec["image_size"], tuple(spec["mean"]), tuple(spec["std"])
     )
     model = create_model(ckpt["arch"], spec, width=ckpt["width"])
+    if ckpt.get("pruned"):
+        resize_to(model, ckpt["state_dict"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device)
+
+
+def resize_to(model: nn.Module, state_dict: dict) -> nn.Module:
+    """Give ``model`` the (structurally pruned) shapes of ``state_dict`` so it can be loaded.
+
+    Parameters and buffers take the stored shapes; depthwise convolutions keep groups = channels.
+    This lets pruned members be stored as plain state dicts (``weights_only`` loading).
+    """
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            module.groups = module.in_channels = module.out_channels = state_dict[prefix + "weight"].shape[0]
+        for attr, value in list(module.named_parameters(recurse=False)) + list(
+            module.named_buffers(recurse=False)
+        ):
+            stored = state_dict.get(prefix + attr)
+            if stored is not None and stored.shape != value.shape:
+                new = torch.empty_like(stored)
+                if isinstance(value, nn.Parameter):
+                    setattr(module, attr, nn.Parameter(new, requires_grad=value.requires_grad))
+                else:
+                    module.register_buffer(attr, new)
+        if isinstance(module, nn.Conv2d) and module.groups == 1:
+            module.out_channels, module.in_channels = module.weight.shape[:2]
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.num_features = module.running_mean.shape[0]
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = module.weight.shape
+    return model
