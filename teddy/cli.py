@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(folder).is_dir():
             print(f"teddy {args.stage}: --merge {folder} is not a folder; run its shard first", file=sys.stderr)
             return 2
-    problem = check_selection(cfg, selection, inputs)
+    problem = check_selection(cfg, selection, inputs, options)
     if problem:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
@@ -176,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def check_selection(cfg, selection: dict, inputs: dict) -> str | None:
+def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | None:
     from teddy import models
 
-    if selection.get("method") in ("teddy", "sre2l", "unrolled") and "pool" not in inputs:
+    merging = bool(options.get("merge_from"))
+    if selection.get("method") in ("teddy", "sre2l", "unrolled") and "pool" not in inputs and not merging:
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
     if "arch" in selection and selection["arch"] not in models.available():
         return f"--arch {selection['arch']!r} is not a registered architecture: {models.available()}"

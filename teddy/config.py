@@ -198,9 +198,13 @@ def check(data: Mapping) -> None:
             )
     pool, pp = data["distill"]["pool"], data["pretrain_pool"]
     if pool in ("post", "both") and pp["post_members"] == 0:
-        problems.append(f"config key distill.pool: {pool!r} needs post members; set pretrain_pool.post_members ≥ 1")
+        problems.append(
+            f"config key distill.pool: {pool!r} needs post members; set pretrain_pool.post_members ≥ 1"
+        )
     if pool in ("prior", "both") and not pp["prior_epochs"]:
-        problems.append(f"config key distill.pool: {pool!r} needs prior members; set pretrain_pool.prior_epochs")
+        problems.append(
+            f"config key distill.pool: {pool!r} needs prior members; set pretrain_pool.prior_epochs"
+        )
     if data["report"]["baseline_method"] not in data["distill"]["methods"]:
         problems.append(
             f"config key report.baseline_method: {data['report']['baseline_method']!r} is not in "
