@@ -7,29 +7,8 @@ from .conftest import BASE, TINY
 
 
 def test_replayed_soft_labels_equal_teacher_on_stored_crops(tmp_path):
-    cfg = ["--config", str(BASE), "--config", str(TINY)]
-    d, p, s, r = (tmp_path / n for n in ("data", "pool", "syn", "soft"))
-    assert cli.main(["prepare-data", *cfg, "--out", str(d)]) == 0
-    assert cli.main(["pretrain-pool", *cfg, "--data", str(d), "--out", str(p)]) == 0
-    assert (
-        cli.main(
-            [
-                "distill",
-                *cfg,
-                "--data",
-                str(d),
-                "--method",
-                "random",
-                "--ipc",
-                "2",
-                "--seed",
-                "0",
-                "--out",
-                str(s),
-            ]
-        )
-        == 0
-    )
+    cfg, d, p, s = build(tmp_path)
+    r = tmp_path / "soft"
     assert (
         cli.main(["relabel", *cfg, "--synthetic", str(s), "--pool", str(p), "--seed", "0", "--out", str(r)])
         == 0
