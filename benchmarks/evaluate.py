@@ -69,6 +69,11 @@ def replay_throughput(images, epochs: int, cfg) -> float:
     return epochs * len(images) / (time.perf_counter() - t0)
 
 
+def teddy(*argv: str) -> None:
+    if cli.main(list(argv)) != 0:
+        raise RuntimeError(f"teddy {' '.join(argv)} failed")
+
+
 def replay_vs_online(quick: bool) -> dict:
     archs, seeds = ("convnet", "mobilenetv2", "resnet18"), (0, 1, 2)
     out = {"archs": archs, "seeds": seeds}
@@ -83,12 +88,14 @@ def replay_vs_online(quick: bool) -> dict:
             f"evaluate.epochs={5 if quick else 30}",
             "--set",
             "pretrain_pool.epochs=5",
+            "--set",
+            "pretrain_pool.prior_epochs=[2, 4]",
         ]
         d, p, s = tmp / "data", tmp / "pool", tmp / "syn"
-        cli.main(["prepare-data", *base, "--out", str(d)])
-        cli.main(["pretrain-pool", *base, "--data", str(d), "--out", str(p)])
-        cli.main(
-            [
+        teddy("prepare-data", *base, "--out", str(d))
+        teddy("pretrain-pool", *base, "--data", str(d), "--out", str(p))
+        teddy(
+            *[
                 "distill",
                 *base,
                 "--data",
@@ -106,8 +113,8 @@ def replay_vs_online(quick: bool) -> dict:
         for mode in ("precomputed", "online"):
             cfg = [*base, "--set", f"relabel.mode={mode}"]
             t0 = time.perf_counter()
-            cli.main(
-                [
+            teddy(
+                *[
                     "relabel",
                     *cfg,
                     "--synthetic",
@@ -122,8 +129,8 @@ def replay_vs_online(quick: bool) -> dict:
             )
             for arch in archs:
                 for seed in seeds:
-                    cli.main(
-                        [
+                    teddy(
+                        *[
                             "evaluate",
                             *cfg,
                             "--data",
