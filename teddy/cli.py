@@ -88,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--shard",
                 type=parse_shard,
-                default=(0, 1),
+                default=None,
                 metavar="I/N",
-                help="synthesize only shard I of N (whole batches b ≡ I mod N); default 0/1 = all",
+                help="synthesize only shard I of N (whole batches b ≡ I mod N) for a later --merge; "
+                "without it the job synthesizes everything and writes the set",
             )
             p.add_argument(
                 "--merge",

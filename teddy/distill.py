@@ -262,13 +262,13 @@ def run(
     seed: int,
     device,
     tracker,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] | None = None,
     merge_from: list[str] | None = None,
 ) -> dict:
     """inputs: ``data`` dir, ``pool`` dir (not for random); outputs: ``out`` dir.
 
-    ``shard=(i, n)`` with n > 1 writes only that shard's batches; ``merge_from`` assembles shard
-    folders; the default (0, 1) synthesizes everything and writes the set in one job.
+    ``shard=(i, n)`` writes only that shard's batches (a workflow shard job, n = 1 included);
+    ``merge_from`` assembles shard folders; neither synthesizes everything and writes the set.
     """
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
@@ -280,8 +280,8 @@ def run(
     else:
         n_batches = len(plan_batches(manifest["num_classes"], ipc, cfg.distill.classes_per_batch))
         if merge_from is None:
-            metrics |= run_shard(cfg, inputs, out, method, ipc, seed, shard, device, tracker)
-            if shard[1] > 1:
+            metrics |= run_shard(cfg, inputs, out, method, ipc, seed, shard or (0, 1), device, tracker)
+            if shard is not None:
                 return metrics | {"shard": f"{shard[0]}/{shard[1]}"}
             merge_from = [out]
         else:
