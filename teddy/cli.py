@@ -22,7 +22,7 @@ log = logging.getLogger("teddy")
 # stage → (help, input folders, selection options)
 STAGES = {
     "prepare-data": ("Read, split, resize and cache the dataset.", [], []),
-    "pretrain-pool": ("Train the base model and keep the pool of weak models.", ["data"], []),
+    "pretrain-pool": ("Train the base model and build the pool of weak models.", ["data?", "base?"], []),
     "distill": (
         "Synthesize the distilled set (teddy / sre2l / random).",
         ["data", "pool?"],
@@ -84,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
             )
         for option in sel:
             p.add_argument(f"--{option}", required=True, type=SELECTION_TYPES[option])
+        if name == "pretrain-pool":
+            p.add_argument(
+                "--member",
+                metavar="JOB",
+                help="build one job only: base, prior:S (seed S's trajectory) or post:I; --out is its "
+                "folder (post and prior targets need --base). Without it every job runs, then the manifest",
+            )
+            p.add_argument(
+                "--assemble",
+                nargs="+",
+                metavar="DIR",
+                dest="assemble_from",
+                help="write --out/manifest.json from these job folders instead",
+            )
         if name == "distill":
             p.add_argument(
                 "--shard",
@@ -164,16 +178,28 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
     selection = {k: getattr(args, k) for k in sel}
-    options = {k: getattr(args, k) for k in ("shard", "merge_from") if hasattr(args, k)}
-    for folder in options.get("merge_from") or []:
-        if not Path(folder).is_dir():
-            print(f"teddy {args.stage}: --merge {folder} is not a folder; run its shard first", file=sys.stderr)
-            return 2
+    options = {
+        k: getattr(args, k) for k in ("shard", "merge_from", "member", "assemble_from") if hasattr(args, k)
+    }
+    for flag, key in (("--merge", "merge_from"), ("--assemble", "assemble_from")):
+        for folder in options.get(key) or []:
+            if not Path(folder).is_dir():
+                print(
+                    f"teddy {args.stage}: {flag} {folder} is not a folder; run that job first", file=sys.stderr
+                )
+                return 2
     problem = check_selection(cfg, selection, inputs, options)
     if problem:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
-    execute(args.stage, cfg, inputs, Path(args.out), selection, options)
+    from teddy.utils import Preempted, preemption
+
+    preemption.install()
+    try:
+        execute(args.stage, cfg, inputs, Path(args.out), selection, options)
+    except Preempted as err:
+        print(f"teddy {args.stage}: {err}; rerun the same command to resume", file=sys.stderr)
+        return preemption.EXIT_CODE
     return 0
 
 
@@ -181,6 +207,22 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
     from teddy import models
 
     merging = bool(options.get("merge_from"))
+    if "member" in options:  # pretrain-pool
+        if options.get("assemble_from"):
+            return "--member and --assemble exclude each other" if options.get("member") else None
+        if "data" not in inputs:
+            return "pass --data (prepare-data's --out)"
+        if options.get("member"):
+            from teddy import pretrain_pool
+
+            try:
+                kind, _ = pretrain_pool.parse_member(cfg, options["member"])
+            except ValueError as err:
+                return str(err)
+            needs_base = kind == "post" or (kind == "prior" and cfg.pretrain_pool.prior_targets)
+            if needs_base and "base" not in inputs:
+                member = options["member"]
+                return f"--member {member} starts from the base model: pass --base (the base job's --out)"
     if selection.get("method") in ("teddy", "sre2l", "unrolled") and "pool" not in inputs and not merging:
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
     if "arch" in selection and selection["arch"] not in models.available():

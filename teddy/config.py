@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,10 @@ def _dataclass_for(name: str, schema_json: str) -> type:
 def _freeze(name: str, value: Any, schema: dict) -> Any:
     import json
 
+    if schema.get("type") == "object" and isinstance(value, Mapping) and "properties" not in schema:
+        return types.MappingProxyType(
+            {k: _freeze(k, v, schema.get("additionalProperties", {})) for k, v in value.items()}
+        )
     if schema.get("type") == "object" and isinstance(value, Mapping):
         cls = _dataclass_for(name, json.dumps(schema, sort_keys=True))
         props = schema.get("properties", {})
@@ -141,6 +146,8 @@ def to_dict(cfg: Any) -> dict:
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, tuple | list):
             return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {k: plain(x) for k, x in v.items()}
         return v
 
     return plain(cfg)
@@ -201,9 +208,15 @@ def check(data: Mapping) -> None:
         problems.append(
             f"config key distill.pool: {pool!r} needs post members; set pretrain_pool.post_members ≥ 1"
         )
-    if pool in ("prior", "both") and not pp["prior_epochs"]:
+    if pool in ("prior", "both") and not (pp["prior_epochs"] or pp["prior_targets"]):
         problems.append(
-            f"config key distill.pool: {pool!r} needs prior members; set pretrain_pool.prior_epochs"
+            f"config key distill.pool: {pool!r} needs prior members; set pretrain_pool.prior_epochs "
+            "or pretrain_pool.prior_targets"
+        )
+    if pp["checkpoint"] and not Path(pp["checkpoint"]).expanduser().is_file():
+        problems.append(
+            f"config key pretrain_pool.checkpoint: {pp['checkpoint']} is not a file; give the path of a "
+            "local checkpoint, or null to train the base model"
         )
     if data["report"]["baseline_method"] not in data["distill"]["methods"]:
         problems.append(

@@ -28,7 +28,7 @@ from teddy import augment, prepare_data
 from teddy.objectives import make_objective
 from teddy.pretrain_pool import load_pool, pool_sampler
 from teddy.train import to_unit, warmup_cosine
-from teddy.utils import atomic_path, autocast, load_torch, read_json, save_torch
+from teddy.utils import Preempted, atomic_path, autocast, load_torch, preemption, read_json, save_torch
 
 SYNTHETIC = "synthetic.pt"
 BATCHES = "batches.pt"
@@ -135,6 +135,9 @@ def synthesize_batch(
     labels = labels.to(device)
     x, opt, sched = st["x"], st["opt"], st["sched"]
     while st["it"] < d.iterations:
+        if preemption.requested and save is not None:
+            save(st)
+            raise Preempted(f"preempted at iteration {st['it']} of a batch; checkpoint saved")
         it = st["it"]
         view = augment.apply_crops(augment.roll(x, schedule.shifts[it]), schedule.crops[it])
         with autocast(device, cfg.run.dtype):

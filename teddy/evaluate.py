@@ -3,6 +3,7 @@ KL divergence at temperature T; report top-1/top-5 on the real val split."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -11,11 +12,20 @@ from teddy import models, prepare_data, relabel
 from teddy.distill import load_synthetic
 from teddy.losses import soft_kl
 from teddy.train import accuracy, make_optimizer, warmup_cosine
-from teddy.utils import read_json
+from teddy.utils import Preempted, load_torch, preemption, read_json, save_torch
+
+STATE = "train_state.pt"  # resumable student state; removed when training completes
 
 
-def train_student(cfg, model, images, soft: dict, seed: int, device, on_epoch, teacher=None) -> None:
-    """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online."""
+def train_student(
+    cfg, model, images, soft: dict, seed: int, device, on_epoch, teacher=None, state_path: Path | None = None
+) -> None:
+    """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online.
+
+    ``on_epoch(epoch, loss, extra) -> extra`` after every epoch (``extra``: e.g. the accuracy curve,
+    None at first). With ``state_path`` the loop state is saved every ``run.checkpoint_minutes``
+    and when preemption is requested (then :class:`Preempted` is raised); a rerun resumes exactly.
+    """
     e = cfg.evaluate
     n = len(images)
     stored_epochs = soft["crops"].shape[0]
@@ -33,12 +43,30 @@ def train_student(cfg, model, images, soft: dict, seed: int, device, on_epoch, t
     images = images.to(device)
     views = {**soft, "crops": soft["crops"].to(device), "mix": soft["mix"].to(device)}
     logits = soft["logits"].to(device) if "logits" in soft else None
-    for epoch in range(e.epochs):
+    st = {"epoch": 0, "start": 0, "perm": None, "total": torch.zeros((), device=device), "extra": None}
+    if state_path is not None and state_path.is_file():
+        saved = load_torch(state_path, device)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        gen.set_state(saved["gen"].cpu())
+        st = saved["loop"]
+    last_save = time.monotonic()
+
+    def save_state():
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
+        save_torch(state | {"gen": gen.get_state(), "loop": st}, state_path)
+
+    while st["epoch"] < e.epochs:
         model.train()
-        perm = torch.randperm(n, generator=gen).to(device)
-        total = torch.zeros((), device=device)
-        for start in range(0, n, batch):
-            idx = perm[start : start + batch]
+        epoch = st["epoch"]
+        if st["perm"] is None:
+            st["perm"] = torch.randperm(n, generator=gen).to(device)
+        while st["start"] < n:
+            if state_path is not None and preemption.requested:
+                save_state()
+                raise Preempted(f"preempted in epoch {epoch + 1}; state saved to {state_path}")
+            idx = st["perm"][st["start"] : st["start"] + batch]
             view = relabel.render(images, views, epoch, idx)
             target = logits[epoch, idx] if logits is not None else teacher(view)
             loss = soft_kl(model(view), target, e.temperature)
@@ -46,8 +74,15 @@ def train_student(cfg, model, images, soft: dict, seed: int, device, on_epoch, t
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.detach() * len(idx)
-        on_epoch(epoch + 1, total.item() / n)
+            st["total"] += loss.detach() * len(idx)
+            st["start"] += batch
+        st["extra"] = on_epoch(epoch + 1, st["total"].item() / n, st["extra"])
+        st |= {"epoch": epoch + 1, "start": 0, "perm": None, "total": torch.zeros((), device=device)}
+        if state_path is not None and time.monotonic() - last_save > 60 * cfg.run.checkpoint_minutes:
+            save_state()
+            last_save = time.monotonic()
+    if state_path is not None:
+        state_path.unlink(missing_ok=True)
 
 
 def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, tracker) -> dict:
@@ -65,15 +100,18 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     every = max(1, cfg.evaluate.epochs // 10)
     curve = []
 
-    def on_epoch(epoch: int, loss: float) -> None:
+    def on_epoch(epoch: int, loss: float, extra) -> list:
+        curve[:] = extra or []
         tracker.log_metrics({"train_kl": loss}, step=epoch)
         if epoch % every == 0 or epoch == cfg.evaluate.epochs:
             acc = accuracy(model, data["val_x"], data["val_y"], cfg.evaluate.eval_batch_size, device)
             tracker.log_metrics({"val_top1": acc["top1"]}, step=epoch)
             curve.append({"epoch": epoch, "train_kl": loss, **acc})
+        return list(curve)
 
-    train_student(cfg, model, syn["images"], soft, seed, device, on_epoch, teacher)
-    Path(outputs["out"]).mkdir(parents=True, exist_ok=True)
+    out = Path(outputs["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    train_student(cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / STATE)
     final = curve[-1]
     return {
         "arch": arch,

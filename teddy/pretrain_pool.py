@@ -1,7 +1,20 @@
-"""Stage pretrain_pool: train the base model; keep early checkpoints as the prior pool."""
+"""Stage pretrain_pool: the base model and the pool of weak models Teddy draws from.
+
+One job per pool member group, so a cluster builds them in parallel:
+  base          train the base model with the recipe in config (or load ``pretrain_pool.checkpoint``)
+  prior_s<S>    seed S's training trajectory, kept at ``prior_epochs`` and/or the first epochs
+                reaching ``prior_targets`` × the base model's val top-1 (stops after the last one)
+  post_<III>    the base model pruned (torch-pruning, L1), fine-tuned, BN recalibrated on real data
+  (assemble)    ``manifest.json``: every member's origin, epoch/prune ratio, params, FLOPs, val
+                accuracy and checksum
+Folders: ``pool/base/base.pt``, ``pool/prior_s0/e002.pt``, ``pool/post_003/member.pt``,
+``pool/manifest.json``. Without ``--member`` one process runs every job into the same layout.
+Long loops checkpoint every epoch and on SIGTERM/SIGUSR1 (preemption) and resume when rerun.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -9,32 +22,109 @@ import torch.nn.functional as F
 
 from teddy import augment, models, prepare_data
 from teddy.train import accuracy, make_optimizer, to_unit, warmup_cosine
-from teddy.utils import load_torch, read_json, save_torch, sha256, write_json
+from teddy.utils import Preempted, load_torch, preemption, read_json, save_torch, sha256, write_json
 
-BASE = "base.pt"
 MANIFEST = "manifest.json"
+MEMBERS = "members.json"  # each job's entries (files relative to its folder)
+STATE = "train_state.pt"  # resumable training state, removed when the job completes
 
 
-def member_file(epoch: int) -> str:
-    return f"prior_e{epoch:03d}.pt"
+def job_names(p) -> list[str]:
+    """The pool's jobs for the pretrain_pool config section ``p`` (mapping or dataclass), base first."""
+    get = p.get if isinstance(p, dict) else lambda key: getattr(p, key)
+    priors = (
+        [f"prior_s{s}" for s in get("prior_seeds")] if (get("prior_epochs") or get("prior_targets")) else []
+    )
+    return ["base", *priors, *(f"post_{i:03d}" for i in range(get("post_members")))]
 
 
-def train_base(cfg, data: dict, spec: models.InputSpec, device, tracker, on_epoch) -> torch.nn.Module:
-    """Train cfg.pretrain_pool's recipe on the cached train split; ``on_epoch(epoch, model)``."""
+PRIOR_KEYS = {"prior_epochs", "prior_targets"}
+POST_KEYS = {"prune_ratio", "finetune_epochs", "finetune_lr", "recalib_images"}
+LIST_KEYS = {"prior_seeds", "post_members"}  # which jobs exist, not what one job computes
+
+
+def job_config(p: dict, kind: str) -> dict:
+    """The pretrain_pool keys one job's result depends on (a change reruns only the jobs it affects)."""
+    drop = (
+        LIST_KEYS
+        | {"base": PRIOR_KEYS | POST_KEYS, "prior": POST_KEYS | {"checkpoint"}, "post": PRIOR_KEYS}[kind]
+    )
+    return {k: v for k, v in p.items() if k not in drop}
+
+
+def parse_member(cfg, text: str) -> tuple[str, int]:
+    """'base' | 'prior:S' | 'post:I' (or the folder names prior_sS / post_III) → (kind, index)."""
     p = cfg.pretrain_pool
-    gen = torch.Generator().manual_seed(cfg.run.seeds[0])
-    torch.manual_seed(cfg.run.seeds[0])
+    text = text.replace("prior_s", "prior:").replace("post_", "post:")
+    kind, _, index = text.partition(":")
+    valid = kind == "base" and not index
+    if kind in ("prior", "post") and index.isdigit():
+        i = int(index)
+        valid = i in p.prior_seeds if kind == "prior" else i < p.post_members
+    if not valid:
+        raise ValueError(
+            f"--member {text!r}: use base, prior:S with S in pretrain_pool.prior_seeds {list(p.prior_seeds)}, "
+            f"or post:I with I < pretrain_pool.post_members ({p.post_members})"
+        )
+    return kind, int(index or 0)
+
+
+def describe(model: torch.nn.Module, spec: models.InputSpec) -> dict:
+    """Parameters, multiply-accumulates and FLOPs (2 × MACs) of one forward pass on one image."""
+    import torch_pruning as tp
+
+    example = torch.rand(1, spec.channels, spec.image_size, spec.image_size)
+    device = next(model.parameters()).device
+    was_training = model.training
+    macs, params = tp.utils.count_ops_and_params(model.eval(), example.to(device))
+    model.train(was_training)
+    return {"params": int(params), "macs": int(macs), "flops": int(2 * macs)}
+
+
+# -- training trajectories (base model and prior seeds), resumable ---------------------------------
+
+
+def train_trajectory(
+    cfg, data: dict, spec, seed: int, device, tracker, on_epoch, state_path: Path | None = None
+) -> torch.nn.Module:
+    """Train the pretrain_pool recipe from seed ``seed``.
+
+    ``on_epoch(epoch, model, extra) -> (stop, extra)`` runs after every epoch; ``extra`` (e.g. the
+    members saved so far; None at first) is kept in the resumable state. With ``state_path`` the state is
+    saved after every epoch and, mid-epoch, when preemption is requested (then :class:`Preempted`
+    is raised); a rerun continues exactly where it stopped.
+    """
+    p = cfg.pretrain_pool
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     model = models.create_model(p.arch, spec, width=p.width).to(device)
     x, y = data["train_x"], data["train_y"]
     steps_per_epoch = -(-len(x) // p.batch_size)
     opt = make_optimizer(model, p.optimizer, p.lr, p.weight_decay)
     sched = warmup_cosine(opt, p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch)
-    for epoch in range(1, p.epochs + 1):
+    st = {"epoch": 1, "start": 0, "perm": None, "total": 0.0, "extra": None}
+    if state_path is not None and state_path.is_file():
+        saved = load_torch(state_path, device)
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        gen.set_state(saved["gen"])
+        st = saved["loop"]
+
+    def save_state():
+        if state_path is not None:
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
+            save_torch(state | {"gen": gen.get_state(), "loop": st}, state_path)
+
+    while st["epoch"] <= p.epochs:
         model.train()
-        perm = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for start in range(0, len(x), p.batch_size):
-            idx = perm[start : start + p.batch_size]
+        if st["perm"] is None:
+            st["perm"] = torch.randperm(len(x), generator=gen)
+        while st["start"] < len(x):
+            if preemption.requested and state_path is not None:
+                save_state()
+                raise Preempted(f"preempted in epoch {st['epoch']}; state saved to {state_path}")
+            idx = st["perm"][st["start"] : st["start"] + p.batch_size]
             xb = to_unit(x[idx]).to(device)
             if p.augment:
                 xb = augment.apply_crops(xb, augment.sample_crops(len(idx), 0.5, p.flip, gen))
@@ -43,51 +133,203 @@ def train_base(cfg, data: dict, spec: models.InputSpec, device, tracker, on_epoc
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
-        tracker.log_metrics({"train_loss": total / len(x)}, step=epoch)
-        on_epoch(epoch, model)
+            st["total"] += loss.item() * len(idx)
+            st["start"] += p.batch_size
+        tracker.log_metrics({f"train_loss_s{seed}": st["total"] / len(x)}, step=st["epoch"])
+        stop, st["extra"] = on_epoch(st["epoch"], model, st["extra"])
+        st |= {"epoch": st["epoch"] + 1, "start": 0, "perm": None, "total": 0.0}
+        if stop:
+            break
+        save_state()
+    if state_path is not None and state_path.is_file():
+        state_path.unlink()
     return model
 
 
-def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
-    """inputs: ``data`` dir; outputs: ``out`` dir (base.pt, prior_eXXX.pt, manifest.json)."""
-    data_dir, out = Path(inputs["data"]), Path(outputs["out"])
-    manifest = read_json(data_dir / prepare_data.MANIFEST)
-    data = prepare_data.load(data_dir / prepare_data.CACHE, data_dir / prepare_data.MANIFEST)
-    spec = models.InputSpec.from_manifest(manifest)
+def train_base(cfg, data: dict, spec, device, tracker, on_epoch=None) -> torch.nn.Module:
+    """The base model, trained in memory (benchmarks, tests)."""
+    return train_trajectory(
+        cfg, data, spec, cfg.pretrain_pool.seed, device, tracker, on_epoch or (lambda e, m, x: (False, None))
+    )
+
+
+def save_member(model, path: Path, cfg, data: dict, spec, device, **info) -> dict:
+    """Write one member (atomically, weights_only-loadable) and return its manifest entry."""
     p = cfg.pretrain_pool
-    members = []
+    acc = accuracy(model, data["val_x"], data["val_y"], 1024, device)
+    keep = {k: info[k] for k in ("origin", "epoch", "seed", "prune_ratio") if info.get(k) is not None}
+    save_torch(models.checkpoint(model, p.arch, spec, p.width, pruned=info["origin"] == "post", **keep), path)
+    entry = {"file": path.name, **info, "val_top1": acc["top1"], "val_top5": acc["top5"]}
+    return entry | describe(model, spec) | {"sha256": sha256(path)}
 
-    def evaluate_and_save(name: str, model, epoch: int, origin: str, pruned: bool = False) -> dict:
-        acc = accuracy(model, data["val_x"], data["val_y"], 1024, device)
-        path = out / name
-        save_torch(
-            models.checkpoint(model, p.arch, spec, p.width, epoch=epoch, origin=origin, pruned=pruned), path
+
+def load_base_checkpoint(path: str, arch: str, spec, width: int, device) -> torch.nn.Module:
+    """A base model from a local file: a teddy checkpoint, or a plain state dict of the same
+    architecture (e.g. torchvision weights already on disk, with or without a ``state_dict`` key)."""
+    where = "config key pretrain_pool.checkpoint"
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{where}: {path} is not a file; point it to a local checkpoint (nothing is downloaded)"
         )
-        tracker.log_metrics({f"val_top1_{origin}": acc["top1"]}, step=epoch)
-        return {
-            "file": name,
-            "origin": origin,
-            "epoch": epoch,
-            "val_top1": acc["top1"],
-            "params": models.count_params(model),
-            "sha256": sha256(path),
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "arch" in obj and "state_dict" in obj:
+        if obj["arch"] != arch:
+            raise ValueError(
+                f"{where}: {path} holds a {obj['arch']!r} model but pretrain_pool.arch is {arch!r}"
+            )
+        return models.from_checkpoint(obj, device)
+    state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: {path} is neither a teddy checkpoint nor a state dict")
+    model = models.create_model(arch, spec, width=width)
+    if "0.mean" not in state:  # a bare network (ours wraps it after the Normalize module)
+        state = {f"1.{k}": v for k, v in state.items()} | {
+            f"0.{k}": v for k, v in model[0].state_dict().items()
         }
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{where}: {path} does not fit {arch} for {spec.channels}×{spec.image_size}² inputs and "
+            f"{spec.num_classes} classes (set pretrain_pool.arch/width to the checkpoint's): {str(err)[:400]}"
+        ) from None
+    return model.to(device)
 
-    def on_epoch(epoch, model):
-        if epoch in p.prior_epochs:
-            members.append(evaluate_and_save(member_file(epoch), model, epoch, "prior"))
 
-    model = train_base(cfg, data, spec, device, tracker, on_epoch)
-    base = evaluate_and_save(BASE, model, p.epochs, "base")
-    for i in range(p.post_members):
-        member, ratio = post_member(model, i, cfg, data, spec, device)
-        entry = evaluate_and_save(f"post_{i:03d}.pt", member, p.epochs, "post", pruned=True)
-        members.append(entry | {"prune_ratio": ratio})
-    write_json({"arch": p.arch, "base": base, "members": members}, out / MANIFEST)
-    metrics = {"base_val_top1": base["val_top1"]}
-    metrics |= {f"{Path(m['file']).stem}_val_top1": m["val_top1"] for m in members}
+# -- the jobs ---------------------------------------------------------------------------------------
+
+
+def build_base(cfg, data: dict, spec, out: Path, device, tracker) -> list[dict]:
+    p = cfg.pretrain_pool
+    if p.checkpoint:
+        model = load_base_checkpoint(p.checkpoint, p.arch, spec, p.width, device)
+        info = {"origin": "base", "source": str(p.checkpoint)}
+    else:
+        no_members = lambda epoch, model, extra: (False, None)  # noqa: E731
+        model = train_trajectory(cfg, data, spec, p.seed, device, tracker, no_members, out / STATE)
+        info = {"origin": "base", "seed": p.seed, "epoch": p.epochs}
+    return [save_member(model, out / "base.pt", cfg, data, spec, device, **info)]
+
+
+def build_prior(
+    cfg, data: dict, spec, seed: int, out: Path, device, tracker, base_top1: float | None
+) -> list[dict]:
+    """Seed ``seed``'s trajectory, kept at prior_epochs and at the first epoch reaching each of
+    prior_targets × ``base_top1``; training stops after the last member is saved."""
+    p = cfg.pretrain_pool
+    targets = sorted(p.prior_targets)
+    if targets and base_top1 is None:
+        raise ValueError("pretrain_pool.prior_targets need the base model's accuracy: pass --base (its folder)")
+    last_epoch = max(p.prior_epochs, default=0)
+
+    def on_epoch(epoch, model, extra):
+        extra = extra or {"members": [], "met": []}
+        pending = [t for t in targets if t not in extra["met"]]
+        reasons = {"epoch": epoch in p.prior_epochs}
+        if pending:
+            top1 = accuracy(model, data["val_x"], data["val_y"], 1024, device)["top1"]
+            met = [t for t in pending if top1 >= t * base_top1]
+            extra["met"] += met
+            reasons["targets"] = met
+        if reasons["epoch"] or reasons.get("targets"):
+            info = {"origin": "prior", "seed": seed, "epoch": epoch, "targets": reasons.get("targets", [])}
+            entry = save_member(model, out / f"e{epoch:03d}.pt", cfg, data, spec, device, **info)
+            tracker.log_metrics({f"val_top1_prior_s{seed}": entry["val_top1"]}, step=epoch)
+            extra["members"].append(entry)
+        stop = epoch >= last_epoch and len(extra["met"]) == len(targets)
+        return stop, extra
+
+    entries: list[dict] = []
+
+    def collect(epoch, model, extra):
+        stop, extra = on_epoch(epoch, model, extra)
+        entries[:] = extra["members"]
+        return stop, extra
+
+    train_trajectory(cfg, data, spec, seed, device, tracker, collect, out / STATE)
+    unmet = [t for t in targets if not any(t in e["targets"] for e in entries)]
+    if unmet:
+        tracker.set_tags({f"prior_s{seed}_unmet_targets": unmet})
+    return entries
+
+
+def build_post(cfg, data: dict, spec, index: int, base_path: Path, out: Path, device) -> list[dict]:
+    base = models.from_checkpoint(load_torch(base_path), device)
+    member, ratio = post_member(base, index, cfg, data, spec, device)
+    info = {"origin": "post", "index": index, "prune_ratio": ratio}
+    return [save_member(member, out / "member.pt", cfg, data, spec, device, **info)]
+
+
+def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
+    """manifest.json from the jobs' members.json (files made relative to ``out``), checksums checked."""
+    base, members = None, []
+    for job in job_dirs:
+        listed = read_json(job / MEMBERS)
+        for entry in listed:
+            path = job / entry["file"]
+            if sha256(path) != entry["sha256"]:
+                raise RuntimeError(f"{path} does not match its checksum in {job / MEMBERS}; rerun that job")
+            entry = entry | {
+                "file": Path(path).resolve().relative_to(out.resolve()).as_posix(),
+                "job": job.name,
+            }
+            if entry["origin"] == "base":
+                base = entry
+            else:
+                members.append(entry)
+    if base is None:
+        raise ValueError(f"no base model among {[str(j) for j in job_dirs]}: include the base job's folder")
+    members.sort(
+        key=lambda e: (e["origin"] != "prior", e.get("seed") or 0, e.get("epoch") or 0, e.get("index") or 0)
+    )
+    manifest = {"arch": arch, "base": base, "members": members}
+    write_json(manifest, out / MANIFEST)
+    tracker.log_artifact(out / MANIFEST)
+    metrics = {"base_val_top1": base["val_top1"], "base_flops": base["flops"], "pool_members": len(members)}
+    for m in members:
+        name = Path(m["file"]).parent.name + ("" if m["origin"] == "post" else f"_e{m['epoch']:03d}")
+        metrics |= {
+            f"{name}_val_top1": m["val_top1"],
+            f"{name}_params": m["params"],
+            f"{name}_flops": m["flops"],
+        }
     return metrics
+
+
+def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assemble_from=None) -> dict:
+    """Without ``member``/``assemble_from``: every job in turn into ``out``/<job>/, then the manifest.
+    ``member`` ('base', 'prior:S', 'post:I'): that job only, into ``out`` (post and target-based
+    priors read ``inputs['base']``). ``assemble_from``: job folders → ``out``/manifest.json."""
+    out, p = Path(outputs["out"]), cfg.pretrain_pool
+    out.mkdir(parents=True, exist_ok=True)
+    if assemble_from:
+        return assemble([Path(d) for d in assemble_from], out, p.arch, tracker)
+    data_dir = Path(inputs["data"])
+    data = prepare_data.load(data_dir / prepare_data.CACHE, data_dir / prepare_data.MANIFEST)
+    spec = models.InputSpec.from_manifest(read_json(data_dir / prepare_data.MANIFEST))
+    jobs = [member] if member else job_names(p)
+    dirs = []
+    for job in jobs:
+        kind, index = parse_member(cfg, job)
+        job_dir = out if member else out / job
+        job_dir.mkdir(parents=True, exist_ok=True)
+        base_dir = Path(inputs["base"]) if member and inputs.get("base") else out / "base"
+        if kind == "base":
+            entries = build_base(cfg, data, spec, job_dir, device, tracker)
+        elif kind == "prior":
+            base_top1 = read_json(base_dir / MEMBERS)[0]["val_top1"] if p.prior_targets else None
+            entries = build_prior(cfg, data, spec, index, job_dir, device, tracker, base_top1)
+        else:
+            entries = build_post(cfg, data, spec, index, base_dir / "base.pt", job_dir, device)
+        write_json(entries, job_dir / MEMBERS)
+        dirs.append(job_dir)
+    if member:
+        tracker.set_tags({"member": member})
+        return {
+            f"{e['origin']}_{e.get('epoch') or e.get('index') or 0}_val_top1": e["val_top1"] for e in entries
+        } | {"members": len(entries)}
+    return assemble(dirs, out, p.arch, tracker)
 
 
 def load_pool(pool_dir: str | Path, which: str, device, size: int | None = None) -> tuple[list, list[dict]]:
@@ -142,8 +384,6 @@ def pool_sampler(mode: str, entries: list[dict]):
 
 
 # -- post generation: pruned, briefly fine-tuned, BN-recalibrated copies of the base model ----------
-
-
 def prune(model: torch.nn.Module, ratio: float, spec: models.InputSpec) -> torch.nn.Module:
     """Structured channel pruning (L1 magnitude importance, torch-pruning), classifier kept whole."""
     import torch_pruning as tp
@@ -205,10 +445,8 @@ def post_member(
     base: torch.nn.Module, index: int, cfg, data: dict, spec, device
 ) -> tuple[torch.nn.Module, float]:
     """Post member ``index``: prune at a ratio drawn from pretrain_pool.prune_ratio, fine-tune, recalibrate."""
-    import copy
-
     p = cfg.pretrain_pool
-    gen = torch.Generator().manual_seed(cfg.run.seeds[0] * 7919 + index)
+    gen = torch.Generator().manual_seed(p.seed * 7919 + index)
     lo, hi = p.prune_ratio
     ratio = lo + (hi - lo) * float(torch.rand(1, generator=gen))
     model = prune(copy.deepcopy(base).cpu(), ratio, spec).to(device)

@@ -56,8 +56,14 @@ def atomic_path(path: str | Path):
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
+    """Atomic, and byte-reproducible: torch.save names the archive after the file it writes, so
+    saving to the random temporary name directly would change the checksum on every run."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
@@ -104,7 +110,20 @@ def git_sha() -> str:
 def provenance() -> dict:
     import torchvision
 
-    return {"git_sha": git_sha(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    import socket
+
+    prov = {"git_sha": git_sha(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+    prov["host"] = socket.gethostname()
+    if os.environ.get("SLURM_JOB_ID"):  # where a cluster job ran and what it was given
+        keys = (
+            "SLURM_JOB_ID",
+            "SLURM_JOB_PARTITION",
+            "SLURM_CPUS_PER_TASK",
+            "SLURM_JOB_GPUS",
+            "CUDA_VISIBLE_DEVICES",
+        )
+        prov["slurm"] = {k.lower(): os.environ[k] for k in keys if k in os.environ}
+    return prov
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
@@ -112,3 +131,35 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+class Preempted(RuntimeError):
+    """Raised by a long loop after it saved its checkpoint because SIGTERM/SIGUSR1 arrived."""
+
+
+class _Preemption:
+    """SIGTERM / SIGUSR1 (SLURM's preemption and ``--signal`` warnings) set a flag; long loops poll
+    ``requested`` at step boundaries, write their checkpoint and raise :class:`Preempted`.
+    The CLI turns that into exit code 75 (EX_TEMPFAIL) so Snakemake retries / SLURM requeues,
+    and the rerun resumes from the checkpoint."""
+
+    EXIT_CODE = 75
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def install(self) -> None:
+        import signal
+
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+preemption = _Preemption()

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from teddy import cli, distill
@@ -146,7 +147,9 @@ def test_teddy_without_pool_fails_before_work(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
+    """SIGKILL: resume from the last periodic checkpoint. SIGTERM (preemption): checkpoint now, exit 75."""
     import json
     import signal
     import subprocess
@@ -182,8 +185,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     deadline = time.time() + 120
     while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(getattr(signal, sig))
+    assert proc.wait() == (75 if sig == "SIGTERM" else -signal.SIGKILL)
     assert (killed / "checkpoint.pt").exists() and not (killed / "synthetic.pt").exists()
 
     assert cli.main(["distill", *common, "--out", str(killed)]) == 0

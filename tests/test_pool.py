@@ -1,10 +1,13 @@
-"""Post generation: pruned, fine-tuned, BN-recalibrated members; pool selection."""
+"""Pool jobs: base, prior trajectories, post members (pruned, fine-tuned, BN-recalibrated); selection."""
+
+import json
 
 import pytest
 import torch
 
 from teddy import cli, models, prepare_data, pretrain_pool
 from teddy.losses import BNStatsRecorder
+from teddy.tracking import NullTracker
 from teddy.utils import load_torch
 
 from .conftest import BASE, TINY
@@ -41,11 +44,11 @@ def test_manifest_lists_prior_and_post_members(pool_dir):
 
 
 def test_pruned_member_loads_weights_only_and_runs(pool_dir):
-    ckpt = load_torch(pool_dir / "pool" / "post_000.pt")
+    ckpt = load_torch(pool_dir / "pool" / "post_000" / "member.pt")
     model = models.from_checkpoint(ckpt).eval()
     with torch.no_grad():
         assert model(torch.rand(3, 1, 8, 8)).shape == (3, 10)
-    base = models.from_checkpoint(load_torch(pool_dir / "pool" / "base.pt"))
+    base = models.from_checkpoint(load_torch(pool_dir / "pool" / "base" / "base.pt"))
     assert models.count_params(model) < models.count_params(base)
 
 
@@ -53,7 +56,7 @@ def test_recalibrated_bn_stats_equal_real_statistics(pool_dir):
     """After recalibration every BN layer caches exactly the statistics of the same real images
     (features in eval mode; BatchNorm stores the unbiased variance)."""
     data = prepare_data.load(pool_dir / "data" / "cache.pt")
-    model = models.from_checkpoint(load_torch(pool_dir / "pool" / "post_001.pt")).eval()
+    model = models.from_checkpoint(load_torch(pool_dir / "pool" / "post_001" / "member.pt")).eval()
     images = data["train_x"][:300]
     pretrain_pool.recalibrate_bn(model, images, batch=64, device="cpu")  # several batches on purpose
     rec = BNStatsRecorder(model)
@@ -102,3 +105,91 @@ def test_post_pool_without_post_members_fails_before_work(capsys):
 
     with pytest.raises(config.ConfigError, match="set pretrain_pool.post_members"):
         config.load([BASE], ["distill.pool=post"])
+
+
+def test_manifest_records_origin_params_flops_and_weak_members(pool_dir):
+    manifest = json.loads((pool_dir / "pool" / "manifest.json").read_text())
+    base = manifest["base"]
+    assert base["origin"] == "base" and base["flops"] == 2 * base["macs"] > 0
+    for m in manifest["members"]:
+        assert {"file", "origin", "val_top1", "params", "macs", "flops", "sha256", "job"} <= set(m)
+        assert m["flops"] <= base["flops"] and m["params"] <= base["params"]
+        assert (m["origin"] == "prior") == ("epoch" in m and "prune_ratio" not in m)
+    priors = [m for m in manifest["members"] if m["origin"] == "prior"]
+    assert [m["epoch"] for m in priors] == [1, 2] and all(m["seed"] == 0 for m in priors)
+
+
+def test_member_jobs_rebuild_the_single_process_pool_exactly(pool_dir, tmp_path):
+    """What Snakemake does (one job per member, then --assemble) equals the all-in-one build."""
+    data, jobs = str(pool_dir / "data"), tmp_path / "pool"
+    for member, extra in (("base", []), ("prior:0", []), ("post:1", ["--base", str(jobs / "base")])):
+        out = jobs / {"base": "base", "prior:0": "prior_s0", "post:1": "post_001"}[member]
+        assert (
+            cli.main(["pretrain-pool", *CFG, "--data", data, *extra, "--member", member, "--out", str(out)])
+            == 0
+        )
+    dirs = [str(jobs / d) for d in ("base", "prior_s0", "post_001")]
+    assert cli.main(["pretrain-pool", *CFG, "--assemble", *dirs, "--out", str(jobs)]) == 0
+    ours = json.loads((jobs / "manifest.json").read_text())
+    full = json.loads((pool_dir / "pool" / "manifest.json").read_text())
+    assert ours["base"]["file"] == "base/base.pt"
+    same = {m["file"]: m["sha256"] for m in full["members"]} | {"base/base.pt": full["base"]["sha256"]}
+    for entry in [ours["base"], *ours["members"]]:
+        assert entry["sha256"] == same[entry["file"]], entry["file"]
+    assert len(ours["members"]) == 3  # two prior epochs + post member 1
+
+
+def config_of(argv):
+    from teddy import config
+
+    files = [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
+    return config.load(files, [argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+
+
+def test_bad_member_names_fail_with_the_fix(pool_dir, tmp_path, capsys):
+    data = str(pool_dir / "data")
+    assert cli.main(["pretrain-pool", *CFG, "--data", data, "--member", "post:7", "--out", str(tmp_path)]) == 2
+    assert "post:I with I < pretrain_pool.post_members (2)" in capsys.readouterr().err
+    assert cli.main(["pretrain-pool", *CFG, "--data", data, "--member", "post:0", "--out", str(tmp_path)]) == 2
+    assert "pass --base" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_prior_seeds_and_accuracy_targets(pool_dir, tmp_path):
+    """Several prior trajectories; a target keeps the first epoch reaching that fraction of the base."""
+    cfg = config_of(
+        [*CFG, "--set", "pretrain_pool.prior_seeds=[0, 1]", "--set", "pretrain_pool.prior_targets=[0.3]"]
+    )
+    data = prepare_data.load(pool_dir / "data" / "cache.pt")
+    spec = models.InputSpec.from_manifest(json.loads((pool_dir / "data" / "manifest.json").read_text()))
+    base_top1 = json.loads((pool_dir / "pool" / "manifest.json").read_text())["base"]["val_top1"]
+    seeds = {}
+    for seed in (0, 1):
+        out = tmp_path / f"prior_s{seed}"
+        out.mkdir()
+        seeds[seed] = pretrain_pool.build_prior(cfg, data, spec, seed, out, "cpu", NullTracker(), base_top1)
+        hit = [m for m in seeds[seed] if m["targets"]]
+        assert len(hit) == 1 and hit[0]["val_top1"] >= 0.3 * base_top1
+        assert {1, 2} <= {m["epoch"] for m in seeds[seed]} and not (out / pretrain_pool.STATE).exists()
+    assert seeds[0][0]["sha256"] != seeds[1][0]["sha256"]  # different trajectories
+
+
+def test_base_loads_from_a_local_plain_state_dict(pool_dir, tmp_path):
+    """pretrain_pool.checkpoint: e.g. torchvision-style weights on disk (the bare network's keys)."""
+    trained = models.from_checkpoint(load_torch(pool_dir / "pool" / "base" / "base.pt"))
+    path = tmp_path / "weights.pth"
+    torch.save(trained[1].state_dict(), path)
+    cfg = config_of([*CFG, "--set", f"pretrain_pool.checkpoint={path}"])
+    data = prepare_data.load(pool_dir / "data" / "cache.pt")
+    spec = models.InputSpec.from_manifest(json.loads((pool_dir / "data" / "manifest.json").read_text()))
+    (entry,) = pretrain_pool.build_base(cfg, data, spec, tmp_path, "cpu", NullTracker())
+    full = json.loads((pool_dir / "pool" / "manifest.json").read_text())["base"]
+    assert entry["val_top1"] == full["val_top1"] and entry["source"] == str(path)
+    torch.save({"state_dict": {"nope": torch.zeros(1)}}, path)
+    with pytest.raises(ValueError, match="pretrain_pool.checkpoint: .* does not fit convnet"):
+        pretrain_pool.build_base(cfg, data, spec, tmp_path, "cpu", NullTracker())
+
+
+def test_missing_checkpoint_file_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match="pretrain_pool.checkpoint: .*is not a file"):
+        config_of(["--config", str(BASE), "--set", f"pretrain_pool.checkpoint={tmp_path / 'none.pt'}"])

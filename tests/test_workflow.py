@@ -23,7 +23,11 @@ def snakemake(*args, cwd=ROOT):
 def test_one_name_per_stage_everywhere():
     rules = {p.stem for p in (ROOT / "workflow" / "rules").glob("*.smk")} - {"common"}
     dvc_stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
-    sections = set(yaml.safe_load((ROOT / "config" / "config.yaml").read_text())) - {"run", "tracking"}
+    sections = set(yaml.safe_load((ROOT / "config" / "config.yaml").read_text())) - {
+        "run",
+        "tracking",
+        "resources",
+    }
     assert rules == dvc_stages == sections == STAGE_NAMES
 
 
@@ -38,7 +42,8 @@ def test_snakemake_dry_run_builds_every_dvc_output(tmp_path):
     result = snakemake("--forceall", "--summary", "--cores", "1")
     assert result.returncode == 0, result.stdout + result.stderr
     planned = {line.split("\t")[0] for line in result.stdout.splitlines() if line.startswith("results/")}
-    missing = dvc_outputs() - planned
+    # a DVC directory output (the pool) is built by Snakemake as the files under it
+    missing = {o for o in dvc_outputs() - planned if not any(p.startswith(o + "/") for p in planned)}
     assert not missing, f"DVC outputs Snakemake does not build: {sorted(missing)}"
 
 

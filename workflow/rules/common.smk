@@ -1,6 +1,9 @@
 import os
 import sys
 
+from teddy.pretrain_pool import job_config as pool_job_config
+from teddy.pretrain_pool import job_names as pool_job_names
+
 DATASET = config["run"]["dataset"]
 TEDDY = f"{sys.executable} -m teddy"
 CONFIG_ARG = f"--config {RESOLVED_CONFIG}"
@@ -13,12 +16,41 @@ wildcard_constraints:
     seed=r"\d+",
     arch="|".join(config["evaluate"]["archs"]),
     shard=r"\d+",
+    index=r"\d{3}",
     nshards=r"\d+",
 
 
 def stage_params(*sections):
     """Config a rule's result depends on (grid keys excluded); a change reruns the rule."""
     return job_params(config, *sections)
+
+
+def stage_resources(stage):
+    """Rule resources from config `resources.<stage>`; runtime (minutes) × runtime_scale[dataset].
+    The slurm executor turns them into --time/--mem/--cpus-per-task; the profile adds the rest.
+    """
+    res = config["resources"][stage]
+    scale = config["resources"]["runtime_scale"].get(DATASET, 1)
+    return {
+        "runtime": max(1, round(res["runtime"] * scale)),
+        "mem_mb": res["mem_mb"],
+        "cpus_per_task": res["cpus"],
+    }
+
+
+def stage_threads(stage):
+    return config["resources"][stage]["cpus"]
+
+
+def pool_params(kind):
+    return {"pretrain_pool": pool_job_config(config["pretrain_pool"], kind)}
+
+
+def prior_base_input(wildcards):
+    """Prior trajectories wait for the base model only when they target a fraction of its accuracy."""
+    if config["pretrain_pool"]["prior_targets"]:
+        return [f"results/{wildcards.dataset}/pool/base/members.json"]
+    return []
 
 
 def get_distill_shards(wildcards):

@@ -7,6 +7,9 @@ rule distill_shard:
         metrics="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/shards/{shard}-of-{nshards}/metrics.json",
     log:
         "logs/{dataset}/distill/{method}_ipc{ipc}_seed{seed}_shard{shard}-of-{nshards}.log",
+    threads: stage_threads("distill")
+    resources:
+        **stage_resources("distill"),
     params:
         cfg=stage_params("distill"),
     shell:
@@ -31,6 +34,9 @@ rule distill:
         metrics="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/metrics.json",
     log:
         "logs/{dataset}/distill/{method}_ipc{ipc}_seed{seed}.log",
+    threads: stage_threads("distill")
+    resources:
+        **stage_resources("distill"),
     params:
         cfg=stage_params("distill"),
         merge=lambda w, input: merge_args(input.shards),

@@ -8,6 +8,9 @@ rule evaluate:
         metrics="results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json",
     log:
         "logs/{dataset}/evaluate/{method}_ipc{ipc}_{arch}_seed{seed}.log",
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     params:
         cfg=stage_params("evaluate"),
     shell:

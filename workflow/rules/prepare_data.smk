@@ -5,6 +5,9 @@ rule prepare_data:
         metrics="results/{dataset}/data/metrics.json",
     log:
         "logs/{dataset}/prepare_data.log",
+    threads: stage_threads("prepare_data")
+    resources:
+        **stage_resources("prepare_data"),
     params:
         cfg=stage_params("prepare_data"),
     shell:

@@ -7,6 +7,9 @@ rule relabel:
         metrics="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/metrics.json",
     log:
         "logs/{dataset}/relabel/{method}_ipc{ipc}_seed{seed}.log",
+    threads: stage_threads("relabel")
+    resources:
+        **stage_resources("relabel"),
     params:
         cfg=stage_params("relabel"),
         epochs=config["evaluate"]["epochs"],  # one stored view per student epoch

@@ -17,6 +17,9 @@ rule report:
         metrics="results/{dataset}/report/metrics.json",
     log:
         "logs/{dataset}/report.log",
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     params:
         cfg=stage_params("report"),
         evaluations=lambda w, input: " ".join(os.path.dirname(f) for f in input),
