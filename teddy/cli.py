@@ -223,13 +223,14 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
             if needs_base and "base" not in inputs:
                 member = options["member"]
                 return f"--member {member} starts from the base model: pass --base (the base job's --out)"
-    if selection.get("method") in ("teddy", "sre2l", "unrolled") and "pool" not in inputs and not merging:
+    algo = config_mod.algorithm(cfg, selection["method"]) if "method" in selection else None
+    if algo in ("teddy", "sre2l", "unrolled") and "pool" not in inputs and not merging:
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
     if "arch" in selection and selection["arch"] not in models.available():
         return f"--arch {selection['arch']!r} is not a registered architecture: {models.available()}"
-    methods = config_mod.load_schema()["properties"]["distill"]["properties"]["methods"]["items"]["enum"]
+    methods = [*config_mod.METHODS, *cfg.distill.variants]
     if "method" in selection and selection["method"] not in methods:
-        return f"--method {selection['method']!r}: use one of {', '.join(methods)}"
+        return f"--method {selection['method']!r}: use one of {', '.join(methods)} (variants: distill.variants)"
     if "ipc" in selection:
         from teddy import datasets
 

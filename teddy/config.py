@@ -125,10 +125,14 @@ def _dataclass_for(name: str, schema_json: str) -> type:
 def _freeze(name: str, value: Any, schema: dict) -> Any:
     import json
 
-    if schema.get("type") == "object" and isinstance(value, Mapping) and "properties" not in schema:
-        return types.MappingProxyType(
-            {k: _freeze(k, v, schema.get("additionalProperties", {})) for k, v in value.items()}
-        )
+    if (
+        schema.get("type") == "object"
+        and isinstance(value, Mapping)
+        and schema.get("additionalProperties") is not False
+    ):
+        items = schema.get("additionalProperties")  # a free mapping (names → values), not a section
+        items = items if isinstance(items, dict) else {}
+        return types.MappingProxyType({k: _freeze(k, v, items) for k, v in value.items()})
     if schema.get("type") == "object" and isinstance(value, Mapping):
         cls = _dataclass_for(name, json.dumps(schema, sort_keys=True))
         props = schema.get("properties", {})
@@ -218,6 +222,26 @@ def check(data: Mapping) -> None:
             f"config key pretrain_pool.checkpoint: {pp['checkpoint']} is not a file; give the path of a "
             "local checkpoint, or null to train the base model"
         )
+    distill_keys = (
+        set(load_schema()["properties"]["distill"]["properties"]) - GRID_KEYS["distill"] - {"variants"}
+    )
+    for name, variant in data["distill"]["variants"].items():
+        if name in METHODS:
+            problems.append(
+                f"config key distill.variants.{name}: a variant cannot reuse a method name; rename it"
+            )
+        for key in set(variant) - {"method"} - distill_keys:
+            hint = difflib.get_close_matches(key, distill_keys, n=1)
+            problems.append(
+                f"config key distill.variants.{name}.{key}: not a distill key a variant can set"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+    for name in data["distill"]["methods"]:
+        if name not in METHODS and name not in data["distill"]["variants"]:
+            problems.append(
+                f"config key distill.methods: {name!r} is neither a method ({', '.join(METHODS)}) nor "
+                "defined under distill.variants"
+            )
     if data["report"]["baseline_method"] not in data["distill"]["methods"]:
         problems.append(
             f"config key report.baseline_method: {data['report']['baseline_method']!r} is not in "
@@ -257,6 +281,27 @@ GRID_KEYS = {
     "distill": {"methods", "ipcs", "grid_max_ipc", "shards", "checkpoint_every"},
     "evaluate": {"archs"},
 }
+
+
+METHODS = ("teddy", "sre2l", "unrolled", "random")
+
+
+def algorithm(data: Mapping, name: str) -> str:
+    """The method behind a method or variant name (``data``: config mapping or frozen config)."""
+    variants = data["distill"]["variants"] if isinstance(data, Mapping) else data.distill.variants
+    return variants[name]["method"] if name in variants else name
+
+
+def resolve_variant(cfg: Any, name: str) -> tuple[Any, str]:
+    """(config with the variant's distill keys applied, its method); a plain method is unchanged."""
+    variant = cfg.distill.variants.get(name)
+    if variant is None:
+        return cfg, name
+    data = to_dict(cfg)
+    data["distill"] |= {k: copy.deepcopy(v) for k, v in variant.items() if k != "method"}
+    data = validate(data)
+    check(data)
+    return freeze(data), variant["method"]
 
 
 def job_params(data: Mapping, *sections: str) -> dict:

@@ -25,6 +25,7 @@ import torch
 import torchvision
 
 from teddy import augment, prepare_data
+from teddy import config as config_mod
 from teddy.objectives import make_objective
 from teddy.pretrain_pool import load_pool, pool_sampler
 from teddy.train import to_unit, warmup_cosine
@@ -276,7 +277,9 @@ def run(
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
     manifest = read_json(Path(inputs["data"]) / prepare_data.MANIFEST)
-    metrics: dict = {"method": method, "ipc": ipc, "seed": seed}
+    label = method  # a distill.variants name labels the results; its method runs
+    cfg, method = config_mod.resolve_variant(cfg, method)
+    metrics: dict = {"method": label, "algorithm": method, "ipc": ipc, "seed": seed}
     if method == "random":
         data = prepare_data.load(Path(inputs["data"]) / prepare_data.CACHE)
         images, labels = random_real(data, ipc, seed)
@@ -291,7 +294,7 @@ def run(
             metrics |= merge_metrics(merge_from)
         images, labels = merge(merge_from, n_batches)
     save_torch(
-        {"images": images.float(), "labels": labels.long(), "method": method, "ipc": ipc, "seed": seed},
+        {"images": images.float(), "labels": labels.long(), "method": label, "ipc": ipc, "seed": seed},
         out / SYNTHETIC,
     )
     save_grid(images, labels, ipc, cfg.distill.grid_max_ipc, out / GRID)

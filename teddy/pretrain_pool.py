@@ -334,7 +334,8 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
 
 def load_pool(pool_dir: str | Path, which: str, device, size: int | None = None) -> tuple[list, list[dict]]:
     """``which``: 'base' → [base model]; 'prior' / 'post' / 'both' → those members, at most ``size``
-    (taken alternately from prior and post for 'both'). Checksums are verified.
+    spread evenly over the manifest's order (prior: by seed, then epoch); 'both' takes half from
+    each and alternates them. Checksums are verified.
 
     Returns the models (eval mode, frozen, channels_last on CUDA) and their manifest entries.
     """
@@ -345,12 +346,15 @@ def load_pool(pool_dir: str | Path, which: str, device, size: int | None = None)
     else:
         by_origin = {o: [m for m in manifest["members"] if m["origin"] == o] for o in ("prior", "post")}
         if which == "both":
-            pairs = zip(by_origin["prior"], by_origin["post"], strict=False)
-            entries = [m for pair in pairs for m in pair]
-            entries += [m for m in by_origin["prior"] + by_origin["post"] if m not in entries]
+            half = None if size is None else (size + 1) // 2
+            prior, post = (
+                spread(by_origin["prior"], half),
+                spread(by_origin["post"], size and size - len(spread(by_origin["prior"], half))),
+            )
+            entries = [m for pair in zip(prior, post, strict=False) for m in pair]
+            entries += [m for m in prior + post if m not in entries]
         else:
-            entries = by_origin[which]
-        entries = entries[:size] if size else entries
+            entries = spread(by_origin[which], size)
     if not entries:
         raise RuntimeError(
             f"{pool_dir / MANIFEST} lists no {which} members: set pretrain_pool.prior_epochs "
@@ -368,6 +372,21 @@ def load_pool(pool_dir: str | Path, which: str, device, size: int | None = None)
             param.requires_grad_(False)
         pool.append(model)
     return pool, entries
+
+
+def spread(entries: list[dict], size: int | None) -> list[dict]:
+    """``size`` of ``entries`` evenly spaced over the list (all when size is None or too large):
+    a pool of 3 prior members spans early to late checkpoints rather than taking the weakest."""
+    if size is None or size >= len(entries):
+        return list(entries)
+    if size <= 0:
+        return []
+    picks = (
+        [round(i * (len(entries) - 1) / max(1, size - 1)) for i in range(size)]
+        if size > 1
+        else [len(entries) // 2]
+    )
+    return [entries[i] for i in picks]
 
 
 def pool_sampler(mode: str, entries: list[dict]):

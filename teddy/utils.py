@@ -108,9 +108,9 @@ def git_sha() -> str:
 
 
 def provenance() -> dict:
-    import torchvision
-
     import socket
+
+    import torchvision
 
     prov = {"git_sha": git_sha(), "torch": torch.__version__, "torchvision": torchvision.__version__}
     prov["host"] = socket.gethostname()

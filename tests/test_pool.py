@@ -193,3 +193,31 @@ def test_base_loads_from_a_local_plain_state_dict(pool_dir, tmp_path):
 def test_missing_checkpoint_file_is_a_config_error(tmp_path):
     with pytest.raises(ValueError, match="pretrain_pool.checkpoint: .*is not a file"):
         config_of(["--config", str(BASE), "--set", f"pretrain_pool.checkpoint={tmp_path / 'none.pt'}"])
+
+
+def test_variant_names_label_results_and_apply_their_keys(pool_dir):
+    """Ablation variants: distill.variants.<name> = a method + distill keys; results carry the name."""
+    out = pool_dir / "syn_variant"
+    variant = "distill.variants={teddy_post1: {method: teddy, pool: post, pool_size: 1}}"
+    argv = ["distill", *CFG, "--set", variant, "--set", "distill.methods=[teddy_post1, random]"]
+    argv += ["--data", str(pool_dir / "data"), "--pool", str(pool_dir / "pool")]
+    assert cli.main([*argv, "--method", "teddy_post1", "--ipc", "1", "--seed", "0", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "teddy_post1" and metrics["algorithm"] == "teddy" and metrics["pool_size"] == 1
+    assert load_torch(out / "synthetic.pt")["method"] == "teddy_post1"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "distill.variants={t3: {method: teddy, pool_sise: 3}}",
+            "distill.variants.t3.pool_sise.*did you mean 'pool_size'",
+        ),
+        ("distill.variants={teddy: {method: teddy}}", "cannot reuse a method name"),
+        ("distill.methods=[teddy_x, random]", "'teddy_x' is neither a method"),
+    ],
+)
+def test_bad_variants_fail_with_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        config_of(["--config", str(BASE), "--set", override])

@@ -1,6 +1,7 @@
 import os
 import sys
 
+from teddy.config import algorithm
 from teddy.pretrain_pool import job_config as pool_job_config
 from teddy.pretrain_pool import job_names as pool_job_names
 
@@ -55,7 +56,7 @@ def prior_base_input(wildcards):
 
 def get_distill_shards(wildcards):
     """random picks real images in one job; optimised methods run distill.shards shard jobs."""
-    if wildcards.method == "random":
+    if algorithm(config, wildcards.method) == "random":
         return []
     n = config["distill"]["shards"]
     return expand(
