@@ -11,7 +11,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test lint repro report-html mlflow-ui bench lock clean
+.PHONY: run test test-slurm lint repro report-html plots mlflow-ui bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,14 @@ run: $(STAMP)
 	@echo "Results: results/digits/report/summary.md — MLflow: make mlflow-ui"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slurm" $(PYTEST_ARGS)
+
+# The digits pipeline through the slurm executor on a real single-node SLURM cluster (root:
+# installs slurmctld/slurmd/munge from Debian if missing, starts them, tears them down after).
+test-slurm: $(STAMP)
+	TEDDY_SLURM_INSTALL=1 workflow/cluster/slurm-up.sh
+	TEDDY_REQUIRE_SLURM=1 $(BIN)/python -m pytest -q -m slurm $(PYTEST_ARGS); \
+	  status=$$?; workflow/cluster/slurm-down.sh; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check teddy tests
@@ -36,6 +43,11 @@ repro: $(STAMP)
 
 report-html: $(STAMP)
 	$(BIN)/snakemake --report results/report.html
+
+# dvc plots show, rendered offline (vega inlined instead of loaded from a CDN).
+plots: $(STAMP)
+	test -s .dvc/offline.html || $(BIN)/python workflow/scripts/dvc_offline_template.py .dvc/offline.html
+	$(BIN)/dvc plots show --html-template .dvc/offline.html -o results/dvc_plots
 
 # Benchmarks run on demand (not in CI); each writes benchmarks/results/<name>.json.
 bench: $(STAMP)

@@ -30,3 +30,6 @@ rule all:
     default_target: True
     input:
         get_final_outputs(),
+
+
+report: "workflow/report/workflow.rst"

@@ -120,19 +120,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: dict | None = None) -> dict:
     """Run one stage with timing, memory, metrics file and MLflow mirroring."""
+    from contextlib import nullcontext
+
     import torch
 
     from teddy import tracking
-    from teddy.utils import peak_memory_mb, provenance, resolve_device, write_json
+    from teddy.tracking import NullTracker
+    from teddy.utils import (
+        init_distributed,
+        is_main,
+        peak_memory_mb,
+        provenance,
+        resolve_device,
+        world_size,
+        write_json,
+    )
 
     module = importlib.import_module(f"teddy.{stage.replace('-', '_')}")
     device = resolve_device(cfg.run.device)
+    init_distributed(device)  # torchrun with several processes: DDP; rank 0 writes and logs
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     prov = provenance()
     tags = {"stage": stage, "dataset": cfg.run.dataset, **selection, "git_sha": prov["git_sha"]}
     out.mkdir(parents=True, exist_ok=True)
-    with tracking.stage_run(cfg, stage.replace("-", "_"), tags) as tracker:
+    run_ctx = (
+        tracking.stage_run(cfg, stage.replace("-", "_"), tags) if is_main() else nullcontext(NullTracker())
+    )
+    with run_ctx as tracker:
         t0 = time.perf_counter()
         metrics = module.run(
             cfg, inputs, {"out": out}, **selection, **(options or {}), device=device, tracker=tracker
@@ -151,9 +166,17 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
             "device": str(device),
             **prov,
         }
-        config_mod.dump(cfg, out / "config.resolved.yaml")
+        if world_size() > 1:
+            record["world_size"] = world_size()
+        if is_main():
+            config_mod.dump(cfg, out / "config.resolved.yaml")
         write_json(record, out / "metrics.json")
-    log.info("%s done in %.1f s → %s", stage, metrics["wall_s"], out)
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if is_main():
+        log.info("%s done in %.1f s → %s", stage, metrics["wall_s"], out)
     return record
 
 

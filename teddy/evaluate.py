@@ -12,7 +12,16 @@ from teddy import models, prepare_data, relabel
 from teddy.distill import load_synthetic
 from teddy.losses import soft_kl
 from teddy.train import accuracy, make_optimizer, warmup_cosine
-from teddy.utils import Preempted, load_torch, preemption, read_json, save_torch
+from teddy.utils import (
+    Preempted,
+    data_parallel,
+    is_main,
+    load_torch,
+    local_part,
+    preemption,
+    read_json,
+    save_torch,
+)
 
 STATE = "train_state.pt"  # resumable student state; removed when training completes
 
@@ -37,6 +46,7 @@ def train_student(
     if "logits" not in soft and teacher is None:
         raise RuntimeError("the soft-label file was made with relabel.mode=online: pass --pool for the teacher")
     batch = min(e.batch_size, n)
+    net = data_parallel(model)
     opt = make_optimizer(model, e.optimizer, e.lr, e.weight_decay)
     sched = warmup_cosine(opt, e.epochs * -(-n // batch))
     gen = torch.Generator().manual_seed(seed)
@@ -66,10 +76,10 @@ def train_student(
             if state_path is not None and preemption.requested:
                 save_state()
                 raise Preempted(f"preempted in epoch {epoch + 1}; state saved to {state_path}")
-            idx = st["perm"][st["start"] : st["start"] + batch]
+            idx = local_part(st["perm"][st["start"] : st["start"] + batch])  # this rank's share (DDP)
             view = relabel.render(images, views, epoch, idx)
             target = logits[epoch, idx] if logits is not None else teacher(view)
-            loss = soft_kl(model(view), target, e.temperature)
+            loss = soft_kl(net(view), target, e.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -81,7 +91,7 @@ def train_student(
         if state_path is not None and time.monotonic() - last_save > 60 * cfg.run.checkpoint_minutes:
             save_state()
             last_save = time.monotonic()
-    if state_path is not None:
+    if state_path is not None and is_main():
         state_path.unlink(missing_ok=True)
 
 

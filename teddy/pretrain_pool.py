@@ -22,7 +22,18 @@ import torch.nn.functional as F
 
 from teddy import augment, models, prepare_data
 from teddy.train import accuracy, make_optimizer, to_unit, warmup_cosine
-from teddy.utils import Preempted, load_torch, preemption, read_json, save_torch, sha256, write_json
+from teddy.utils import (
+    Preempted,
+    data_parallel,
+    is_main,
+    load_torch,
+    local_part,
+    preemption,
+    read_json,
+    save_torch,
+    sha256,
+    write_json,
+)
 
 MANIFEST = "manifest.json"
 MEMBERS = "members.json"  # each job's entries (files relative to its folder)
@@ -98,6 +109,7 @@ def train_trajectory(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = models.create_model(p.arch, spec, width=p.width).to(device)
+    net = data_parallel(model)  # under torchrun each rank trains on its share of every batch
     x, y = data["train_x"], data["train_y"]
     steps_per_epoch = -(-len(x) // p.batch_size)
     opt = make_optimizer(model, p.optimizer, p.lr, p.weight_decay)
@@ -125,10 +137,13 @@ def train_trajectory(
                 save_state()
                 raise Preempted(f"preempted in epoch {st['epoch']}; state saved to {state_path}")
             idx = st["perm"][st["start"] : st["start"] + p.batch_size]
+            crops = augment.sample_crops(len(idx), 0.5, p.flip, gen) if p.augment else None
+            mine = local_part(torch.arange(len(idx)))
+            idx = idx[mine]
             xb = to_unit(x[idx]).to(device)
             if p.augment:
-                xb = augment.apply_crops(xb, augment.sample_crops(len(idx), 0.5, p.flip, gen))
-            loss = F.cross_entropy(model(xb), y[idx].to(device))
+                xb = augment.apply_crops(xb, crops[mine])
+            loss = F.cross_entropy(net(xb), y[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -141,7 +156,7 @@ def train_trajectory(
         if stop:
             break
         save_state()
-    if state_path is not None and state_path.is_file():
+    if state_path is not None and state_path.is_file() and is_main():
         state_path.unlink()
     return model
 
@@ -158,9 +173,10 @@ def save_member(model, path: Path, cfg, data: dict, spec, device, **info) -> dic
     p = cfg.pretrain_pool
     acc = accuracy(model, data["val_x"], data["val_y"], 1024, device)
     keep = {k: info[k] for k in ("origin", "epoch", "seed", "prune_ratio") if info.get(k) is not None}
-    save_torch(models.checkpoint(model, p.arch, spec, p.width, pruned=info["origin"] == "post", **keep), path)
+    ckpt = models.checkpoint(model, p.arch, spec, p.width, pruned=info["origin"] == "post", **keep)
+    digest = save_torch(ckpt, path)
     entry = {"file": path.name, **info, "val_top1": acc["top1"], "val_top5": acc["top5"]}
-    return entry | describe(model, spec) | {"sha256": sha256(path)}
+    return entry | describe(model, spec) | {"sha256": digest}
 
 
 def load_base_checkpoint(path: str, arch: str, spec, width: int, device) -> torch.nn.Module:

@@ -18,9 +18,12 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))  # one GPU per process under torchrun
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
+    if device.type == "cuda" and device.index is None and world_size() > 1:
+        device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"config key run.device is {name!r} but no CUDA device is visible; use auto or cpu")
     return device
@@ -49,21 +52,27 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def save_torch(obj: Any, path: str | Path) -> None:
+def save_torch(obj: Any, path: str | Path) -> str:
     """Atomic, and byte-reproducible: torch.save names the archive after the file it writes, so
-    saving to the random temporary name directly would change the checksum on every run."""
+    saving to the random temporary name directly would change the checksum on every run.
+    Returns the file's sha256. Under torch.distributed only rank 0 writes (all ranks get the hash)."""
     import io
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
+    if is_main():
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getbuffer())
+    return hashlib.sha256(buffer.getbuffer()).hexdigest()
 
 
 def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
@@ -73,7 +82,52 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+# -- torch.distributed (torchrun): data-parallel base-model and student training ------------------
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def is_main() -> bool:
+    """Only rank 0 writes files, logs to MLflow and prints results."""
+    return rank() == 0
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group when launched by torchrun with several processes (gloo on CPU)."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """DDP wrapper when running under torchrun (gradients averaged over ranks), else the model."""
+    if world_size() == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def local_part(idx: torch.Tensor) -> torch.Tensor:
+    """This rank's share of a global mini-batch (every rank draws the same batch from the same
+    seed, so the global batch, learning rate and schedule are those of a single process)."""
+    world = world_size()
+    return idx[rank() :: world] if len(idx) >= world else idx
+
+
 def write_json(obj: Any, path: str | Path) -> None:
+    if not is_main():  # torch.distributed: rank 0 writes
+        return
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

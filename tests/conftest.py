@@ -15,3 +15,27 @@ def tiny_cfg():
     from teddy import config
 
     return config.load([BASE, TINY])
+
+
+def copy_project(dst: Path, **sections) -> Path:
+    """A copy of the project (code, workflow, profiles) under ``dst`` whose config/config.yaml is
+    the tiny config with ``sections`` merged in (e.g. ``distill={"ipcs": [1]}``)."""
+    import shutil
+
+    import yaml
+
+    from teddy import config
+
+    for item in ("Snakefile", "workflow", "dvc.yaml", "teddy", "profiles", "slurm"):
+        src = ROOT / item
+        if src.is_symlink():
+            (dst / item).symlink_to(os.readlink(src))
+        elif src.is_dir():
+            shutil.copytree(src, dst / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst / item)
+    (dst / "config").mkdir()
+    tiny = config.deep_merge(config.read_yaml(BASE), config.read_yaml(TINY))
+    tiny = config.deep_merge(tiny, {"evaluate": {"archs": ["convnet"]}, **sections})
+    (dst / "config" / "config.yaml").write_text(yaml.safe_dump(tiny))
+    return dst

@@ -2,34 +2,20 @@
 Snakemake and DVC each build everything, and a second run with nothing changed does nothing."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from teddy import config
-
-from .conftest import BASE, ROOT, TINY
+from .conftest import ROOT, copy_project
 
 BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
 def project(tmp_path):
-    for item in ("Snakefile", "workflow", "dvc.yaml", "teddy"):
-        src = ROOT / item
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, tmp_path / item)
-    (tmp_path / "config").mkdir()
-    tiny = config.deep_merge(config.read_yaml(BASE), config.read_yaml(TINY))
-    tiny["evaluate"]["archs"] = ["convnet"]
-    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(tiny))
-    return tmp_path
+    return copy_project(tmp_path)
 
 
 def run(cmd, cwd):
@@ -46,6 +32,12 @@ def test_snakemake_builds_everything_then_nothing(project):
     assert len(list((project / "logs").rglob("*.log"))) > 5
     again = run([str(BIN / "snakemake"), "--cores", "2", "-n"], project)
     assert "Nothing to be done" in again
+    # the self-contained HTML report with the captioned tables, plots and image grids
+    run([str(BIN / "snakemake"), "--report", "report.html"], project)
+    html = (project / "report.html").read_text()
+    assert "bar a distillation method must clear" in html  # accuracy.png caption
+    assert "One row per (method, IPC, student architecture, seed)" in html  # summary.csv caption
+    assert "grid.png" in html and "Synthetic images" in html and "pool of weak models" in html
 
 
 def test_dvc_repro_builds_everything_then_nothing(project):
@@ -58,3 +50,20 @@ def test_dvc_repro_builds_everything_then_nothing(project):
     assert "Data and pipelines are up to date" in again
     metrics = run([str(BIN / "dvc"), "metrics", "show"], project)
     assert "convnet" in metrics
+
+    # plots render without a CDN: vega is inlined by the offline template
+    template = project / ".dvc" / "offline.html"
+    script = ROOT / "workflow" / "scripts" / "dvc_offline_template.py"
+    run([sys.executable, str(script), str(template)], project)
+    run([str(BIN / "dvc"), "plots", "show", "--html-template", str(template), "-o", "plots"], project)
+    page = (project / "plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "vegaEmbed(" in page and "summary.csv" in page
+
+    # an experiment sweep: dvc exp run -S reruns only what the parameter touches
+    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.org"]
+    run(["git", "add", "-A"], project)
+    run([*git, "commit", "-qm", "baseline"], project)
+    exp = run([str(BIN / "dvc"), "exp", "run", "-S", "evaluate.epochs=3", "-n", "epochs3"], project)
+    assert "prepare_data" not in exp.split("Running stage")[-1]
+    shown = run([str(BIN / "dvc"), "exp", "show", "--csv"], project)
+    assert "epochs3" in shown

@@ -68,7 +68,11 @@ rule pretrain_pool:
             job=pool_job_names(config["pretrain_pool"]),
         ),
     output:
-        manifest="results/{dataset}/pool/manifest.json",
+        manifest=report(
+            "results/{dataset}/pool/manifest.json",
+            caption="../report/pool.rst",
+            category="Pool",
+        ),
         metrics="results/{dataset}/pool/metrics.json",
     log:
         "logs/{dataset}/pretrain_pool/manifest.log",

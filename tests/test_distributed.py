@@ -1,0 +1,70 @@
+"""Data-parallel training under torchrun: 2 CPU processes (gloo) train the base model and a student
+to the same accuracy band as 1 process; only rank 0 writes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from teddy import cli
+
+from .conftest import BASE, ROOT, TINY
+
+BIN = Path(sys.executable).parent
+CFG = ["--config", str(BASE), "--config", str(TINY)]
+SETS = [
+    "pretrain_pool.epochs=8",
+    "pretrain_pool.width=16",
+    "pretrain_pool.prior_epochs=[1]",
+    "evaluate.epochs=30",
+]
+CFG += [arg for s in SETS for arg in ("--set", s)]
+
+
+def torchrun(*args: str, procs: int = 2) -> None:
+    cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={procs}", "-m", "teddy", *args]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    assert cli.main(["prepare-data", *CFG, "--out", str(tmp / "data")]) == 0
+    return tmp
+
+
+def top1(folder: Path, key: str) -> float:
+    return json.loads((folder / "metrics.json").read_text())[key]
+
+
+def test_base_model_under_torchrun_matches_one_process(work):
+    one, two = work / "base1", work / "base2"
+    assert (
+        cli.main(["pretrain-pool", *CFG, "--data", str(work / "data"), "--member", "base", "--out", str(one)])
+        == 0
+    )
+    torchrun("pretrain-pool", *CFG, "--data", str(work / "data"), "--member", "base", "--out", str(two))
+    record = json.loads((two / "metrics.json").read_text())
+    assert record["world_size"] == 2 and (two / "base.pt").is_file()
+    a, b = (json.loads((d / "members.json").read_text())[0]["val_top1"] for d in (one, two))
+    print(f"base val top-1: 1 process {a:.2f}, 2 processes {b:.2f}")
+    assert a > 60 and abs(a - b) < 8, (a, b)
+
+
+def test_student_under_torchrun_matches_one_process(work):
+    pool, syn, soft = work / "pool", work / "syn", work / "soft"
+    assert cli.main(["pretrain-pool", *CFG, "--data", str(work / "data"), "--out", str(pool)]) == 0
+    distill = ["--data", str(work / "data"), "--method", "random", "--ipc", "2", "--seed", "0"]
+    assert cli.main(["distill", *CFG, *distill, "--out", str(syn)]) == 0
+    relabel = ["--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
+    assert cli.main(["relabel", *CFG, *relabel]) == 0
+    args = ["--data", str(work / "data"), "--synthetic", str(syn), "--soft-labels", str(soft)]
+    args += ["--arch", "convnet", "--seed", "0"]
+    assert cli.main(["evaluate", *CFG, *args, "--out", str(work / "ev1")]) == 0
+    torchrun("evaluate", *CFG, *args, "--out", str(work / "ev2"))
+    a, b = top1(work / "ev1", "top1"), top1(work / "ev2", "top1")
+    print(f"student val top-1: 1 process {a:.2f}, 2 processes {b:.2f}")
+    assert a > 20 and abs(a - b) < 8, (a, b)
