@@ -3,6 +3,7 @@ KL divergence at temperature T; report top-1/top-5 on the real val split."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from teddy.utils import (
     save_torch,
 )
 
+log = logging.getLogger(__name__)
 STATE = "train_state.pt"  # resumable student state; removed when training completes
 
 
@@ -61,6 +63,7 @@ def train_student(
         sched.load_state_dict(saved["sched"])
         gen.set_state(saved["gen"].cpu())
         st = saved["loop"]
+        log.info("resuming student training from %s at epoch %d", state_path, st["epoch"] + 1)
     last_save = time.monotonic()
 
     def save_state():
@@ -121,6 +124,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
 
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
+    resumed = load_torch(out / STATE)["loop"]["epoch"] if (out / STATE).is_file() else 0
     train_student(cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / STATE)
     final = curve[-1]
     return {
@@ -132,4 +136,5 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
         "top5": final["top5"],
         "params": models.count_params(model),
         "curve": curve,
+        "resumed_from_epoch": resumed,
     }

@@ -15,6 +15,7 @@ Long loops checkpoint every epoch and on SIGTERM/SIGUSR1 (preemption) and resume
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import torch
@@ -35,6 +36,7 @@ from teddy.utils import (
     write_json,
 )
 
+log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MEMBERS = "members.json"  # each job's entries (files relative to its folder)
 STATE = "train_state.pt"  # resumable training state, removed when the job completes
@@ -122,6 +124,7 @@ def train_trajectory(
         sched.load_state_dict(saved["sched"])
         gen.set_state(saved["gen"])
         st = saved["loop"]
+        log.info("resuming seed %d's training from %s in epoch %d", seed, state_path, st["epoch"])
 
     def save_state():
         if state_path is not None:
