@@ -63,7 +63,9 @@ def test_dvc_repro_builds_everything_then_nothing(project):
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.org"]
     run(["git", "add", "-A"], project)
     run([*git, "commit", "-qm", "baseline"], project)
-    exp = run([str(BIN / "dvc"), "exp", "run", "-S", "config/config.yaml:evaluate.epochs=3", "-n", "epochs3"], project)
+    exp = run(
+        [str(BIN / "dvc"), "exp", "run", "-S", "config/config.yaml:evaluate.epochs=3", "-n", "epochs3"], project
+    )
     assert "prepare_data" not in exp.split("Running stage")[-1]
     shown = run([str(BIN / "dvc"), "exp", "show", "--csv"], project)
     assert "epochs3" in shown
