@@ -230,12 +230,22 @@ def check(data: Mapping) -> None:
             problems.append(
                 f"config key distill.variants.{name}: a variant cannot reuse a method name; rename it"
             )
-        for key in set(variant) - {"method"} - distill_keys:
+        unknown = set(variant) - {"method"} - distill_keys
+        for key in unknown:
             hint = difflib.get_close_matches(key, distill_keys, n=1)
             problems.append(
                 f"config key distill.variants.{name}.{key}: not a distill key a variant can set"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
             )
+        if not unknown and name not in METHODS:  # the variant's own config must be valid too
+            merged = copy.deepcopy(dict(data))
+            merged["distill"] = {**merged["distill"], **{k: v for k, v in variant.items() if k != "method"}}
+            merged["distill"] |= {"variants": {}, "methods": [variant["method"]]}
+            merged["report"] = {**merged["report"], "baseline_method": variant["method"]}
+            try:
+                check(validate(merged))
+            except ConfigError as err:
+                problems.append(f"config key distill.variants.{name}: {str(err).split(chr(10), 1)[-1].strip()}")
     for name in data["distill"]["methods"]:
         if name not in METHODS and name not in data["distill"]["variants"]:
             problems.append(

@@ -24,6 +24,7 @@ def collect_row(eval_dir: Path) -> dict:
     pool = read_json(Path(soft["inputs"]["pool"]) / "metrics.json")
     walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
     row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
+    row["pool_size"] = syn.get("pool_size", 0)  # members distill drew from (0: real images)
     row |= {
         f"{stage}_s": round(walls[stage]["wall_s"] + walls[stage].get("shard_wall_s", 0), 3) for stage in STAGES
     }
@@ -97,6 +98,32 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def pool_ablation(df: pd.DataFrame, cfg) -> pd.DataFrame | None:
+    """Top-1 (mean ± std over seeds) by pool generation (rows) and pool size M (columns), for the
+    configured teddy variants plus sre2l as the M = 1 base-only pool; None without such rows."""
+    from teddy import config
+
+    rows = []
+    for name in df.method.unique():
+        variant_cfg, algo = config.resolve_variant(cfg, name)
+        if algo not in ("teddy", "sre2l"):
+            continue
+        pool = "base" if algo == "sre2l" else variant_cfg.distill.pool
+        for _, r in df[df.method == name].iterrows():
+            rows.append({"ipc": r.ipc, "arch": r.arch, "pool": pool, "M": int(r.pool_size), "top1": r.top1})
+    table = pd.DataFrame(rows)
+    if table.empty or table[["pool", "M"]].drop_duplicates().shape[0] < 2:
+        return None
+    stats = table.groupby(["ipc", "arch", "pool", "M"]).top1.agg(["mean", "std", "count"]).reset_index()
+    stats["cell"] = [
+        f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else "")
+        for m, s, n in zip(stats["mean"], stats["std"], stats["count"], strict=True)
+    ]
+    wide = stats.pivot(index=["ipc", "arch", "pool"], columns="M", values="cell").fillna("")
+    wide.columns = [f"M={m}" for m in wide.columns]
+    return wide.reset_index()
+
+
 def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     """inputs: ``evaluations`` (list of evaluate dirs); outputs: ``out`` dir."""
     rows = [collect_row(d) for d in find_evaluations(inputs["evaluations"])]
@@ -116,6 +143,16 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         "\nAll runs (wall seconds per stage):\n",
         df.to_markdown(index=False, floatfmt=".2f"),
     ]
+    ablation = pool_ablation(df, cfg)
+    if ablation is not None:
+        md[5:5] = [
+            "\nPool ablation: student top-1 (%) by pool generation and size M (same distillation budget"
+            " and evaluation; `base` = the fully trained model alone, i.e. sre2l).\n",
+            ablation.to_markdown(index=False),
+        ]
+        with atomic_path(out / "pool_ablation.csv") as tmp:
+            ablation.to_csv(tmp, index=False)
+        tracker.log_artifact(out / "pool_ablation.csv")
     with atomic_path(out / SUMMARY_MD) as tmp:
         tmp.write_text("\n".join(md) + "\n")
     plot(df, out / PLOT)
