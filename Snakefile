@@ -26,6 +26,15 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+onstart:
+    if config["tracking"][
+        "enabled"
+    ]:  # create the shared MLflow store once, before any job
+        from teddy.tracking import init_store
+
+        init_store(config["tracking"]["uri"], config["tracking"]["experiment"])
+
+
 rule all:
     default_target: True
     input:

@@ -12,11 +12,35 @@ from torch import nn
 from teddy.models import bn_layers
 
 
+class _ChannelStats(torch.autograd.Function):
+    """Per-channel mean and biased variance over all dims but 1, in one fused kernel each way:
+    forward uses batch norm's statistics kernel; backward is one ``addcmul`` pass,
+    dL/dh = gμ/n + 2 gσ² (h − μ)/n. About 2× faster than autograd through mean() and var() on
+    CPU (the BN statistics are ~25 % of a Teddy step there; benchmarks/distill.py)."""
+
+    @staticmethod
+    def forward(ctx, h):
+        _, mean, invstd = torch.native_batch_norm(h, None, None, None, None, True, 0.0, 0.0)
+        ctx.save_for_backward(h, mean)
+        return mean, invstd.pow(-2)
+
+    @staticmethod
+    def backward(ctx, grad_mean, grad_var):
+        h, mean = ctx.saved_tensors
+        n = h.numel() // h.shape[1]
+        shape = (1, -1) + (1,) * (h.dim() - 2)
+        grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
+        grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
+        scale = (2.0 / n) * grad_var
+        return torch.addcmul((grad_mean / n - scale * mean).view(shape), h, scale.view(shape))
+
+
 def feature_stats(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and biased variance of features h (N, C, H, W) → two (C,) tensors."""
-    mean = h.mean(dim=(0, 2, 3))
-    var = h.var(dim=(0, 2, 3), unbiased=False)
-    return mean, var
+    if h.dim() >= 2 and h.shape[0] * (h.numel() // max(1, h.shape[0] * h.shape[1])) > 1:
+        return _ChannelStats.apply(h.contiguous())
+    dims = [d for d in range(h.dim()) if d != 1]
+    return h.mean(dim=dims), h.var(dim=dims, unbiased=False)
 
 
 def bn_matching_loss(

@@ -69,16 +69,45 @@ def _set_experiment(mlflow, name: str) -> None:
 
 
 @contextlib.contextmanager
+def _store_lock(uri: str):
+    """Serialise first use of a sqlite store across processes: MLflow creates its tables and runs
+    schema migrations on first connection, and concurrent jobs racing there fail
+    ('table _alembic_tmp_latest_metrics already exists'). Other stores need no lock."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri[len(prefix) :] + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def init_store(uri: str, experiment: str):
+    """Create the store and the experiment once (the workflow calls this before submitting jobs)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    uri = resolve_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    with _store_lock(uri):
+        _set_experiment(mlflow, experiment)
+    return mlflow
+
+
+@contextlib.contextmanager
 def stage_run(cfg, stage: str, tags: Mapping[str, object]):
     """Yield a tracker for one stage execution (run name = stage name)."""
     if not cfg.tracking.enabled:
         yield NullTracker()
         return
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
-    mlflow.set_tracking_uri(resolve_uri(cfg.tracking.uri))
-    _set_experiment(mlflow, cfg.tracking.experiment)
+    mlflow = init_store(cfg.tracking.uri, cfg.tracking.experiment)
     with mlflow.start_run(run_name=stage, tags={k: str(v) for k, v in tags.items()}):
         mlflow.log_params(flatten(to_dict(cfg)))
         yield MlflowTracker(mlflow)

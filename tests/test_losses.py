@@ -12,7 +12,22 @@ def test_feature_stats_hand_computed():
     h = torch.tensor([[[[1.0, 2.0]]], [[[3.0, 6.0]]]])
     mean, var = feature_stats(h)
     assert mean.tolist() == [3.0]
-    assert var.tolist() == [3.5]
+    assert var.item() == pytest.approx(3.5, rel=1e-6)
+
+
+def test_feature_stats_gradient_matches_autograd_through_mean_and_var():
+    """The fused statistics (batch-norm kernel forward, one-pass backward) against the reference."""
+    h = torch.randn(6, 5, 7, 3, dtype=torch.float64, requires_grad=True)
+    g_mean, g_var = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    mean, var = feature_stats(h)
+    (grad,) = torch.autograd.grad((mean * g_mean).sum() + (var * g_var).sum(), h)
+    ref_mean, ref_var = h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=False)
+    (ref,) = torch.autograd.grad((ref_mean * g_mean).sum() + (ref_var * g_var).sum(), h)
+    assert torch.allclose(mean, ref_mean) and torch.allclose(var, ref_var)
+    assert torch.allclose(grad, ref, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda x: feature_stats(x), (h[:, :, :2, :2].detach().clone().requires_grad_(),)
+    )
 
 
 def test_bn_matching_loss_hand_computed():
