@@ -252,6 +252,11 @@ def check(data: Mapping) -> None:
                 f"config key distill.methods: {name!r} is neither a method ({', '.join(METHODS)}) nor "
                 "defined under distill.variants"
             )
+    if data["evaluate"]["full_data"] and "random" not in data["distill"]["methods"]:
+        problems.append(
+            "config key evaluate.full_data: the full-data row is method random at the full IPC; "
+            "add random to distill.methods"
+        )
     if data["report"]["baseline_method"] not in data["distill"]["methods"]:
         problems.append(
             f"config key report.baseline_method: {data['report']['baseline_method']!r} is not in "
@@ -294,6 +299,17 @@ GRID_KEYS = {
 
 
 METHODS = ("teddy", "sre2l", "unrolled", "random")
+
+
+def full_data_ipc(data: Any) -> int | None:
+    """IPC of the full-data reference row (random real images at the smallest class's size: the
+    whole training set of a balanced dataset), or None when evaluate.full_data is off."""
+    from teddy import datasets
+
+    plain = data if isinstance(data, Mapping) else to_dict(data)
+    if not plain["evaluate"]["full_data"]:
+        return None
+    return datasets.get(plain["run"]["dataset"]).min_train_per_class(plain["prepare_data"])
 
 
 def algorithm(data: Mapping, name: str) -> str:

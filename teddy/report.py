@@ -13,6 +13,7 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 PLOT = "accuracy.png"
 STAGES = ("prepare_data", "pretrain_pool", "distill", "relabel", "evaluate")
+FULL_DATA = "full data"  # method label of the whole-training-set reference row
 
 
 def collect_row(eval_dir: Path) -> dict:
@@ -47,16 +48,24 @@ def find_evaluations(folders: list[str]) -> list[Path]:
 
 def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
     """Keep rows of the configured grid (a searched tree may hold runs of older configs)."""
+    from teddy.config import full_data_ipc
+
+    full = full_data_ipc(cfg)
+    in_grid = df.method.isin(cfg.distill.methods) & df.ipc.isin(cfg.distill.ipcs)
+    if full is not None:
+        in_grid |= df.method.eq("random") & df.ipc.eq(full)
     keep = (
-        df.dataset.eq(cfg.run.dataset)
-        & df.method.isin(cfg.distill.methods)
-        & df.ipc.isin(cfg.distill.ipcs)
+        in_grid
+        & df.dataset.eq(cfg.run.dataset)
         & df.arch.isin(cfg.evaluate.archs)
         & df.seed.isin(cfg.run.seeds)
     )
     if not keep.any():
         raise ValueError("none of the evaluations found matches the configured methods/ipcs/archs/seeds")
-    return df[keep]
+    df = df[keep].copy()
+    if full is not None and full not in cfg.distill.ipcs:  # the upper-bound row gets its own name
+        df.loc[df.method.eq("random") & df.ipc.eq(full), "method"] = FULL_DATA
+    return df
 
 
 def add_ior(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -68,6 +77,7 @@ def add_ior(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
 
 
 def mean_std_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
+    df = df.dropna(subset=[value])  # e.g. no IOR for the full-data row
     g = df.groupby(["dataset", "method", "ipc", "arch"])[value]
     cell = g.mean().map("{:.2f}".format) + " ± " + g.std(ddof=0).fillna(0).map("{:.2f}".format)
     return cell.unstack("arch").reset_index()
@@ -84,9 +94,15 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     for ax, arch in zip(axes[0], archs, strict=True):
         sub = df[df.arch == arch].groupby(["method", "ipc"]).top1.agg(["mean", "std"]).reset_index()
         for method, m in sub.groupby("method"):
+            if method == FULL_DATA:  # upper bound: a line across the IPC axis
+                ax.axhline(
+                    m["mean"].iloc[0], color="k", ls="--", lw=1, label=f"{FULL_DATA} ({m.ipc.iloc[0]}/class)"
+                )
+                continue
             ax.errorbar(m.ipc, m["mean"], yerr=m["std"].fillna(0), marker="o", capsize=3, label=method)
+        ipcs = sorted(df[df.method != FULL_DATA].ipc.unique())
         ax.set_xscale("log")
-        ax.set_xticks(sorted(df.ipc.unique()), [str(i) for i in sorted(df.ipc.unique())])
+        ax.set_xticks(ipcs, [str(i) for i in ipcs])
         ax.set(
             title=f"{df.dataset.iloc[0]} · student {arch}", xlabel="images per class", ylabel="val top-1 (%)"
         )

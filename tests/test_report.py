@@ -1,8 +1,9 @@
 """Report tables computed from evaluation rows (no training): the pool ablation pivot."""
 
+import numpy as np
 import pandas as pd
 
-from teddy import config, report
+from teddy import config, datasets, report
 
 from .conftest import BASE
 
@@ -42,3 +43,30 @@ def test_a_variant_that_cannot_run_fails_at_load():
 
     with pytest.raises(config.ConfigError, match="distill.variants.p: .*set pretrain_pool.post_members"):
         config.load([BASE], ["distill.variants={p: {method: teddy, pool: post}}"])
+
+
+def test_full_data_row_is_named_kept_out_of_ior_and_drawn(tmp_path):
+    cfg = config.load([BASE], ["evaluate.full_data=true", "evaluate.archs=[convnet]"])
+    full = config.full_data_ipc(cfg)
+    train_y = datasets.get("digits").reader(config.to_dict(cfg.prepare_data)).train_y
+    assert full == int(np.bincount(train_y).min())  # every class's images, at the smallest class's size
+    rows = [
+        ("random", 1, 70.0),
+        ("teddy", 1, 60.0),
+        ("random", 10, 90.0),
+        ("random", full, 97.0),
+        ("sre2l", 1, 1.0),
+    ]
+    df = pd.DataFrame(
+        [
+            {"dataset": "digits", "method": m, "ipc": i, "arch": "convnet", "seed": 0, "top1": t}
+            for m, i, t in rows
+        ]
+    )
+    kept = report.in_config_grid(df, cfg)  # sre2l is not configured; the full row is
+    assert sorted(kept.method) == ["full data", "random", "random", "teddy"]
+    with_ior = report.add_ior(kept, "random")
+    assert with_ior.set_index("method").ior.isna()["full data"]
+    assert "full data" not in set(report.mean_std_table(with_ior, "ior").method)
+    report.plot(with_ior, tmp_path / "acc.png")
+    assert (tmp_path / "acc.png").stat().st_size > 0

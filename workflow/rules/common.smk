@@ -1,7 +1,7 @@
 import os
 import sys
 
-from teddy.config import algorithm
+from teddy.config import algorithm, full_data_ipc
 from teddy.pretrain_pool import job_config as pool_job_config
 from teddy.pretrain_pool import job_names as pool_job_names
 
@@ -71,15 +71,16 @@ def merge_args(shards):
     return "--merge " + " ".join(os.path.dirname(f) for f in shards) if shards else ""
 
 
+FULL_IPC = full_data_ipc(config)  # None unless evaluate.full_data
+
+
 def get_evaluations(wildcards):
-    return expand(
-        "results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json",
-        dataset=wildcards.dataset,
-        method=config["distill"]["methods"],
-        ipc=config["distill"]["ipcs"],
-        arch=config["evaluate"]["archs"],
-        seed=config["run"]["seeds"],
-    )
+    pattern = "results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json"
+    grid = dict(dataset=wildcards.dataset, arch=config["evaluate"]["archs"], seed=config["run"]["seeds"])
+    found = expand(pattern, method=config["distill"]["methods"], ipc=config["distill"]["ipcs"], **grid)
+    if FULL_IPC is not None and FULL_IPC not in config["distill"]["ipcs"]:
+        found += expand(pattern, method="random", ipc=FULL_IPC, **grid)  # the upper-bound row
+    return found
 
 
 def get_final_outputs():
