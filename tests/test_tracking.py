@@ -1,5 +1,6 @@
 """One MLflow store shared by concurrent jobs (what cluster jobs on a shared file system do)."""
 
+import os
 import subprocess
 import sys
 
@@ -18,7 +19,9 @@ with tracking.stage_run(cfg, "evaluate", {"seed": sys.argv[3]}) as t:
 def test_concurrent_jobs_write_one_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env_cmd = [sys.executable, "-c", WRITER, str(BASE), uri]
-    procs = [subprocess.Popen([*env_cmd, str(seed)], cwd=ROOT) for seed in range(4)]
+    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, which would win over the config here
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    procs = [subprocess.Popen([*env_cmd, str(seed)], cwd=ROOT, env=env) for seed in range(4)]
     assert [p.wait(timeout=300) for p in procs] == [0] * 4
     import mlflow
 
