@@ -34,8 +34,8 @@ test-slurm: $(STAMP)
 	  status=$$?; workflow/cluster/slurm-down.sh; exit $$status
 
 lint: $(STAMP)
-	$(BIN)/ruff check teddy tests
-	$(BIN)/ruff format --check teddy tests
+	$(BIN)/ruff check teddy tests benchmarks workflow/scripts
+	$(BIN)/ruff format --check teddy tests benchmarks workflow/scripts
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 repro: $(STAMP)

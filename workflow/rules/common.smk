@@ -75,11 +75,24 @@ FULL_IPC = full_data_ipc(config)  # None unless evaluate.full_data
 
 
 def get_evaluations(wildcards):
-    pattern = "results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json"
-    grid = dict(dataset=wildcards.dataset, arch=config["evaluate"]["archs"], seed=config["run"]["seeds"])
-    found = expand(pattern, method=config["distill"]["methods"], ipc=config["distill"]["ipcs"], **grid)
+    pattern = (
+        "results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json"
+    )
+    grid = dict(
+        dataset=wildcards.dataset,
+        arch=config["evaluate"]["archs"],
+        seed=config["run"]["seeds"],
+    )
+    found = expand(
+        pattern,
+        method=config["distill"]["methods"],
+        ipc=config["distill"]["ipcs"],
+        **grid,
+    )
     if FULL_IPC is not None and FULL_IPC not in config["distill"]["ipcs"]:
-        found += expand(pattern, method="random", ipc=FULL_IPC, **grid)  # the upper-bound row
+        found += expand(
+            pattern, method="random", ipc=FULL_IPC, **grid
+        )  # the upper-bound row
     return found
 
 

@@ -49,7 +49,9 @@ def main(out: str) -> int:
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(PAGE.replace("BUNDLE", bundle))
-    print(f"wrote {path} (vega {vl_convert.get_vega_version()}, vega-embed {vl_convert.get_vega_embed_version()})")
+    print(
+        f"wrote {path} (vega {vl_convert.get_vega_version()}, vega-embed {vl_convert.get_vega_embed_version()})"
+    )
     return 0
 
 
