@@ -293,7 +293,7 @@ def resolve_for_workflow(raw: Mapping, folder: str | Path) -> tuple[dict, Path]:
 # Keys that only define the workflow's grid of jobs (one job per value), not what a job computes.
 GRID_KEYS = {
     "run": {"seeds", "threads"},
-    "distill": {"methods", "ipcs", "grid_max_ipc", "shards", "checkpoint_every"},
+    "distill": {"methods", "ipcs", "grid_max_ipc", "shards", "checkpoint_every", "variants"},
     "evaluate": {"archs"},
 }
 
@@ -328,6 +328,14 @@ def resolve_variant(cfg: Any, name: str) -> tuple[Any, str]:
     data = validate(data)
     check(data)
     return freeze(data), variant["method"]
+
+
+def method_params(data: Mapping, method: str) -> dict:
+    """The distill config one method's (or variant's) jobs depend on: the variant's keys applied,
+    grid keys left out, so adding or changing one variant reruns only that variant's jobs."""
+    variant = data["distill"]["variants"].get(method)
+    distill = dict(data["distill"]) | ({k: v for k, v in variant.items() if k != "method"} if variant else {})
+    return job_params({"distill": distill}, "distill") | {"algorithm": variant["method"] if variant else method}
 
 
 def job_params(data: Mapping, *sections: str) -> dict:

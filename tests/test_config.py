@@ -95,3 +95,15 @@ def test_job_params_leave_out_grid_keys():
     params = config.job_params(data, "distill", "evaluate")
     assert "ipcs" not in params["distill"] and "methods" not in params["distill"]
     assert "archs" not in params["evaluate"] and params["evaluate"]["epochs"] == data["evaluate"]["epochs"]
+
+
+def test_method_params_change_only_for_the_variant_that_changed():
+    """Snakemake's params trigger: adding or editing one variant reruns only its distill jobs."""
+    one = config.validate(config.read_yaml(BASE))
+    two = config.deep_merge(one, {"distill": {"variants": {"v": {"method": "teddy", "pool_size": 2}}}})
+    three = config.deep_merge(two, {"distill": {"variants": {"w": {"method": "teddy", "iterations": 7}}}})
+    assert config.method_params(one, "teddy") == config.method_params(three, "teddy")
+    assert config.method_params(two, "v") == config.method_params(three, "v")
+    assert config.method_params(three, "v")["distill"]["pool_size"] == 2
+    assert config.method_params(three, "w")["distill"]["iterations"] == 7
+    assert config.method_params(three, "w")["algorithm"] == "teddy"

@@ -1,7 +1,7 @@
 import os
 import sys
 
-from teddy.config import algorithm, full_data_ipc
+from teddy.config import algorithm, full_data_ipc, method_params
 from teddy.pretrain_pool import job_config as pool_job_config
 from teddy.pretrain_pool import job_names as pool_job_names
 

@@ -11,7 +11,7 @@ rule distill_shard:
     resources:
         **stage_resources("distill"),
     params:
-        cfg=stage_params("distill"),
+        cfg=lambda wildcards: method_params(config, wildcards.method),
     shell:
         "{TEDDY} distill {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
         " --pool $(dirname {input.pool}) --method {wildcards.method} --ipc {wildcards.ipc}"
@@ -38,7 +38,7 @@ rule distill:
     resources:
         **stage_resources("distill"),
     params:
-        cfg=stage_params("distill"),
+        cfg=lambda wildcards: method_params(config, wildcards.method),
         merge=lambda w, input: merge_args(input.shards),
     shell:
         "{TEDDY} distill {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
