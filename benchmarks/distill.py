@@ -136,7 +136,13 @@ def trained_digits_model(tmp: Path):
     from teddy import prepare_data, pretrain_pool
     from teddy.tracking import NullTracker
 
-    cfg = config("pretrain_pool.epochs=1", "pretrain_pool.width=32", "pretrain_pool.prior_epochs=[]")
+    cfg = config(
+        "pretrain_pool.epochs=1",
+        "pretrain_pool.width=32",
+        "pretrain_pool.prior_epochs=[]",
+        "pretrain_pool.post_members=1",  # config checks want some pool; train_base ignores it
+        "distill.pool=post",
+    )
     prepare_data.run(cfg, {}, {"out": tmp}, device="cpu", tracker=NullTracker())
     data = prepare_data.load(tmp / "cache.pt")
     manifest = {"num_classes": 10, "channels": 1, "image_size": 16, "mean": [0.3], "std": [0.32]}

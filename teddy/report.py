@@ -91,8 +91,24 @@ def plot(df: pd.DataFrame, path: Path) -> None:
 
     archs = sorted(df.arch.unique())
     fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
+    single_ipc = df[df.method != FULL_DATA].ipc.nunique() == 1
+    if single_ipc:  # one IPC (e.g. an ablation): one bar per method reads better than points
+        fig.set_size_inches(5.5 * len(archs), 0.35 * df.method.nunique() + 1.6)
     for ax, arch in zip(axes[0], archs, strict=True):
         sub = df[df.arch == arch].groupby(["method", "ipc"]).top1.agg(["mean", "std"]).reset_index()
+        if single_ipc:
+            sub = sub.sort_values("mean")
+            colors = ["0.55" if m in ("random", FULL_DATA) else "tab:blue" for m in sub.method]
+            ax.barh(sub.method, sub["mean"], xerr=sub["std"].fillna(0), color=colors)
+            for y, value in enumerate(sub["mean"]):
+                ax.text(value, y, f" {value:.1f}", va="center", fontsize=8)
+            low = sub["mean"].min()
+            ax.set_xlim(max(0, low - 10), min(100, sub["mean"].max() + 6))
+            ax.set(
+                title=f"{df.dataset.iloc[0]} · student {arch} · IPC {sub.ipc.iloc[0]}", xlabel="val top-1 (%)"
+            )
+            ax.grid(alpha=0.3, axis="x")
+            continue
         for method, m in sub.groupby("method"):
             if method == FULL_DATA:  # upper bound: a line across the IPC axis
                 ax.axhline(
@@ -125,6 +141,12 @@ def pool_ablation(df: pd.DataFrame, cfg) -> pd.DataFrame | None:
         if algo not in ("teddy", "sre2l"):
             continue
         pool = "base" if algo == "sre2l" else variant_cfg.distill.pool
+        base_distill, own = config.to_dict(cfg.distill), config.to_dict(variant_cfg.distill)
+        other = {
+            k: v for k, v in own.items() if k not in ("pool", "pool_size", "variants") and v != base_distill[k]
+        }
+        if other:  # a variant that also changes e.g. init gets its own row
+            pool += " (" + ", ".join(f"{k}={v}" for k, v in sorted(other.items())) + ")"
         for _, r in df[df.method == name].iterrows():
             rows.append({"ipc": r.ipc, "arch": r.arch, "pool": pool, "M": int(r.pool_size), "top1": r.top1})
     table = pd.DataFrame(rows)

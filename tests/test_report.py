@@ -9,12 +9,13 @@ from .conftest import BASE
 
 VARIANTS = (
     "distill.variants={t_prior3: {method: teddy, pool: prior, pool_size: 3},"
-    " t_post3: {method: teddy, pool: post, pool_size: 3}, t_post5: {method: teddy, pool: post, pool_size: 5}}"
+    " t_post3: {method: teddy, pool: post, pool_size: 3}, t_post5: {method: teddy, pool: post, pool_size: 5},"
+    " t_post5r: {method: teddy, pool: post, pool_size: 5, init: real}}"
 )
 
 
 def test_pool_ablation_pivots_variants_by_generation_and_size():
-    methods = "distill.methods=[random, sre2l, t_prior3, t_post3, t_post5]"
+    methods = "distill.methods=[random, sre2l, t_prior3, t_post3, t_post5, t_post5r]"
     cfg = config.load([BASE], [VARIANTS, methods, "pretrain_pool.post_members=5"])
     rows = [
         ("random", 0, 0, 80.0),
@@ -23,6 +24,7 @@ def test_pool_ablation_pivots_variants_by_generation_and_size():
         ("t_prior3", 3, 1, 64.0),
         ("t_post3", 3, 0, 70.0),
         ("t_post5", 5, 0, 72.0),
+        ("t_post5r", 5, 0, 90.0),  # differs in init too: its own row, not averaged into post M=5
     ]
     df = pd.DataFrame(
         [
@@ -35,6 +37,7 @@ def test_pool_ablation_pivots_variants_by_generation_and_size():
     assert table.loc["base", "M=1"] == "60.00"
     assert table.loc["prior", "M=3"] == "63.00 ± 1.41"  # mean ± std over the two seeds
     assert table.loc["post", "M=5"] == "72.00" and table.loc["prior", "M=5"] == ""
+    assert table.loc["post (init=real)", "M=5"] == "90.00"
     assert report.pool_ablation(df[df.method.isin(["random", "sre2l"])], cfg) is None
 
 
