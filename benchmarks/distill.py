@@ -147,7 +147,7 @@ def trained_digits_model(tmp: Path):
     data = prepare_data.load(tmp / "cache.pt")
     manifest = {"num_classes": 10, "channels": 1, "image_size": 16, "mean": [0.3], "std": [0.32]}
     spec = models.InputSpec.from_manifest(manifest)
-    model = pretrain_pool.train_base(cfg, data, spec, "cpu", NullTracker(), lambda e, m: None)
+    model = pretrain_pool.train_base(cfg, data, spec, "cpu", NullTracker())
     return model.eval().requires_grad_(False), data
 
 
