@@ -239,7 +239,7 @@ def check(data: Mapping) -> None:
             )
         if not unknown and name not in METHODS:  # the variant's own config must be valid too
             merged = copy.deepcopy(dict(data))
-            merged["distill"] = {**merged["distill"], **{k: v for k, v in variant.items() if k != "method"}}
+            merged["distill"] = {**merged["distill"], **_variant_keys(variant)}
             merged["distill"] |= {"variants": {}, "methods": [variant["method"]]}
             merged["report"] = {**merged["report"], "baseline_method": variant["method"]}
             try:
@@ -324,17 +324,34 @@ def resolve_variant(cfg: Any, name: str) -> tuple[Any, str]:
     if variant is None:
         return cfg, name
     data = to_dict(cfg)
-    data["distill"] |= {k: copy.deepcopy(v) for k, v in variant.items() if k != "method"}
+    data["distill"] |= _variant_keys(variant)
     data = validate(data)
     check(data)
     return freeze(data), variant["method"]
+
+
+def stage_resources(data: Mapping, stage: str) -> dict:
+    """Snakemake rule resources of a stage from ``resources.<stage>``: runtime (minutes) ×
+    ``resources.runtime_scale[dataset]``; the slurm executor turns them into --time/--mem/--cpus-per-task."""
+    res = data["resources"][stage]
+    scale = data["resources"]["runtime_scale"].get(data["run"]["dataset"], 1)
+    return {
+        "runtime": max(1, round(res["runtime"] * scale)),
+        "mem_mb": res["mem_mb"],
+        "cpus_per_task": res["cpus"],
+    }
+
+
+def _variant_keys(variant: Mapping) -> dict:
+    """The distill keys a variant sets (everything but its method)."""
+    return {k: copy.deepcopy(v) for k, v in variant.items() if k != "method"}
 
 
 def method_params(data: Mapping, method: str) -> dict:
     """The distill config one method's (or variant's) jobs depend on: the variant's keys applied,
     grid keys left out, so adding or changing one variant reruns only that variant's jobs."""
     variant = data["distill"]["variants"].get(method)
-    distill = dict(data["distill"]) | ({k: v for k, v in variant.items() if k != "method"} if variant else {})
+    distill = dict(data["distill"]) | (_variant_keys(variant) if variant else {})
     return job_params({"distill": distill}, "distill") | {"algorithm": variant["method"] if variant else method}
 
 

@@ -12,16 +12,12 @@ import torch
 from teddy import models, prepare_data, relabel
 from teddy.distill import load_synthetic
 from teddy.losses import soft_kl
-from teddy.train import accuracy, make_optimizer, warmup_cosine
+from teddy.train import TrainState, accuracy, make_optimizer, warmup_cosine
 from teddy.utils import (
-    Preempted,
     data_parallel,
-    is_main,
     load_torch,
     local_part,
-    preemption,
     read_json,
-    save_torch,
 )
 
 log = logging.getLogger(__name__)
@@ -56,19 +52,11 @@ def train_student(
     views = {**soft, "crops": soft["crops"].to(device), "mix": soft["mix"].to(device)}
     logits = soft["logits"].to(device) if "logits" in soft else None
     st = {"epoch": 0, "start": 0, "perm": None, "total": torch.zeros((), device=device), "extra": None}
-    if state_path is not None and state_path.is_file():
-        saved = load_torch(state_path, device)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        gen.set_state(saved["gen"].cpu())
-        st = saved["loop"]
+    state = TrainState(state_path, model, opt, sched, gen)
+    st = state.load(device) or st
+    if st["epoch"] or st["start"]:
         log.info("resuming student training from %s at epoch %d", state_path, st["epoch"] + 1)
     last_save = time.monotonic()
-
-    def save_state():
-        state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
-        save_torch(state | {"gen": gen.get_state(), "loop": st}, state_path)
 
     while st["epoch"] < e.epochs:
         model.train()
@@ -76,9 +64,7 @@ def train_student(
         if st["perm"] is None:
             st["perm"] = torch.randperm(n, generator=gen).to(device)
         while st["start"] < n:
-            if state_path is not None and preemption.requested:
-                save_state()
-                raise Preempted(f"preempted in epoch {epoch + 1}; state saved to {state_path}")
+            state.preempt(st, f"in epoch {epoch + 1}")
             idx = local_part(st["perm"][st["start"] : st["start"] + batch])  # this rank's share (DDP)
             view = relabel.render(images, views, epoch, idx)
             target = logits[epoch, idx] if logits is not None else teacher(view)
@@ -92,10 +78,9 @@ def train_student(
         st["extra"] = on_epoch(epoch + 1, st["total"].item() / n, st["extra"])
         st |= {"epoch": epoch + 1, "start": 0, "perm": None, "total": torch.zeros((), device=device)}
         if state_path is not None and time.monotonic() - last_save > 60 * cfg.run.checkpoint_minutes:
-            save_state()
+            state.save(st)
             last_save = time.monotonic()
-    if state_path is not None and is_main():
-        state_path.unlink(missing_ok=True)
+    state.done()
 
 
 def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, tracker) -> dict:

@@ -22,14 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from teddy import augment, models, prepare_data
-from teddy.train import accuracy, make_optimizer, to_unit, warmup_cosine
+from teddy.train import TrainState, accuracy, make_optimizer, to_unit, warmup_cosine
 from teddy.utils import (
-    Preempted,
     data_parallel,
-    is_main,
     load_torch,
     local_part,
-    preemption,
     read_json,
     save_torch,
     sha256,
@@ -117,28 +114,17 @@ def train_trajectory(
     opt = make_optimizer(model, p.optimizer, p.lr, p.weight_decay)
     sched = warmup_cosine(opt, p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch)
     st = {"epoch": 1, "start": 0, "perm": None, "total": 0.0, "extra": None}
-    if state_path is not None and state_path.is_file():
-        saved = load_torch(state_path, device)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        gen.set_state(saved["gen"])
-        st = saved["loop"]
+    state = TrainState(state_path, model, opt, sched, gen)
+    st = state.load(device) or st
+    if st["epoch"] > 1 or st["start"]:
         log.info("resuming seed %d's training from %s in epoch %d", seed, state_path, st["epoch"])
-
-    def save_state():
-        if state_path is not None:
-            state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}
-            save_torch(state | {"gen": gen.get_state(), "loop": st}, state_path)
 
     while st["epoch"] <= p.epochs:
         model.train()
         if st["perm"] is None:
             st["perm"] = torch.randperm(len(x), generator=gen)
         while st["start"] < len(x):
-            if preemption.requested and state_path is not None:
-                save_state()
-                raise Preempted(f"preempted in epoch {st['epoch']}; state saved to {state_path}")
+            state.preempt(st, f"in epoch {st['epoch']}")
             idx = st["perm"][st["start"] : st["start"] + p.batch_size]
             crops = augment.sample_crops(len(idx), 0.5, p.flip, gen) if p.augment else None
             mine = local_part(torch.arange(len(idx)))
@@ -158,9 +144,8 @@ def train_trajectory(
         st |= {"epoch": st["epoch"] + 1, "start": 0, "perm": None, "total": 0.0}
         if stop:
             break
-        save_state()
-    if state_path is not None and state_path.is_file() and is_main():
-        state_path.unlink()
+        state.save(st)
+    state.done()
     return model
 
 

@@ -52,3 +52,49 @@ def accuracy(
         hits5 += (top == yb[:, None]).any(dim=1).sum().item()
     model.train(was_training)
     return {"top1": 100.0 * hits1 / len(x), "top5": 100.0 * hits5 / len(x)}
+
+
+class TrainState:
+    """Resumable training state at ``path`` (None: not resumable): model, optimizer, scheduler,
+    generator and the loop's own position ``loop``; shared by base-model and student training."""
+
+    def __init__(self, path, model: nn.Module, opt, sched, gen: torch.Generator):
+        self.path, self.model, self.opt, self.sched, self.gen = path, model, opt, sched, gen
+
+    def load(self, device) -> dict | None:
+        """Restore everything and return the saved loop position, or None when there is nothing to resume."""
+        from teddy.utils import load_torch
+
+        if self.path is None or not self.path.is_file():
+            return None
+        saved = load_torch(self.path, device)
+        self.model.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["opt"])
+        self.sched.load_state_dict(saved["sched"])
+        self.gen.set_state(saved["gen"].cpu())
+        return saved["loop"]
+
+    def save(self, loop: dict) -> None:
+        from teddy.utils import save_torch
+
+        if self.path is not None:
+            parts = {
+                "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(),
+            }
+            save_torch(parts | {"gen": self.gen.get_state(), "loop": loop}, self.path)
+
+    def preempt(self, loop: dict, where: str) -> None:
+        """When preemption is requested: save and raise Preempted (non-resumable loops ignore it)."""
+        from teddy.utils import Preempted, preemption
+
+        if self.path is not None and preemption.requested:
+            self.save(loop)
+            raise Preempted(f"preempted {where}; state saved to {self.path}")
+
+    def done(self) -> None:
+        from teddy.utils import is_main
+
+        if self.path is not None and is_main():
+            self.path.unlink(missing_ok=True)

@@ -107,3 +107,14 @@ def test_method_params_change_only_for_the_variant_that_changed():
     assert config.method_params(three, "v")["distill"]["pool_size"] == 2
     assert config.method_params(three, "w")["distill"]["iterations"] == 7
     assert config.method_params(three, "w")["algorithm"] == "teddy"
+
+
+def test_stage_resources_scale_runtime_with_the_dataset():
+    data = config.validate(config.read_yaml(BASE))
+    digits = config.stage_resources(data, "distill")
+    assert digits == {"runtime": 60, "mem_mb": 8000, "cpus_per_task": 1}
+    data["run"]["dataset"] = "fashion_mnist"
+    assert (
+        config.stage_resources(data, "distill")["runtime"]
+        == 60 * data["resources"]["runtime_scale"]["fashion_mnist"]
+    )

@@ -2,6 +2,7 @@ import os
 import sys
 
 from teddy.config import algorithm, full_data_ipc, method_params
+from teddy.config import stage_resources as config_stage_resources
 from teddy.pretrain_pool import job_config as pool_job_config
 from teddy.pretrain_pool import job_names as pool_job_names
 
@@ -27,16 +28,7 @@ def stage_params(*sections):
 
 
 def stage_resources(stage):
-    """Rule resources from config `resources.<stage>`; runtime (minutes) × runtime_scale[dataset].
-    The slurm executor turns them into --time/--mem/--cpus-per-task; the profile adds the rest.
-    """
-    res = config["resources"][stage]
-    scale = config["resources"]["runtime_scale"].get(DATASET, 1)
-    return {
-        "runtime": max(1, round(res["runtime"] * scale)),
-        "mem_mb": res["mem_mb"],
-        "cpus_per_task": res["cpus"],
-    }
+    return config_stage_resources(config, stage)
 
 
 def stage_threads(stage):
