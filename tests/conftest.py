@@ -39,3 +39,22 @@ def copy_project(dst: Path, **sections) -> Path:
     tiny = config.deep_merge(tiny, {"evaluate": {"archs": ["convnet"]}, **sections})
     (dst / "config" / "config.yaml").write_text(yaml.safe_dump(tiny))
     return dst
+
+
+def tiny_synthetic_set(tmp: Path, *extra: str, ipc: int = 2) -> tuple[list[str], Path, Path, Path]:
+    """prepare-data → pretrain-pool → distill (random, ``ipc``) under ``tmp`` on the tiny config plus
+    ``extra`` CLI args; stages whose output folder is complete are reused. Returns the config args
+    and the data, pool and synthetic-set folders."""
+    from teddy import cli
+
+    cfg = ["--config", str(BASE), "--config", str(TINY), *extra]
+    d, p, s = tmp / "data", tmp / "pool", tmp / "syn"
+    steps = [
+        (d, ["prepare-data"]),
+        (p, ["pretrain-pool", "--data", str(d)]),
+        (s, ["distill", "--data", str(d), "--method", "random", "--ipc", str(ipc), "--seed", "0"]),
+    ]
+    for out, (stage, *args) in steps:
+        if not (out / "metrics.json").exists():
+            assert cli.main([stage, *cfg, *args, "--out", str(out)]) == 0
+    return cfg, d, p, s

@@ -10,7 +10,7 @@ import pytest
 
 from teddy import cli
 
-from .conftest import BASE, ROOT, TINY
+from .conftest import BASE, ROOT, TINY, tiny_synthetic_set
 
 BIN = Path(sys.executable).parent
 CFG = ["--config", str(BASE), "--config", str(TINY)]
@@ -55,10 +55,8 @@ def test_base_model_under_torchrun_matches_one_process(work):
 
 
 def test_student_under_torchrun_matches_one_process(work):
-    pool, syn, soft = work / "pool", work / "syn", work / "soft"
-    assert cli.main(["pretrain-pool", *CFG, "--data", str(work / "data"), "--out", str(pool)]) == 0
-    distill = ["--data", str(work / "data"), "--method", "random", "--ipc", "2", "--seed", "0"]
-    assert cli.main(["distill", *CFG, *distill, "--out", str(syn)]) == 0
+    _, data, pool, syn = tiny_synthetic_set(work, *(arg for s in SETS for arg in ("--set", s)))
+    soft = work / "soft"
     relabel = ["--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
     assert cli.main(["relabel", *CFG, *relabel]) == 0
     args = ["--data", str(work / "data"), "--synthetic", str(syn), "--soft-labels", str(soft)]

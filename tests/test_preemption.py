@@ -9,9 +9,10 @@ import time
 import pytest
 import torch
 
+from teddy import cli
 from teddy.utils import load_torch
 
-from .conftest import BASE, ROOT, TINY
+from .conftest import BASE, ROOT, TINY, tiny_synthetic_set
 
 SLOW = [
     "--set",
@@ -71,31 +72,15 @@ def test_sigterm_during_base_training_checkpoints_and_resumes_exactly(data_dir, 
         assert torch.equal(resumed[key], straight[key]), key
 
 
-def test_sigusr1_during_student_training_resumes_exactly(data_dir, tmp_path):
+def test_sigusr1_during_student_training_resumes_exactly(tmp_path):
     """evaluate: SLURM's --signal=USR1@T warning works like SIGTERM."""
-    cfg = ["--config", str(BASE), "--config", str(TINY), "--set", "evaluate.epochs=3000"]
-    pool, syn, soft = tmp_path / "pool", tmp_path / "syn", tmp_path / "soft"
-    subprocess.run(teddy("pretrain-pool", *cfg, "--data", str(data_dir), "--out", str(pool)), check=True)
-    subprocess.run(
-        teddy(
-            "distill",
-            *cfg,
-            "--data",
-            str(data_dir),
-            "--method",
-            "random",
-            "--ipc",
-            "2",
-            "--seed",
-            "0",
-            "--out",
-            str(syn),
-        ),
-        check=True,
-    )
-    subprocess.run(
-        teddy("relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)),
-        check=True,
+    cfg, data_dir, pool, syn = tiny_synthetic_set(tmp_path, "--set", "evaluate.epochs=3000")
+    soft = tmp_path / "soft"
+    assert (
+        cli.main(
+            ["relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
+        )
+        == 0
     )
     args = [
         *cfg,

@@ -3,11 +3,11 @@ import torch
 from teddy import augment, cli, relabel
 from teddy.pretrain_pool import load_pool
 
-from .conftest import BASE, TINY
+from .conftest import tiny_synthetic_set
 
 
 def test_replayed_soft_labels_equal_teacher_on_stored_crops(tmp_path):
-    cfg, d, p, s = build(tmp_path)
+    cfg, d, p, s = tiny_synthetic_set(tmp_path)
     r = tmp_path / "soft"
     assert (
         cli.main(["relabel", *cfg, "--synthetic", str(s), "--pool", str(p), "--seed", "0", "--out", str(r)])
@@ -26,40 +26,14 @@ def test_replayed_soft_labels_equal_teacher_on_stored_crops(tmp_path):
     assert not torch.equal(soft["crops"][0], soft["crops"][1])
 
 
-def build(tmp_path, *extra):
-    cfg = ["--config", str(BASE), "--config", str(TINY), *extra]
-    d, p, s = tmp_path / "data", tmp_path / "pool", tmp_path / "syn"
-    if not d.exists():
-        assert cli.main(["prepare-data", *cfg, "--out", str(d)]) == 0
-        assert cli.main(["pretrain-pool", *cfg, "--data", str(d), "--out", str(p)]) == 0
-        assert (
-            cli.main(
-                [
-                    "distill",
-                    *cfg,
-                    "--data",
-                    str(d),
-                    "--method",
-                    "random",
-                    "--ipc",
-                    "2",
-                    "--seed",
-                    "0",
-                    "--out",
-                    str(s),
-                ]
-            )
-            == 0
-        )
-    return cfg, d, p, s
-
-
 def test_online_relabel_trains_like_replay(tmp_path):
     import json
 
     results = {}
     for mode in ("precomputed", "online"):
-        cfg, d, p, s = build(tmp_path, "--set", f"relabel.mode={mode}", "--set", "relabel.mix=cutmix")
+        cfg, d, p, s = tiny_synthetic_set(
+            tmp_path, "--set", f"relabel.mode={mode}", "--set", "relabel.mix=cutmix"
+        )
         r, e = tmp_path / f"soft_{mode}", tmp_path / f"eval_{mode}"
         assert (
             cli.main(["relabel", *cfg, "--synthetic", str(s), "--pool", str(p), "--seed", "0", "--out", str(r)])
@@ -96,7 +70,7 @@ def test_online_relabel_trains_like_replay(tmp_path):
 
 
 def test_ensemble_teacher_is_the_mean_of_the_pool(tmp_path):
-    cfg, d, p, s = build(tmp_path)
+    cfg, d, p, s = tiny_synthetic_set(tmp_path)
     teacher = relabel.Teacher(p, "ensemble", "cpu")
     members, _ = load_pool(p, "prior", "cpu")
     x = torch.rand(4, 1, 8, 8)
