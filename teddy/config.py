@@ -330,6 +330,36 @@ def resolve_variant(cfg: Any, name: str) -> tuple[Any, str]:
     return freeze(data), variant["method"]
 
 
+# -- what the workflow schedules: job names, job params, resources (called by the Snakefile) ---------
+
+
+def pool_job_names(p) -> list[str]:
+    """The pool's jobs for the pretrain_pool config section ``p`` (mapping or dataclass), base first."""
+    get = p.get if isinstance(p, dict) else lambda key: getattr(p, key)
+    priors = (
+        [f"prior_s{s}" for s in get("prior_seeds")] if (get("prior_epochs") or get("prior_targets")) else []
+    )
+    return ["base", *priors, *(f"post_{i:03d}" for i in range(get("post_members")))]
+
+
+POOL_PRIOR_KEYS = {"prior_epochs", "prior_targets"}
+POOL_POST_KEYS = {"prune_ratio", "finetune_epochs", "finetune_lr", "recalib_images"}
+POOL_LIST_KEYS = {"prior_seeds", "post_members"}  # which jobs exist, not what one job computes
+
+
+def pool_job_config(p: dict, kind: str) -> dict:
+    """The pretrain_pool keys one job's result depends on (a change reruns only the jobs it affects)."""
+    drop = (
+        POOL_LIST_KEYS
+        | {
+            "base": POOL_PRIOR_KEYS | POOL_POST_KEYS,
+            "prior": POOL_POST_KEYS | {"checkpoint"},
+            "post": POOL_PRIOR_KEYS,
+        }[kind]
+    )
+    return {k: v for k, v in p.items() if k not in drop}
+
+
 def stage_resources(data: Mapping, stage: str) -> dict:
     """Snakemake rule resources of a stage from ``resources.<stage>``: runtime (minutes) ×
     ``resources.runtime_scale[dataset]``; the slurm executor turns them into --time/--mem/--cpus-per-task."""

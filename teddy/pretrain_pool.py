@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from teddy import augment, models, prepare_data
+from teddy import config as config_mod
 from teddy.train import TrainState, accuracy, make_optimizer, to_unit, warmup_cosine
 from teddy.utils import (
     data_parallel,
@@ -37,29 +38,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MEMBERS = "members.json"  # each job's entries (files relative to its folder)
 STATE = "train_state.pt"  # resumable training state, removed when the job completes
-
-
-def job_names(p) -> list[str]:
-    """The pool's jobs for the pretrain_pool config section ``p`` (mapping or dataclass), base first."""
-    get = p.get if isinstance(p, dict) else lambda key: getattr(p, key)
-    priors = (
-        [f"prior_s{s}" for s in get("prior_seeds")] if (get("prior_epochs") or get("prior_targets")) else []
-    )
-    return ["base", *priors, *(f"post_{i:03d}" for i in range(get("post_members")))]
-
-
-PRIOR_KEYS = {"prior_epochs", "prior_targets"}
-POST_KEYS = {"prune_ratio", "finetune_epochs", "finetune_lr", "recalib_images"}
-LIST_KEYS = {"prior_seeds", "post_members"}  # which jobs exist, not what one job computes
-
-
-def job_config(p: dict, kind: str) -> dict:
-    """The pretrain_pool keys one job's result depends on (a change reruns only the jobs it affects)."""
-    drop = (
-        LIST_KEYS
-        | {"base": PRIOR_KEYS | POST_KEYS, "prior": POST_KEYS | {"checkpoint"}, "post": PRIOR_KEYS}[kind]
-    )
-    return {k: v for k, v in p.items() if k not in drop}
 
 
 def parse_member(cfg, text: str) -> tuple[str, int]:
@@ -312,7 +290,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
     data_dir = Path(inputs["data"])
     data = prepare_data.load(data_dir / prepare_data.CACHE, data_dir / prepare_data.MANIFEST)
     spec = models.InputSpec.from_manifest(read_json(data_dir / prepare_data.MANIFEST))
-    jobs = [member] if member else job_names(p)
+    jobs = [member] if member else config_mod.pool_job_names(p)
     dirs = []
     for job in jobs:
         kind, index = parse_member(cfg, job)

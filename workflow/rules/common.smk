@@ -1,10 +1,14 @@
 import os
 import sys
 
-from teddy.config import algorithm, full_data_ipc, method_params
+from teddy.config import (
+    algorithm,
+    full_data_ipc,
+    method_params,
+    pool_job_config,
+    pool_job_names,
+)
 from teddy.config import stage_resources as config_stage_resources
-from teddy.pretrain_pool import job_config as pool_job_config
-from teddy.pretrain_pool import job_names as pool_job_names
 
 DATASET = config["run"]["dataset"]
 TEDDY = f"{sys.executable} -m teddy"
