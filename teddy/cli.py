@@ -217,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from teddy.utils import Preempted, preemption
 
-    preemption.install()
     try:
-        execute(args.stage, cfg, inputs, Path(args.out), selection, options)
+        with preemption.handling():
+            execute(args.stage, cfg, inputs, Path(args.out), selection, options)
     except Preempted as err:
         print(f"teddy {args.stage}: {err}; rerun the same command to resume", file=sys.stderr)
         return preemption.EXIT_CODE

@@ -202,11 +202,19 @@ class _Preemption:
     def __init__(self):
         self.signal: int | None = None
 
-    def install(self) -> None:
+    @contextlib.contextmanager
+    def handling(self):
+        """Catch the signals while one stage runs, then restore the previous handlers, so a process
+        that calls the CLI in-process (tests, notebooks) keeps its own SIGTERM behaviour."""
         import signal
 
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self.signal = None
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
         self.signal = signum

@@ -109,3 +109,13 @@ def test_sigusr1_during_student_training_resumes_exactly(tmp_path):
 
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (interrupted, reference))
     assert a["curve"] == b["curve"] and a["top1"] == b["top1"]
+
+
+def test_in_process_cli_restores_the_callers_signal_handlers(tmp_path):
+    """cli.main catches SIGTERM only while its stage runs; the calling process keeps its own handler."""
+    before = signal.getsignal(signal.SIGTERM)
+    assert (
+        cli.main(["prepare-data", "--config", str(BASE), "--config", str(TINY), "--out", str(tmp_path / "d")])
+        == 0
+    )
+    assert signal.getsignal(signal.SIGTERM) is before
