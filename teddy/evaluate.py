@@ -83,6 +83,14 @@ def train_student(
     state.done()
 
 
+def curve_subset(n_val: int, n: int) -> torch.Tensor | None:
+    """Indices of the val images scored at intermediate curve points: a fixed random subset of
+    ``n`` (the same for every student and seed), or None for the whole split."""
+    if n <= 0 or n >= n_val:
+        return None
+    return torch.randperm(n_val, generator=torch.Generator().manual_seed(0))[:n].sort().values
+
+
 def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, tracker) -> dict:
     """inputs: ``data``, ``synthetic``, ``soft_labels`` (+ ``pool``: online relabel) dirs; outputs: ``out``."""
     data_dir = Path(inputs["data"])
@@ -97,14 +105,18 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     )
     every = max(1, cfg.evaluate.epochs // 10)
     curve = []
+    probe = curve_subset(len(data["val_y"]), cfg.evaluate.curve_val_images)
 
     def on_epoch(epoch: int, loss: float, extra) -> list:
         curve[:] = extra or []
         tracker.log_metrics({"train_kl": loss}, step=epoch)
-        if epoch % every == 0 or epoch == cfg.evaluate.epochs:
-            acc = accuracy(model, data["val_x"], data["val_y"], cfg.evaluate.eval_batch_size, device)
+        final = epoch == cfg.evaluate.epochs
+        if epoch % every == 0 or final:
+            idx = slice(None) if final or probe is None else probe
+            val_x, val_y = data["val_x"][idx], data["val_y"][idx]
+            acc = accuracy(model, val_x, val_y, cfg.evaluate.eval_batch_size, device)
             tracker.log_metrics({"val_top1": acc["top1"]}, step=epoch)
-            curve.append({"epoch": epoch, "train_kl": loss, **acc})
+            curve.append({"epoch": epoch, "train_kl": loss, **acc, "val_images": len(val_y)})
         return list(curve)
 
     out = Path(outputs["out"])

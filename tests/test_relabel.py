@@ -90,3 +90,38 @@ def test_mixing():
     assert torch.allclose(up.mean((1, 2, 3)), 1 - mix[:, 1])
     none = augment.sample_mix(8, "none", 1.0, gen)
     assert torch.equal(augment.apply_mix(a, b, none, "none"), a)
+
+
+def test_curve_points_on_a_val_subset_final_on_the_whole_split(tmp_path):
+    import json
+
+    from teddy import evaluate, prepare_data
+
+    cfg, d, p, s = tiny_synthetic_set(
+        tmp_path, "--set", "evaluate.epochs=4", "--set", "evaluate.curve_val_images=7"
+    )
+    r, e = tmp_path / "soft", tmp_path / "eval"
+    assert (
+        cli.main(["relabel", *cfg, "--synthetic", str(s), "--pool", str(p), "--seed", "0", "--out", str(r)])
+        == 0
+    )
+    args = [
+        "--data",
+        str(d),
+        "--synthetic",
+        str(s),
+        "--soft-labels",
+        str(r),
+        "--arch",
+        "convnet",
+        "--seed",
+        "0",
+    ]
+    assert cli.main(["evaluate", *cfg, *args, "--out", str(e)]) == 0
+    curve = json.loads((e / "metrics.json").read_text())["curve"]
+    n_val = len(prepare_data.load(d / prepare_data.CACHE)["val_y"])
+    assert [c["val_images"] for c in curve] == [7, 7, 7, n_val]
+    # a fixed subset: the same indices for every student, and distinct
+    a, b = evaluate.curve_subset(n_val, 7), evaluate.curve_subset(n_val, 7)
+    assert torch.equal(a, b) and len(set(a.tolist())) == 7
+    assert evaluate.curve_subset(n_val, 0) is None and evaluate.curve_subset(n_val, n_val) is None
