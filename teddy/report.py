@@ -76,11 +76,19 @@ def add_ior(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return out
 
 
+def cells(stats: pd.DataFrame) -> list[str]:
+    """``mean ± std`` per row of ``stats`` (columns mean, std, count; std is the sample std over
+    seeds); a single seed has no spread to show, so its cell is the value alone."""
+    return [
+        f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else "")
+        for m, s, n in zip(stats["mean"], stats["std"], stats["count"], strict=True)
+    ]
+
+
 def mean_std_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
     df = df.dropna(subset=[value])  # e.g. no IOR for the full-data row
-    g = df.groupby(["dataset", "method", "ipc", "arch"])[value]
-    cell = g.mean().map("{:.2f}".format) + " ± " + g.std(ddof=0).fillna(0).map("{:.2f}".format)
-    return cell.unstack("arch").reset_index()
+    stats = df.groupby(["dataset", "method", "ipc", "arch"])[value].agg(["mean", "std", "count"])
+    return pd.Series(cells(stats), index=stats.index).unstack("arch").fillna("").reset_index()
 
 
 def plot(df: pd.DataFrame, path: Path) -> None:
@@ -153,10 +161,7 @@ def pool_ablation(df: pd.DataFrame, cfg) -> pd.DataFrame | None:
     if table.empty or table[["pool", "M"]].drop_duplicates().shape[0] < 2:
         return None
     stats = table.groupby(["ipc", "arch", "pool", "M"]).top1.agg(["mean", "std", "count"]).reset_index()
-    stats["cell"] = [
-        f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else "")
-        for m, s, n in zip(stats["mean"], stats["std"], stats["count"], strict=True)
-    ]
+    stats["cell"] = cells(stats)
     wide = stats.pivot(index=["ipc", "arch", "pool"], columns="M", values="cell").fillna("")
     wide.columns = [f"M={m}" for m in wide.columns]
     return wide.reset_index()
@@ -172,18 +177,22 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / SUMMARY_CSV) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
+    seeds = sorted(df.seed.unique())
     md = [
         f"# Results: {', '.join(df.dataset.unique())}\n",
-        "Student val top-1 (%), mean ± std over seeds; rows method/IPC, columns student arch.\n",
+        f"Student val top-1 (%), mean ± sample std over seeds {seeds} (a cell without ± is one seed);"
+        " rows method/IPC, columns student arch.\n",
         mean_std_table(df, "top1").to_markdown(index=False),
         f"\nIOR: top-1 minus `{cfg.report.baseline_method}` (same dataset/IPC/arch/seed, same protocol).\n",
         mean_std_table(df, "ior").to_markdown(index=False),
+        "\nStudent val top-5 (%), mean ± sample std over seeds.\n",
+        mean_std_table(df, "top5").to_markdown(index=False),
         "\nAll runs (wall seconds per stage):\n",
         df.to_markdown(index=False, floatfmt=".2f"),
     ]
     ablation = pool_ablation(df, cfg)
     if ablation is not None:
-        md[5:5] = [
+        md[7:7] = [
             "\nPool ablation: student top-1 (%) by pool generation and size M (same distillation budget"
             " and evaluation; `base` = the fully trained model alone, i.e. sre2l).\n",
             ablation.to_markdown(index=False),

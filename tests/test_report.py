@@ -73,3 +73,19 @@ def test_full_data_row_is_named_kept_out_of_ior_and_drawn(tmp_path):
     assert "full data" not in set(report.mean_std_table(with_ior, "ior").method)
     report.plot(with_ior, tmp_path / "acc.png")
     assert (tmp_path / "acc.png").stat().st_size > 0
+
+
+def test_mean_std_cells_use_the_sample_std_and_show_one_seed_as_the_value():
+    rows = [("random", "convnet", 0, 70.0), ("random", "convnet", 1, 72.0), ("teddy", "convnet", 0, 65.0)]
+    rows += [("random", "resnet18", 0, 60.0)]
+    df = pd.DataFrame(
+        [
+            {"dataset": "d", "method": m, "ipc": 10, "arch": a, "seed": s, "top1": t, "top5": t + 20}
+            for m, a, s, t in rows
+        ]
+    )
+    table = report.mean_std_table(df, "top1").set_index("method")
+    assert table.loc["random", "convnet"] == "71.00 ± 1.41"  # sample std (n − 1) of 70, 72
+    assert table.loc["teddy", "convnet"] == "65.00"  # one seed: no spread to show
+    assert table.loc["teddy", "resnet18"] == ""  # not run
+    assert report.mean_std_table(df, "top5").set_index("method").loc["random", "resnet18"] == "80.00"
