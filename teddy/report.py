@@ -22,7 +22,10 @@ def collect_row(eval_dir: Path) -> dict:
     syn = read_json(Path(ev["inputs"]["synthetic"]) / "metrics.json")
     soft = read_json(Path(ev["inputs"]["soft_labels"]) / "metrics.json")
     data = read_json(Path(ev["inputs"]["data"]) / "metrics.json")
-    pool = read_json(Path(soft["inputs"]["pool"]) / "metrics.json")
+    pool_dir = Path(soft["inputs"]["pool"])
+    pool = read_json(pool_dir / "metrics.json")
+    # a pool built as one job per member (Snakemake): its runtime is theirs plus the assembly's
+    pool = pool | {"shard_wall_s": sum(read_json(m)["wall_s"] for m in pool_dir.glob("*/metrics.json"))}
     walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
     row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
     row["pool_size"] = syn.get("pool_size", 0)  # members distill drew from (0: real images)
@@ -177,7 +180,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / SUMMARY_CSV) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
-    seeds = sorted(df.seed.unique())
+    seeds = ", ".join(str(s) for s in sorted(df.seed.unique()))
     md = [
         f"# Results: {', '.join(df.dataset.unique())}\n",
         f"Student val top-1 (%), mean ± sample std over seeds {seeds} (a cell without ± is one seed);"

@@ -89,3 +89,21 @@ def test_mean_std_cells_use_the_sample_std_and_show_one_seed_as_the_value():
     assert table.loc["teddy", "convnet"] == "65.00"  # one seed: no spread to show
     assert table.loc["teddy", "resnet18"] == ""  # not run
     assert report.mean_std_table(df, "top5").set_index("method").loc["random", "resnet18"] == "80.00"
+
+
+def test_stage_runtimes_follow_the_inputs_and_count_every_pool_job(tmp_path):
+    from teddy.utils import write_json
+
+    d, p, s, r, e = (tmp_path / n for n in ("data", "pool", "syn", "soft", "eval"))
+    write_json({"wall_s": 1.0}, d / "metrics.json")
+    write_json({"wall_s": 0.5}, p / "metrics.json")  # the assembly job
+    for job, wall in (("base", 100.0), ("prior_s0", 20.0), ("post_000", 3.0)):  # one job per member
+        write_json({"wall_s": wall}, p / job / "metrics.json")
+    write_json({"wall_s": 0.1, "shard_wall_s": 40.0, "pool_size": 4}, s / "metrics.json")
+    write_json({"wall_s": 2.0, "inputs": {"pool": str(p)}}, r / "metrics.json")
+    ev = {"dataset": "d", "method": "teddy", "ipc": 1, "arch": "convnet", "seed": 0, "top1": 50.0, "top5": 90.0}
+    inputs = {"synthetic": str(s), "soft_labels": str(r), "data": str(d)}
+    write_json(ev | {"wall_s": 7.0, "inputs": inputs}, e / "metrics.json")
+    row = report.collect_row(e)
+    assert row["pretrain_pool_s"] == 123.5 and row["distill_s"] == 40.1 and row["evaluate_s"] == 7.0
+    assert row["prepare_data_s"] == 1.0 and row["relabel_s"] == 2.0 and row["pool_size"] == 4
