@@ -104,15 +104,15 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.6), squeeze=False)
     single_ipc = df[df.method != FULL_DATA].ipc.nunique() == 1
     if single_ipc:  # one IPC (e.g. an ablation): one bar per method reads better than points
-        fig.set_size_inches(5.5 * len(archs), 0.35 * df.method.nunique() + 1.6)
+        fig.set_size_inches(5.5 * len(archs), max(2.8, 0.35 * df.method.nunique() + 1.6))
     for ax, arch in zip(axes[0], archs, strict=True):
         sub = df[df.arch == arch].groupby(["method", "ipc"]).top1.agg(["mean", "std"]).reset_index()
         if single_ipc:
             sub = sub.sort_values("mean")
             colors = ["0.55" if m in ("random", FULL_DATA) else "tab:blue" for m in sub.method]
             ax.barh(sub.method, sub["mean"], xerr=sub["std"].fillna(0), color=colors)
-            for y, value in enumerate(sub["mean"]):
-                ax.text(value, y, f" {value:.1f}", va="center", fontsize=8)
+            for y, (value, err) in enumerate(zip(sub["mean"], sub["std"].fillna(0), strict=True)):
+                ax.text(value + err, y, f" {value:.1f}", va="center", fontsize=8)  # past the error bar
             low = sub["mean"].min()
             ax.set_xlim(max(0, low - 10), min(100, sub["mean"].max() + 6))
             ax.set(
