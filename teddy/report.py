@@ -185,11 +185,11 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         f"# Results: {', '.join(df.dataset.unique())}\n",
         f"Student val top-1 (%), mean ± sample std over seeds {seeds} (a cell without ± is one seed);"
         " rows method/IPC, columns student arch.\n",
-        mean_std_table(df, "top1").to_markdown(index=False),
+        mean_std_table(df, "top1").to_markdown(index=False, disable_numparse=True),
         f"\nIOR: top-1 minus `{cfg.report.baseline_method}` (same dataset/IPC/arch/seed, same protocol).\n",
-        mean_std_table(df, "ior").to_markdown(index=False),
+        mean_std_table(df, "ior").to_markdown(index=False, disable_numparse=True),
         "\nStudent val top-5 (%), mean ± sample std over seeds.\n",
-        mean_std_table(df, "top5").to_markdown(index=False),
+        mean_std_table(df, "top5").to_markdown(index=False, disable_numparse=True),
         "\nAll runs (wall seconds per stage):\n",
         df.to_markdown(index=False, floatfmt=".2f"),
     ]
@@ -198,7 +198,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         md[7:7] = [
             "\nPool ablation: student top-1 (%) by pool generation and size M (same distillation budget"
             " and evaluation; `base` = the fully trained model alone, i.e. sre2l).\n",
-            ablation.to_markdown(index=False),
+            ablation.to_markdown(index=False, disable_numparse=True),
         ]
         with atomic_path(out / "pool_ablation.csv") as tmp:
             ablation.to_csv(tmp, index=False)
