@@ -269,6 +269,11 @@ def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
     write_json(manifest, out / MANIFEST)
     tracker.log_artifact(out / MANIFEST)
     metrics = {"base_val_top1": base["val_top1"], "base_flops": base["flops"], "pool_members": len(members)}
+    # the member jobs' own runtimes (Snakemake: one job each), counted into the stage's runtime like
+    # distill's shards; an all-in-one build has no per-job metrics and its wall_s covers everything
+    jobs = [job / "metrics.json" for job in job_dirs if (job / "metrics.json").is_file()]
+    if jobs:
+        metrics["shard_wall_s"] = sum(read_json(m)["wall_s"] for m in jobs)
     for m in members:
         name = Path(m["file"]).parent.name + ("" if m["origin"] == "post" else f"_e{m['epoch']:03d}")
         metrics |= {

@@ -22,10 +22,7 @@ def collect_row(eval_dir: Path) -> dict:
     syn = read_json(Path(ev["inputs"]["synthetic"]) / "metrics.json")
     soft = read_json(Path(ev["inputs"]["soft_labels"]) / "metrics.json")
     data = read_json(Path(ev["inputs"]["data"]) / "metrics.json")
-    pool_dir = Path(soft["inputs"]["pool"])
-    pool = read_json(pool_dir / "metrics.json")
-    # a pool built as one job per member (Snakemake): its runtime is theirs plus the assembly's
-    pool = pool | {"shard_wall_s": sum(read_json(m)["wall_s"] for m in pool_dir.glob("*/metrics.json"))}
+    pool = read_json(Path(soft["inputs"]["pool"]) / "metrics.json")
     walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
     row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
     row["pool_size"] = syn.get("pool_size", 0)  # members distill drew from (0: real images)

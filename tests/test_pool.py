@@ -1,6 +1,7 @@
 """Pool jobs: base, prior trajectories, post members (pruned, fine-tuned, BN-recalibrated); selection."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,6 +138,9 @@ def test_member_jobs_rebuild_the_single_process_pool_exactly(pool_dir, tmp_path)
     for entry in [ours["base"], *ours["members"]]:
         assert entry["sha256"] == same[entry["file"]], entry["file"]
     assert len(ours["members"]) == 3  # two prior epochs + post member 1
+    walls = [json.loads((Path(d) / "metrics.json").read_text())["wall_s"] for d in dirs]
+    pooled = json.loads((jobs / "metrics.json").read_text())
+    assert pooled["shard_wall_s"] == pytest.approx(sum(walls))  # the stage's runtime counts every job
 
 
 def config_of(argv):

@@ -96,9 +96,7 @@ def test_stage_runtimes_follow_the_inputs_and_count_every_pool_job(tmp_path):
 
     d, p, s, r, e = (tmp_path / n for n in ("data", "pool", "syn", "soft", "eval"))
     write_json({"wall_s": 1.0}, d / "metrics.json")
-    write_json({"wall_s": 0.5}, p / "metrics.json")  # the assembly job
-    for job, wall in (("base", 100.0), ("prior_s0", 20.0), ("post_000", 3.0)):  # one job per member
-        write_json({"wall_s": wall}, p / job / "metrics.json")
+    write_json({"wall_s": 0.5, "shard_wall_s": 123.0}, p / "metrics.json")  # assembly + member jobs
     write_json({"wall_s": 0.1, "shard_wall_s": 40.0, "pool_size": 4}, s / "metrics.json")
     write_json({"wall_s": 2.0, "inputs": {"pool": str(p)}}, r / "metrics.json")
     ev = {"dataset": "d", "method": "teddy", "ipc": 1, "arch": "convnet", "seed": 0, "top1": 50.0, "top5": 90.0}
