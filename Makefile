@@ -3,13 +3,14 @@
 #   make test   — the test suite
 SHELL := /bin/bash
 PYTHON ?= python3.11
-VENV := .venv
+# .ci/run sets VENV to a fresh temporary folder (what a new machine would build)
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= all
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
-export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test test-slurm lint repro report-html plots mlflow-ui bench lock clean
 
@@ -56,14 +57,20 @@ bench: $(STAMP)
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
-# Regenerate the pinned versions after changing dependencies in pyproject.toml.
+# Regenerate the pinned versions after changing dependencies in pyproject.toml. The frozen list
+# replaces constraints.txt only if every line is a plain name==version from the package index
+# (workflow/scripts/check_pins.py: no URL, no local wheel, no path; a fresh machine has only the index).
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
 	.lock-venv/bin/python -m pip install --quiet -e '.[dev]'
 	( echo "# Pinned versions of every dependency (pip freeze of a working install, Python 3.11, x86_64)."; \
 	  echo "# Regenerate with: make lock"; \
-	  .lock-venv/bin/python -m pip freeze --exclude-editable ) > constraints.txt
+	  .lock-venv/bin/python -m pip freeze --exclude-editable ) > constraints.txt.new
 	rm -rf .lock-venv
+	$(PYTHON) workflow/scripts/check_pins.py constraints.txt.new pyproject.toml \
+	  || { rm -f constraints.txt.new; echo "make lock: constraints.txt left unchanged" >&2; exit 1; }
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf results/*/data results/*/pool results/*/distill results/*/relabel results/*/evaluate logs .snakemake
