@@ -18,7 +18,11 @@ import sys
 import tomllib
 from pathlib import Path
 
-PIN = re.compile(r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)(?:\[[A-Za-z0-9._,-]+\])?==(?P<version>[A-Za-z0-9.!_-]+)$")
+PIN = re.compile(
+    r"^(?P<name>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"  # project name
+    r"(?:\[[A-Za-z0-9._,-]+\])?"  # optional [extras]
+    r"==(?P<version>[A-Za-z0-9.!_-]+)$"  # exact version, no local label (+...)
+)
 FIX = "pin it from the package index as name==version (`pip index versions NAME` lists what exists)"
 
 
