@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-slurm lint repro report-html plots mlflow-ui bench lock clean
+.PHONY: run test test-slurm lint repro report-html plots mlflow-ui bench gpu-check lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ plots: $(STAMP)
 # Benchmarks run on demand (not in CI); each writes benchmarks/results/<name>.json.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/distill.py $(BENCH_ARGS)
+
+# One prepared check of the CUDA path, under 8 minutes on one GPU (srun --gpus=1 make gpu-check):
+# GPU tests, both benchmarks on cuda, ResNet-18 synthesis throughput, a short pipeline on CUDA →
+# benchmarks/results/gpu_check.{json,md}. Smoke run on CPU: GPU_CHECK_ARGS="--device cpu --quick".
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -1,7 +1,8 @@
 """Distillation cost and fidelity benchmarks → benchmarks/results/distill.json (+ fidelity.png).
 
-Run: make bench   (or python benchmarks/distill.py). CPU by default; every figure that is a
-comparison is a ratio of two measurements taken side by side in this one run.
+Run: make bench   (or python benchmarks/distill.py [--device cuda] [--quick] [--out DIR]). CPU by
+default; every figure that is a comparison is a ratio of two measurements taken side by side in this
+one run, on one device.
 """
 
 from __future__ import annotations
@@ -15,24 +16,28 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import config, host, median_time, peak_rss_mb, write  # noqa: E402
+from common import config, host, median_time, parse_args, peak_memory_mb, write  # noqa: E402
 
 from teddy import distill, meta, models  # noqa: E402
 from teddy.objectives import BNMatching, Unrolled  # noqa: E402
 
 SPEC = models.InputSpec(10, 1, 28, (0.286,), (0.353,))  # Fashion-MNIST-sized
 BATCH, WIDTH, POOL = 100, 128, 5
+SMOKE = {"batch": 20, "width": 32}  # --quick: every code path in seconds, figures not for reporting
 KS_COST, KS_FIDELITY = (1, 5, 10, 20), (1, 2, 5, 10)
 
 
-def make_pool(n: int = POOL, width: int = WIDTH) -> list[torch.nn.Module]:
+def make_pool(device, n: int = POOL, width: int = WIDTH) -> list[torch.nn.Module]:
     pool = []
     for i in range(n):
         torch.manual_seed(i)
         model = models.create_model("convnet", SPEC, width=width)
         with torch.no_grad():  # give BN running statistics of (random) data, as a trained member has
             model.train()(torch.rand(256, 1, 28, 28))
-        pool.append(model.eval().requires_grad_(False))
+        model = model.to(device).eval().requires_grad_(False)
+        if device.type == "cuda":  # as teddy.pretrain_pool.load_pool does
+            model = model.to(memory_format=torch.channels_last)
+        pool.append(model)
     return pool
 
 
@@ -57,16 +62,16 @@ class EnsembleBN:
         return sum(p[0] for p in parts) / len(parts), torch.stack([p[1] for p in parts]).mean(0)
 
 
-def setup(objective_name: str, iterations: int, k: int = 1):
+def setup(objective_name: str, iterations: int, k: int, device, batch: int = BATCH, width: int = WIDTH):
     """Build config, pool and objective; return ``steps()`` running ``iterations`` synthesis steps of
     one batch through distill.synthesize_batch (the real loop) from a fresh state."""
     cfg = config(f"distill.iterations={iterations}", f"distill.unroll_steps={k}", "distill.real_batch=16")
-    pool = make_pool()
-    labels = torch.arange(BATCH) % 10
+    pool = make_pool(device, width=width)
+    labels = torch.arange(batch) % 10
     objective = {
         "teddy": lambda: BNMatching(cfg),
         "ensemble": lambda: EnsembleBN(cfg, pool),
-        "unrolled": lambda: Unrolled(cfg, fake_data(), "cpu"),
+        "unrolled": lambda: Unrolled(cfg, fake_data(), device),
     }[objective_name]()
 
     def draw(it, g):
@@ -74,43 +79,45 @@ def setup(objective_name: str, iterations: int, k: int = 1):
 
     def steps():
         gen = torch.Generator().manual_seed(0)
-        st = distill.new_state(torch.rand(BATCH, 1, 28, 28, generator=gen), cfg, "cpu")
-        schedule = distill.draw_schedule(cfg, BATCH, draw, gen, "cpu")
-        distill.synthesize_batch(st, labels, pool, objective, schedule, cfg, gen, "cpu")
+        st = distill.new_state(torch.rand(batch, 1, 28, 28, generator=gen), cfg, device)
+        schedule = distill.draw_schedule(cfg, batch, draw, gen, device)
+        distill.synthesize_batch(st, labels, pool, objective, schedule, cfg, gen, device)
 
     return steps
 
 
-def time_per_step(objective_name: str, iterations: int, k: int = 1, repeats: int = 3) -> float:
-    return median_time(setup(objective_name, iterations, k), repeats, warmup=1) / iterations
+def time_per_step(
+    objective_name: str, iterations: int, device, sizes: dict, k: int = 1, repeats: int = 3
+) -> float:
+    steps = setup(objective_name, iterations, k, device, **sizes)
+    return median_time(steps, repeats, warmup=1, device=device) / iterations
 
 
-def bare_forward_backward(iterations: int) -> float:
-    model = make_pool(1)[0]
-    x = torch.rand(BATCH, 1, 28, 28, requires_grad=True)
-    labels = torch.arange(BATCH) % 10
+def bare_forward_backward(iterations: int, device, batch: int = BATCH, width: int = WIDTH) -> float:
+    model = make_pool(device, 1, width)[0]
+    x = torch.rand(batch, 1, 28, 28, device=device, requires_grad=True)
+    labels = (torch.arange(batch) % 10).to(device)
 
     def steps():
         for _ in range(iterations):
             F.cross_entropy(model(x), labels).backward()
             x.grad = None
 
-    return median_time(steps, 3, warmup=1) / iterations
+    return median_time(steps, 3, warmup=1, device=device) / iterations
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def cost(quick: bool) -> dict:
-    n = 5 if quick else 20
+def cost(quick: bool, device) -> dict:
+    n, sizes = (3, SMOKE) if quick else (20, {"batch": BATCH, "width": WIDTH})
     log("bare forward+backward, teddy and ensemble steps")
-    bare = bare_forward_backward(n)
-    teddy = time_per_step("teddy", n)
-    ensemble = time_per_step("ensemble", max(2, n // 4))
+    bare = bare_forward_backward(n, device, **sizes)
+    teddy = time_per_step("teddy", n, device, sizes)
+    ensemble = time_per_step("ensemble", max(2, n // 4), device, sizes)
     out = {
-        "batch": BATCH,
-        "width": WIDTH,
+        **sizes,
         "pool_size": POOL,
         "bare_fwd_bwd_s": bare,
         "teddy_step_s": teddy,
@@ -118,16 +125,16 @@ def cost(quick: bool) -> dict:
         "overhead_vs_fwd_bwd": teddy / bare - 1,
         "ensemble_runtime_reduction": 1 - teddy / ensemble,
     }
-    teddy_mem = peak_rss_mb(setup, "teddy", 2)
-    out["teddy_peak_rss_mb"] = teddy_mem
+    teddy_mem = peak_memory_mb(device, setup, "teddy", 2, 1, device, sizes["batch"], sizes["width"])
+    out["teddy_peak_mb"] = teddy_mem
     out["unrolled"] = {}
     for k in KS_COST[:2] if quick else KS_COST:
         log(f"unrolled K={k}")
-        t = time_per_step("unrolled", 2, k, repeats=1 if k >= 10 else 2)
-        mem = peak_rss_mb(setup, "unrolled", 2, k)
-        out["unrolled"][k] = {"step_s": t, "peak_rss_mb": mem}
+        t = time_per_step("unrolled", 2, device, sizes, k, repeats=1 if k >= 10 else 2)
+        mem = peak_memory_mb(device, setup, "unrolled", 2, k, device, sizes["batch"], sizes["width"])
+        out["unrolled"][k] = {"step_s": t, "peak_mb": mem}
     out["unrolled_time_ratio"] = {k: v["step_s"] / teddy for k, v in out["unrolled"].items()}
-    out["unrolled_memory_ratio"] = {k: v["peak_rss_mb"] / teddy_mem for k, v in out["unrolled"].items()}
+    out["unrolled_memory_ratio"] = {k: v["peak_mb"] / teddy_mem for k, v in out["unrolled"].items()}
     return out
 
 
@@ -151,13 +158,14 @@ def trained_digits_model(tmp: Path):
     return model.eval().requires_grad_(False), data
 
 
-def fidelity(quick: bool) -> dict:
+def fidelity(quick: bool, device) -> dict:
     """cos(∇x̃ unrolled K-step loss, ∇x̃ Taylor surrogate) on a small ConvNet, mean ± std over draws."""
     from teddy.objectives import RealBatches
 
     with tempfile.TemporaryDirectory() as tmp:
         model, data = trained_digits_model(Path(tmp))
-    real = RealBatches(data, 16, "cpu")
+    model = model.to(device)
+    real = RealBatches(data, 16, device)
     table = {}
     for eta in (0.01, 0.1):
         table[eta] = {}
@@ -165,8 +173,8 @@ def fidelity(quick: bool) -> dict:
             cosines = []
             for draw in range(3 if quick else 8):
                 gen = torch.Generator().manual_seed(draw)
-                labels = torch.arange(10)
-                x = torch.rand(10, 1, 16, 16, generator=gen).requires_grad_(True)
+                labels = torch.arange(10, device=device)
+                x = torch.rand(10, 1, 16, 16, generator=gen).to(device).requires_grad_(True)
                 xr, yr = real(labels, gen)
                 (exact,) = torch.autograd.grad(meta.unrolled_loss(model, x, labels, xr, yr, k, eta), x)
                 g_real = meta.real_gradient(model, xr, yr)
@@ -207,14 +215,16 @@ def plot_fidelity(table: dict, path: Path) -> None:
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    args = parse_args(__doc__.splitlines()[0])
+    quick, device = args.quick, args.device
     torch.set_num_threads(1)  # one core per measurement: stabler on a shared 2-core machine
-    log("fidelity")
-    fid = fidelity(quick)
-    result = {"host": host(), "device": "cpu", "quick": quick, **cost(quick)}
+    log(f"fidelity on {device}")
+    fid = fidelity(quick, device)
+    dtype = config().run.dtype if device.type == "cuda" else "float32"
+    result = {"host": host(), "device": str(device), "dtype": dtype, "quick": quick, **cost(quick, device)}
     result["fidelity"] = {str(eta): {str(k): v for k, v in row.items()} for eta, row in fid.items()}
     result["fidelity_cosine"] = {str(k): v["mean"] for k, v in fid[0.01].items()}
-    path = write("distill.json", result)
+    path = write("distill.json", result, args.out)
     plot_fidelity(fid, path.parent / "fidelity.png")
     print(f"wrote {path}")
     for key in (

@@ -127,6 +127,7 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
     from teddy import tracking
     from teddy.tracking import NullTracker
     from teddy.utils import (
+        distributed,
         init_distributed,
         is_main,
         peak_memory_mb,
@@ -166,12 +167,14 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
             "device": str(device),
             **prov,
         }
-        if world_size() > 1:
-            record["world_size"] = world_size()
+        if distributed():
+            import torch.distributed as dist
+
+            record |= {"world_size": world_size(), "backend": dist.get_backend()}
         if is_main():
             config_mod.dump(cfg, out / "config.resolved.yaml")
         write_json(record, out / "metrics.json")
-    if world_size() > 1:
+    if distributed():
         import torch.distributed as dist
 
         dist.destroy_process_group()

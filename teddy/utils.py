@@ -98,11 +98,23 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_distributed(device: torch.device) -> None:
-    """Join the process group when launched by torchrun with several processes (gloo on CPU)."""
+def launched_distributed() -> bool:
+    """Started by torchrun (or another env:// launcher): rank, world size and rendezvous are set."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def distributed() -> bool:
     import torch.distributed as dist
 
-    if world_size() > 1 and not dist.is_initialized():
+    return dist.is_available() and dist.is_initialized()
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group when launched by torchrun, even with one process (nccl on CUDA, gloo
+    on CPU), so a one-GPU node runs the same DDP/NCCL path as a multi-GPU one."""
+    import torch.distributed as dist
+
+    if launched_distributed() and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -110,7 +122,7 @@ def init_distributed(device: torch.device) -> None:
 
 def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
     """DDP wrapper when running under torchrun (gradients averaged over ranks), else the model."""
-    if world_size() == 1:
+    if not distributed():
         return model
     from torch.nn.parallel import DistributedDataParallel
 

@@ -66,3 +66,12 @@ def test_student_under_torchrun_matches_one_process(work):
     a, b = top1(work / "ev1", "top1"), top1(work / "ev2", "top1")
     print(f"student val top-1: 1 process {a:.2f}, 2 processes {b:.2f}")
     assert a > 20 and abs(a - b) < 8, (a, b)
+
+
+def test_one_process_under_torchrun_still_runs_ddp(work):
+    """A one-GPU node runs the same process-group path as a multi-GPU one (gloo here, NCCL on CUDA:
+    tests/test_gpu.py), and records the backend it used."""
+    out = work / "base_one"
+    torchrun("pretrain-pool", *CFG, "--data", str(work / "data"), "--member", "base", "--out", str(out), procs=1)
+    record = json.loads((out / "metrics.json").read_text())
+    assert (record["world_size"], record["backend"]) == (1, "gloo")
