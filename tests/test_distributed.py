@@ -72,6 +72,8 @@ def test_one_process_under_torchrun_still_runs_ddp(work):
     """A one-GPU node runs the same process-group path as a multi-GPU one (gloo here, NCCL on CUDA:
     tests/test_gpu.py), and records the backend it used."""
     out = work / "base_one"
-    torchrun("pretrain-pool", *CFG, "--data", str(work / "data"), "--member", "base", "--out", str(out), procs=1)
+    torchrun(
+        "pretrain-pool", *CFG, "--data", str(work / "data"), "--member", "base", "--out", str(out), procs=1
+    )
     record = json.loads((out / "metrics.json").read_text())
     assert (record["world_size"], record["backend"]) == (1, "gloo")
