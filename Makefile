@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# profiles/local: rerun-incomplete (an interrupted run's half-written outputs are redone), one retry
+# (a stage stopped by SIGTERM resumes from its checkpoint), keep-going.
 run: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 	@echo "Results: results/digits/report/summary.md — MLflow: make mlflow-ui"
 
 test: $(STAMP)

@@ -37,7 +37,22 @@ STAGES = {
     "report": ("Tables and plot from evaluation folders.", ["evaluations"], []),
 }
 TAG_KEYS = ("method", "ipc", "arch", "seed")  # what runs are compared by in MLflow
-SELECTION_TYPES = {"method": str, "ipc": int, "seed": int, "arch": str}
+
+
+def non_negative(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: give a whole number, e.g. {flag} 0") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} {value}: must be 0 or more") from None
+        return value
+
+    return parse
+
+
+SELECTION_TYPES = {"method": str, "ipc": non_negative("--ipc"), "seed": non_negative("--seed"), "arch": str}
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -128,11 +143,13 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
     from teddy.tracking import NullTracker
     from teddy.utils import (
         distributed,
+        fingerprint,
         init_distributed,
         is_main,
         peak_memory_mb,
         provenance,
         resolve_device,
+        resume,
         world_size,
         write_json,
     )
@@ -148,7 +165,10 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
     run_ctx = (
         tracking.stage_run(cfg, stage.replace("-", "_"), tags) if is_main() else nullcontext(NullTracker())
     )
-    with run_ctx as tracker:
+    params = config_mod.result_params(
+        config_mod.to_dict(cfg), stage.replace("-", "_"), selection, (options or {}).get("member")
+    )
+    with run_ctx as tracker, resume.job(fingerprint(params, inputs)):
         t0 = time.perf_counter()
         metrics = module.run(
             cfg, inputs, {"out": out}, **selection, **(options or {}), device=device, tracker=tracker
@@ -218,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
+    from teddy.artifacts import ArtifactError
     from teddy.utils import Preempted, preemption
 
     try:
@@ -226,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"teddy {args.stage}: {err}; rerun the same command to resume", file=sys.stderr)
         return preemption.EXIT_CODE
+    except ArtifactError as err:  # a missing, damaged or inconsistent input: one line, with the fix
+        print(f"teddy {args.stage}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

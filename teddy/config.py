@@ -63,7 +63,14 @@ def parse_override(item: str) -> dict:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like section.key=value")
     dotted, raw = item.split("=", 1)
-    value: Any = yaml.safe_load(raw) if raw else None
+    try:
+        value: Any = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"override {item!r}: the value is not valid YAML ({problem}); "
+            "write lists as key=[1, 2] and quote the whole --set argument in the shell"
+        ) from None
     for part in reversed(dotted.strip().split(".")):
         value = {part: value}
     return value
@@ -102,10 +109,54 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
     return f"config key {where}: {error.message}{fix}"
 
 
+def _types(schema: Mapping) -> set[str]:
+    kind = schema.get("type", ())
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def _scalar(text: str, kinds: set[str]) -> Any:
+    """``text`` as the schema's number/integer/boolean/null when it reads as one, else unchanged."""
+    word = text.strip()
+    if "null" in kinds and word.lower() in ("null", "none", "~", ""):
+        return None
+    if "boolean" in kinds and word.lower() in ("true", "false"):
+        return word.lower() == "true"
+    for kind, convert in (("integer", int), ("number", float)):
+        if kind in kinds:
+            try:
+                value = convert(word)
+            except ValueError:
+                continue
+            return int(value) if kind == "number" and value.is_integer() and "." not in word else value
+    return text
+
+
+def coerce(value: Any, schema: Mapping) -> Any:
+    """Strings where the schema wants numbers, integers, booleans or lists of them become those
+    types: PyYAML reads ``1e-3`` (no dot) as a string, and ``snakemake --config`` passes nested
+    values as strings. Anything that does not read as the wanted type is left for validation."""
+    kinds = _types(schema)
+    if isinstance(value, Mapping):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {
+            k: coerce(v, props.get(k, extra if isinstance(extra, Mapping) else {})) for k, v in value.items()
+        }
+    if isinstance(value, str) and "array" in kinds and value.strip().startswith("["):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    if isinstance(value, list):
+        return [coerce(v, schema.get("items", {})) for v in value]
+    if isinstance(value, str) and kinds & {"number", "integer", "boolean", "null"} and "string" not in kinds:
+        return _scalar(value, kinds)
+    return value
+
+
 def validate(raw: Mapping) -> dict:
     """Validate ``raw`` against the schema, filling defaults; raise ConfigError listing problems."""
-    data = copy.deepcopy(dict(raw))
     schema = load_schema()
+    data = coerce(copy.deepcopy(dict(raw)), schema)
     errors = sorted(_Validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         lines = "\n  ".join(_describe(e, schema) for e in errors)
@@ -392,3 +443,15 @@ def job_params(data: Mapping, *sections: str) -> dict:
     architecture schedules only the new jobs.
     """
     return {s: {k: v for k, v in data[s].items() if k not in GRID_KEYS.get(s, ())} for s in sections}
+
+
+def result_params(data: Mapping, stage: str, selection: Mapping, member: str | None = None) -> dict:
+    """The config one job's result depends on: the params its Snakemake rule passes (a change reruns
+    the job), plus the dataset and compute dtype. A resumable checkpoint made under other values
+    is stale (teddy.utils.fingerprint)."""
+    run = {"run": {k: data["run"][k] for k in ("dataset", "dtype")}}
+    if stage == "distill":
+        return run | method_params(data, selection["method"])
+    if stage == "pretrain_pool" and member:
+        return run | {"pretrain_pool": pool_job_config(data["pretrain_pool"], member.split(":")[0])}
+    return run | job_params(data, stage)

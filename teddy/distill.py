@@ -24,16 +24,21 @@ import numpy as np
 import torch
 import torchvision
 
-from teddy import augment, prepare_data
+from teddy import artifacts, augment
 from teddy import config as config_mod
+from teddy.artifacts import BATCHES, GRID, SYNTHETIC  # the files this stage writes
 from teddy.objectives import make_objective
 from teddy.pretrain_pool import load_pool, pool_sampler
 from teddy.train import to_unit, warmup_cosine
-from teddy.utils import Preempted, atomic_path, autocast, load_torch, preemption, read_json, save_torch
-
-SYNTHETIC = "synthetic.pt"
-BATCHES = "batches.pt"
-GRID = "grid.png"
+from teddy.utils import (
+    Preempted,
+    atomic_path,
+    autocast,
+    load_checkpoint,
+    preemption,
+    read_json,
+    save_checkpoint,
+)
 
 
 def pool_of(method: str, cfg) -> str:
@@ -163,16 +168,16 @@ def run_shard(
 ) -> dict:
     """Synthesize the batches of shard ``(i, n)`` into ``out/batches.pt`` (resuming if stopped)."""
     data_dir = Path(inputs["data"])
-    manifest = read_json(data_dir / prepare_data.MANIFEST)
+    manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
     needs_real = cfg.distill.init == "real" or method == "unrolled" or cfg.distill.matching == "gradient"
-    data = prepare_data.load(data_dir / prepare_data.CACHE) if needs_real else None
+    data = artifacts.load_cache(data_dir) if needs_real else None
     pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, cfg.distill.pool_size)
     draw = pool_sampler(cfg.distill.pool_sampling, pool_manifest)
     objective = make_objective(method, cfg, data, device)
     batches = plan_batches(manifest["num_classes"], ipc, cfg.distill.classes_per_batch)[shard[0] :: shard[1]]
     ckpt_path = out / "checkpoint.pt"
-    done = load_torch(ckpt_path)["done"] if ckpt_path.exists() else {}
-    saved_current = load_torch(ckpt_path).get("current") if ckpt_path.exists() else None
+    saved = load_checkpoint(ckpt_path) or {"done": {}, "current": None}
+    done, saved_current = saved["done"], saved["current"]
     resumed = {
         "resumed_batches": len(done),
         "resumed_iterations": saved_current["state"]["it"] if saved_current else 0,
@@ -191,7 +196,7 @@ def run_shard(
         start = st["it"]
 
         def save(st, batch=batch, gen=gen):
-            save_torch(
+            save_checkpoint(
                 {"done": done, "current": {"index": batch.index, "state": state_dict(st, gen)}}, ckpt_path
             )
 
@@ -205,9 +210,9 @@ def run_shard(
             "labels": torch.tensor(batch.classes),
             "curve": st["curve"].cpu(),
         }
-        save_torch({"done": done, "current": None}, ckpt_path)
+        save_checkpoint({"done": done, "current": None}, ckpt_path)
     elapsed = time.perf_counter() - t0
-    save_torch(done, out / BATCHES)
+    artifacts.save(done, out / BATCHES)
     ckpt_path.unlink(missing_ok=True)
     curve = torch.stack([b["curve"] for b in done.values()]).mean(0)
     for it in range(0, len(curve), max(1, len(curve) // 100)):
@@ -230,7 +235,7 @@ def merge(folders: list[Path], expected: int) -> tuple[torch.Tensor, torch.Tenso
     """Assemble shard folders (any count) into the set, in canonical batch order."""
     done: dict = {}
     for folder in folders:
-        done |= load_torch(Path(folder) / BATCHES)
+        done |= artifacts.load_batches(folder)
     if sorted(done) != list(range(expected)):
         raise RuntimeError(
             f"shards {folders} hold batches {sorted(done)}, expected 0..{expected - 1}: "
@@ -276,12 +281,12 @@ def run(
     """
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
-    manifest = read_json(Path(inputs["data"]) / prepare_data.MANIFEST)
+    manifest = read_json(Path(inputs["data"]) / artifacts.DATA_MANIFEST)
     label = method  # a distill.variants name labels the results; its method runs
     cfg, method = config_mod.resolve_variant(cfg, method)
     metrics: dict = {"method": label, "algorithm": method, "ipc": ipc, "seed": seed}
     if method == "random":
-        data = prepare_data.load(Path(inputs["data"]) / prepare_data.CACHE)
+        data = artifacts.load_cache(inputs["data"])
         images, labels = random_real(data, ipc, seed)
     else:
         n_batches = len(plan_batches(manifest["num_classes"], ipc, cfg.distill.classes_per_batch))
@@ -293,10 +298,7 @@ def run(
         else:
             metrics |= merge_metrics(merge_from)
         images, labels = merge(merge_from, n_batches)
-    save_torch(
-        {"images": images.float(), "labels": labels.long(), "method": label, "ipc": ipc, "seed": seed},
-        out / SYNTHETIC,
-    )
+    artifacts.save_synthetic(images, labels, out / SYNTHETIC, method=label, ipc=ipc, seed=seed)
     save_grid(images, labels, ipc, cfg.distill.grid_max_ipc, out / GRID)
     return metrics | {"num_images": len(images)}
 
@@ -312,7 +314,3 @@ def merge_metrics(folders: list[str]) -> dict:
         "iter_s": float(np.mean([s["iter_s"] for s in shards])),
         **{k: float(np.mean([s[k] for s in shards])) for k in finals},
     }
-
-
-def load_synthetic(path_dir: str | Path) -> dict:
-    return load_torch(Path(path_dir) / SYNTHETIC)

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import torch
 
-from teddy import models, prepare_data, relabel
-from teddy.distill import load_synthetic
+from teddy import artifacts, models, relabel
 from teddy.losses import soft_kl
 from teddy.train import TrainState, accuracy, make_optimizer, warmup_cosine
 from teddy.utils import (
     data_parallel,
-    load_torch,
+    load_checkpoint,
     local_part,
     read_json,
 )
@@ -94,10 +93,10 @@ def curve_subset(n_val: int, n: int) -> torch.Tensor | None:
 def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, tracker) -> dict:
     """inputs: ``data``, ``synthetic``, ``soft_labels`` (+ ``pool``: online relabel) dirs; outputs: ``out``."""
     data_dir = Path(inputs["data"])
-    manifest = read_json(data_dir / prepare_data.MANIFEST)
-    data = prepare_data.load(data_dir / prepare_data.CACHE)
-    syn = load_synthetic(inputs["synthetic"])
-    soft = relabel.load_soft_labels(inputs["soft_labels"])
+    manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
+    data = artifacts.load_cache(data_dir)
+    syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
+    soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
     teacher = relabel.Teacher(inputs["pool"], soft["teacher"], device) if "logits" not in soft else None
     torch.manual_seed(seed)
     model = models.create_model(arch, models.InputSpec.from_manifest(manifest), width=cfg.evaluate.width).to(
@@ -121,7 +120,8 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
 
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
-    resumed = load_torch(out / STATE)["loop"]["epoch"] if (out / STATE).is_file() else 0
+    saved = load_checkpoint(out / STATE)  # None when absent or written for another job
+    resumed = saved["loop"]["epoch"] if saved else 0
     train_student(cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / STATE)
     final = curve[-1]
     return {

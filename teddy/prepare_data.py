@@ -8,12 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from teddy import artifacts, datasets
 from teddy import config as config_mod
-from teddy import datasets
-from teddy.utils import load_torch, save_torch, sha256, write_json
-
-CACHE = "cache.pt"
-MANIFEST = "manifest.json"
+from teddy.artifacts import CACHE
+from teddy.artifacts import DATA_MANIFEST as MANIFEST
+from teddy.utils import write_json
 
 
 def resize_uint8(x: np.ndarray, size: int | None) -> torch.Tensor:
@@ -43,7 +42,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         "val_x": resize_uint8(split.val_x, size),
         "val_y": torch.from_numpy(split.val_y),
     }
-    save_torch(tensors, out / CACHE)
+    digest = artifacts.save(tensors, out / CACHE)
     mean, std = channel_stats(tensors["train_x"])
     manifest = {
         "dataset": spec.name,
@@ -58,21 +57,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         "mean": mean,
         "std": std,
         "cache_file": CACHE,
-        "cache_sha256": sha256(out / CACHE),
+        "cache_sha256": digest,
     }
     write_json(manifest, out / MANIFEST)
     return {"train_count": manifest["train_count"], "val_count": manifest["val_count"]}
-
-
-def load(cache: str | Path, manifest_path: str | Path | None = None) -> dict:
-    """Load a dataset cache (and verify it against its manifest's checksum when given)."""
-    if manifest_path is not None:
-        from teddy.utils import read_json
-
-        manifest = read_json(manifest_path)
-        if sha256(cache) != manifest["cache_sha256"]:
-            raise RuntimeError(
-                f"{cache} does not match the checksum in {manifest_path}: the cache is corrupt or "
-                "stale; rerun prepare-data"
-            )
-    return load_torch(cache)

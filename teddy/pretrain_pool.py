@@ -21,16 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from teddy import augment, models, prepare_data
+from teddy import artifacts, augment, models
 from teddy import config as config_mod
 from teddy.train import TrainState, accuracy, make_optimizer, to_unit, warmup_cosine
 from teddy.utils import (
     data_parallel,
-    load_torch,
     local_part,
     read_json,
-    save_torch,
-    sha256,
     write_json,
 )
 
@@ -140,7 +137,7 @@ def save_member(model, path: Path, cfg, data: dict, spec, device, **info) -> dic
     acc = accuracy(model, data["val_x"], data["val_y"], 1024, device)
     keep = {k: info[k] for k in ("origin", "epoch", "seed", "prune_ratio") if info.get(k) is not None}
     ckpt = models.checkpoint(model, p.arch, spec, p.width, pruned=info["origin"] == "post", **keep)
-    digest = save_torch(ckpt, path)
+    digest = artifacts.save(ckpt, path)
     entry = {"file": path.name, **info, "val_top1": acc["top1"], "val_top5": acc["top5"]}
     return entry | describe(model, spec) | {"sha256": digest}
 
@@ -237,7 +234,7 @@ def build_prior(
 
 
 def build_post(cfg, data: dict, spec, index: int, base_path: Path, out: Path, device) -> list[dict]:
-    base = models.from_checkpoint(load_torch(base_path), device)
+    base = models.from_checkpoint(artifacts.load_member(base_path), device)
     member, ratio = post_member(base, index, cfg, data, spec, device)
     info = {"origin": "post", "index": index, "prune_ratio": ratio}
     return [save_member(member, out / "member.pt", cfg, data, spec, device, **info)]
@@ -250,8 +247,10 @@ def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
         listed = read_json(job / MEMBERS)
         for entry in listed:
             path = job / entry["file"]
-            if sha256(path) != entry["sha256"]:
-                raise RuntimeError(f"{path} does not match its checksum in {job / MEMBERS}; rerun that job")
+            if artifacts.read_verified(path)[1] != entry["sha256"]:
+                raise artifacts.fail(
+                    path, f"does not match its checksum in {job / MEMBERS} (stale or replaced)"
+                )
             entry = entry | {
                 "file": Path(path).resolve().relative_to(out.resolve()).as_posix(),
                 "job": job.name,
@@ -293,8 +292,8 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
     if assemble_from:
         return assemble([Path(d) for d in assemble_from], out, p.arch, tracker)
     data_dir = Path(inputs["data"])
-    data = prepare_data.load(data_dir / prepare_data.CACHE, data_dir / prepare_data.MANIFEST)
-    spec = models.InputSpec.from_manifest(read_json(data_dir / prepare_data.MANIFEST))
+    data = artifacts.load_cache(data_dir)
+    spec = models.InputSpec.from_manifest(read_json(data_dir / artifacts.DATA_MANIFEST))
     jobs = [member] if member else config_mod.pool_job_names(p)
     dirs = []
     for job in jobs:
@@ -350,9 +349,7 @@ def load_pool(pool_dir: str | Path, which: str, device, size: int | None = None)
     pool = []
     for entry in entries:
         path = pool_dir / entry["file"]
-        if sha256(path) != entry["sha256"]:
-            raise RuntimeError(f"{path} does not match its checksum in the pool manifest; rerun pretrain-pool")
-        model = models.from_checkpoint(load_torch(path), device).eval()
+        model = models.from_checkpoint(artifacts.load_member(path, entry["sha256"]), device).eval()
         if torch.device(device).type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         for param in model.parameters():

@@ -14,12 +14,9 @@ from pathlib import Path
 
 import torch
 
-from teddy import augment
-from teddy.distill import load_synthetic
+from teddy import artifacts, augment
+from teddy.artifacts import SOFT_LABELS
 from teddy.pretrain_pool import load_pool
-from teddy.utils import load_torch, save_torch
-
-SOFT_LABELS = "soft_labels.pt"
 
 
 def draw_views(n: int, epochs: int, r, gen: torch.Generator) -> dict:
@@ -61,11 +58,12 @@ def teacher_logits(teacher, images: torch.Tensor, views: dict, epoch: int, batch
 
 def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict:
     """inputs: ``synthetic`` dir, ``pool`` dir; outputs: ``out`` dir (soft_labels.pt)."""
-    syn = load_synthetic(inputs["synthetic"])
+    syn = artifacts.load_synthetic(inputs["synthetic"])
     images, labels = syn["images"].to(device), syn["labels"]
     r = cfg.relabel
     views = draw_views(len(images), cfg.evaluate.epochs, r, torch.Generator().manual_seed(seed))
     record = {**views, "labels": labels, "seed": seed, "mode": r.mode, "teacher": r.teacher}
+    record |= {"method": syn["method"], "ipc": syn["ipc"], "synthetic_sha256": syn["sha256"]}
     metrics = {"method": syn["method"], "ipc": syn["ipc"], "views": cfg.evaluate.epochs * len(images)}
     if r.mode == "precomputed":
         teacher = Teacher(inputs["pool"], r.teacher, device)
@@ -80,9 +78,5 @@ def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict
         metrics["teacher_agreement"] = (logits.argmax(-1) == labels[None]).float().mean().item() * 100
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
-    save_torch(record, out / SOFT_LABELS)
+    artifacts.save(record, out / SOFT_LABELS)
     return metrics
-
-
-def load_soft_labels(path_dir: str | Path) -> dict:
-    return load_torch(Path(path_dir) / SOFT_LABELS)

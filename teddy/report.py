@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from teddy.utils import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
@@ -74,6 +77,21 @@ def add_ior(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     out = df.merge(base, on=keys, how="left")
     out["ior"] = out["top1"] - out.pop("baseline_top1")
     return out
+
+
+def missing_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Runs with no ``baseline`` evaluation of the same dataset/IPC/arch/seed: no IOR for them."""
+    lacking = df.ior.isna() & ~df.method.isin([baseline, FULL_DATA])
+    return df.loc[lacking, ["dataset", "method", "ipc", "arch", "seed"]]
+
+
+def missing_baseline_note(missing: pd.DataFrame, baseline: str) -> str:
+    runs = "; ".join(f"{r.method} ipc{r.ipc} {r.arch} s{r.seed}" for r in missing.itertuples())
+    return (
+        f"\n**Missing baseline:** {len(missing)} run(s) have no `{baseline}` evaluation with the same "
+        f"dataset/IPC/arch/seed, so no IOR: {runs}. Add `{baseline}` to distill.methods (and the same "
+        "seeds) and rerun.\n"
+    )
 
 
 def cells(stats: pd.DataFrame) -> list[str]:
@@ -173,6 +191,9 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     df = in_config_grid(pd.DataFrame(rows), cfg)
     df = add_ior(df, cfg.report.baseline_method)
     df = df.sort_values(["dataset", "method", "ipc", "arch", "seed"]).reset_index(drop=True)
+    missing = missing_baseline(df, cfg.report.baseline_method)
+    if len(missing):
+        log.warning("%d run(s) have no %s baseline: no IOR for them", len(missing), cfg.report.baseline_method)
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / SUMMARY_CSV) as tmp:
@@ -185,6 +206,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         mean_std_table(df, "top1").to_markdown(index=False, disable_numparse=True),
         f"\nIOR: top-1 minus `{cfg.report.baseline_method}` (same dataset/IPC/arch/seed, same protocol).\n",
         mean_std_table(df, "ior").to_markdown(index=False, disable_numparse=True),
+        *([missing_baseline_note(missing, cfg.report.baseline_method)] if len(missing) else []),
         "\nStudent val top-5 (%), mean ± sample std over seeds.\n",
         mean_std_table(df, "top5").to_markdown(index=False, disable_numparse=True),
         "\nAll runs (wall seconds per stage):\n",
@@ -192,7 +214,8 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     ]
     ablation = pool_ablation(df, cfg)
     if ablation is not None:
-        md[7:7] = [
+        at = len(md) - 2  # before the closing 'All runs' table
+        md[at:at] = [
             "\nPool ablation: student top-1 (%) by pool generation and size M (same distillation budget"
             " and evaluation; `base` = the fully trained model alone, i.e. sre2l).\n",
             ablation.to_markdown(index=False, disable_numparse=True),
@@ -211,4 +234,4 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         summary.setdefault(method, {}).setdefault(f"ipc{ipc}", {})[arch] = round(float(value), 3)
     write_json(summary, out / "accuracy.json")
     flat = {f"top1.{m}.ipc{i}.{a}": float(v) for (m, i, a), v in means.items()}
-    return {"rows": len(df), **flat}
+    return {"rows": len(df), "missing_baseline_runs": len(missing), **flat}

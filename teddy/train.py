@@ -62,12 +62,13 @@ class TrainState:
         self.path, self.model, self.opt, self.sched, self.gen = path, model, opt, sched, gen
 
     def load(self, device) -> dict | None:
-        """Restore everything and return the saved loop position, or None when there is nothing to resume."""
-        from teddy.utils import load_torch
+        """Restore everything and return the saved loop position, or None when there is nothing to
+        resume (no state, or one written for another job: teddy.utils.load_checkpoint)."""
+        from teddy.utils import load_checkpoint
 
-        if self.path is None or not self.path.is_file():
+        saved = None if self.path is None else load_checkpoint(self.path, device)
+        if saved is None:
             return None
-        saved = load_torch(self.path, device)
         self.model.load_state_dict(saved["model"])
         self.opt.load_state_dict(saved["opt"])
         self.sched.load_state_dict(saved["sched"])
@@ -75,7 +76,7 @@ class TrainState:
         return saved["loop"]
 
     def save(self, loop: dict) -> None:
-        from teddy.utils import save_torch
+        from teddy.utils import save_checkpoint
 
         if self.path is not None:
             parts = {
@@ -83,7 +84,7 @@ class TrainState:
                 "opt": self.opt.state_dict(),
                 "sched": self.sched.state_dict(),
             }
-            save_torch(parts | {"gen": self.gen.get_state(), "loop": loop}, self.path)
+            save_checkpoint(parts | {"gen": self.gen.get_state(), "loop": loop}, self.path)
 
     def preempt(self, loop: dict, where: str) -> None:
         """When preemption is requested: save and raise Preempted (non-resumable loops ignore it)."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from teddy import config, datasets, prepare_data
+from teddy import artifacts, config, datasets, prepare_data
 from teddy.tracking import NullTracker
 
 from .conftest import BASE
@@ -33,7 +33,7 @@ def test_subsample_caps_each_class():
 def test_prepare_digits_resizes_and_checksums(tmp_path, tiny_cfg):
     prepare_data.run(tiny_cfg, {}, {"out": tmp_path}, device="cpu", tracker=NullTracker())
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    data = prepare_data.load(tmp_path / "cache.pt", tmp_path / "manifest.json")
+    data = artifacts.load_cache(tmp_path)
     assert data["train_x"].dtype == torch.uint8
     assert data["train_x"].shape[1:] == (1, 8, 8)
     assert manifest["train_count"] + manifest["val_count"] == 1797
@@ -44,8 +44,8 @@ def test_corrupt_cache_is_detected(tmp_path, tiny_cfg):
     prepare_data.run(tiny_cfg, {}, {"out": tmp_path}, device="cpu", tracker=NullTracker())
     with open(tmp_path / "cache.pt", "ab") as f:
         f.write(b"x")
-    with pytest.raises(RuntimeError, match="rerun prepare-data"):
-        prepare_data.load(tmp_path / "cache.pt", tmp_path / "manifest.json")
+    with pytest.raises(artifacts.ArtifactError, match="cache.pt: its sha256 .* differs from the recorded"):
+        artifacts.load_cache(tmp_path)
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="apt-get install dataset-fashion-mnist (.ci/run does)")

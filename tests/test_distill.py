@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from teddy import cli, distill
+from teddy import artifacts, cli, distill
 
 from .conftest import BASE, TINY
 
@@ -32,7 +32,7 @@ def run_distill(tmp_path, method, ipc, *extra):
         str(out),
     ]
     assert cli.main(argv) == 0
-    return distill.load_synthetic(out)
+    return artifacts.load_synthetic(out)
 
 
 def test_random_real_images_per_class(tmp_path):
@@ -97,8 +97,8 @@ def test_same_images_whatever_the_shard_count(tmp_path):
     merged = tmp_path / "merged"
     no_pool = [a for a in common if a not in ("--pool", str(p))]  # the merge job reads only the shards
     assert cli.main(["distill", *no_pool, "--merge", *map(str, shards), "--out", str(merged)]) == 0
-    assert torch.equal(distill.load_synthetic(merged)["images"], whole["images"])
-    assert torch.equal(distill.load_synthetic(merged)["labels"], whole["labels"])
+    assert torch.equal(artifacts.load_synthetic(merged)["images"], whole["images"])
+    assert torch.equal(artifacts.load_synthetic(merged)["labels"], whole["labels"])
 
 
 def test_merge_with_a_missing_shard_fails(tmp_path):
@@ -194,5 +194,5 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
     assert metrics["resumed_batches"] + metrics["resumed_iterations"] > 0
     assert not (killed / "checkpoint.pt").exists()
     assert torch.equal(
-        distill.load_synthetic(killed)["images"], distill.load_synthetic(tmp_path / "whole")["images"]
+        artifacts.load_synthetic(killed)["images"], artifacts.load_synthetic(tmp_path / "whole")["images"]
     )

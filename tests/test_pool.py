@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy import cli, models, prepare_data, pretrain_pool
+from teddy import artifacts, cli, models, pretrain_pool
 from teddy.losses import BNStatsRecorder
 from teddy.tracking import NullTracker
 from teddy.utils import load_torch
@@ -56,7 +56,7 @@ def test_pruned_member_loads_weights_only_and_runs(pool_dir):
 def test_recalibrated_bn_stats_equal_real_statistics(pool_dir):
     """After recalibration every BN layer caches exactly the statistics of the same real images
     (features in eval mode; BatchNorm stores the unbiased variance)."""
-    data = prepare_data.load(pool_dir / "data" / "cache.pt")
+    data = artifacts.load_cache(pool_dir / "data")
     model = models.from_checkpoint(load_torch(pool_dir / "pool" / "post_001" / "member.pt")).eval()
     images = data["train_x"][:300]
     pretrain_pool.recalibrate_bn(model, images, batch=64, device="cpu")  # several batches on purpose
@@ -164,7 +164,7 @@ def test_prior_seeds_and_accuracy_targets(pool_dir, tmp_path):
     cfg = config_of(
         [*CFG, "--set", "pretrain_pool.prior_seeds=[0, 1]", "--set", "pretrain_pool.prior_targets=[0.3]"]
     )
-    data = prepare_data.load(pool_dir / "data" / "cache.pt")
+    data = artifacts.load_cache(pool_dir / "data")
     spec = models.InputSpec.from_manifest(json.loads((pool_dir / "data" / "manifest.json").read_text()))
     base_top1 = json.loads((pool_dir / "pool" / "manifest.json").read_text())["base"]["val_top1"]
     seeds = {}
@@ -184,7 +184,7 @@ def test_base_loads_from_a_local_plain_state_dict(pool_dir, tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(trained[1].state_dict(), path)
     cfg = config_of([*CFG, "--set", f"pretrain_pool.checkpoint={path}"])
-    data = prepare_data.load(pool_dir / "data" / "cache.pt")
+    data = artifacts.load_cache(pool_dir / "data")
     spec = models.InputSpec.from_manifest(json.loads((pool_dir / "data" / "manifest.json").read_text()))
     (entry,) = pretrain_pool.build_base(cfg, data, spec, tmp_path, "cpu", NullTracker())
     full = json.loads((pool_dir / "pool" / "manifest.json").read_text())["base"]

@@ -1,6 +1,6 @@
 import torch
 
-from teddy import augment, cli, relabel
+from teddy import artifacts, augment, cli, relabel
 from teddy.pretrain_pool import load_pool
 
 from .conftest import tiny_synthetic_set
@@ -13,7 +13,7 @@ def test_replayed_soft_labels_equal_teacher_on_stored_crops(tmp_path):
         cli.main(["relabel", *cfg, "--synthetic", str(s), "--pool", str(p), "--seed", "0", "--out", str(r)])
         == 0
     )
-    soft = relabel.load_soft_labels(r)
+    soft = artifacts.load_soft_labels(r)
     images = torch.load(s / "synthetic.pt", weights_only=True)["images"]
     teacher = load_pool(p, "base", "cpu")[0][0]
     epochs = soft["crops"].shape[0]
@@ -39,7 +39,7 @@ def test_online_relabel_trains_like_replay(tmp_path):
             cli.main(["relabel", *cfg, "--synthetic", str(s), "--pool", str(p), "--seed", "0", "--out", str(r)])
             == 0
         )
-        assert ("logits" in relabel.load_soft_labels(r)) == (mode == "precomputed")
+        assert ("logits" in artifacts.load_soft_labels(r)) == (mode == "precomputed")
         assert (
             cli.main(
                 [
@@ -95,7 +95,7 @@ def test_mixing():
 def test_curve_points_on_a_val_subset_final_on_the_whole_split(tmp_path):
     import json
 
-    from teddy import evaluate, prepare_data
+    from teddy import evaluate
 
     cfg, d, p, s = tiny_synthetic_set(
         tmp_path, "--set", "evaluate.epochs=4", "--set", "evaluate.curve_val_images=7"
@@ -119,7 +119,7 @@ def test_curve_points_on_a_val_subset_final_on_the_whole_split(tmp_path):
     ]
     assert cli.main(["evaluate", *cfg, *args, "--out", str(e)]) == 0
     curve = json.loads((e / "metrics.json").read_text())["curve"]
-    n_val = len(prepare_data.load(d / prepare_data.CACHE)["val_y"])
+    n_val = len(artifacts.load_cache(d)["val_y"])
     assert [c["val_images"] for c in curve] == [7, 7, 7, n_val]
     # a fixed subset: the same indices for every student, and distinct
     a, b = evaluate.curve_subset(n_val, 7), evaluate.curve_subset(n_val, 7)

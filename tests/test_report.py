@@ -105,3 +105,20 @@ def test_stage_runtimes_follow_the_inputs_and_count_every_pool_job(tmp_path):
     row = report.collect_row(e)
     assert row["pretrain_pool_s"] == 123.5 and row["distill_s"] == 40.1 and row["evaluate_s"] == 7.0
     assert row["prepare_data_s"] == 1.0 and row["relabel_s"] == 2.0 and row["pool_size"] == 4
+
+
+def test_a_run_without_its_baseline_is_flagged_not_dropped():
+    rows = [
+        {"dataset": "digits", "method": m, "ipc": i, "arch": "convnet", "seed": s, "top1": t}
+        for m, i, s, t in [
+            ("random", 1, 0, 70.0),
+            ("teddy", 1, 0, 60.0),
+            ("teddy", 1, 1, 62.0),
+            ("teddy", 10, 0, 90.0),
+        ]
+    ]
+    df = report.add_ior(pd.DataFrame(rows), "random")
+    missing = report.missing_baseline(df, "random")
+    assert [(r.ipc, r.seed) for r in missing.itertuples()] == [(1, 1), (10, 0)]
+    note = report.missing_baseline_note(missing, "random")
+    assert "2 run(s) have no `random` evaluation" in note and "teddy ipc10 convnet s0" in note

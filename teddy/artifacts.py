@@ -1,0 +1,242 @@
+"""Every file a stage writes for another stage to read, written and read in one place.
+
+Writers save atomically (:func:`teddy.utils.save_torch`) and then record the file's sha256 beside
+it in ``<file>.sha256`` (also atomic). Readers verify that checksum, load with
+``weights_only=True`` and check the content against what they expect: finite images, logits and
+weights; labels inside the dataset's classes; method/IPC/seed against the folder the file sits in;
+soft labels made for exactly this synthetic set. Every problem is an :class:`ArtifactError` that
+names the file, what is wrong and the command that rebuilds it. Stage modules read each other's
+files only through here.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from teddy.utils import atomic_path, is_main, read_json, save_torch
+
+# file names, by the stage that writes them
+CACHE, DATA_MANIFEST = "cache.pt", "manifest.json"  # prepare_data
+POOL_MANIFEST, BASE_MODEL, POST_MEMBER = "manifest.json", "base.pt", "member.pt"  # pretrain_pool
+BATCHES, SYNTHETIC, GRID = "batches.pt", "synthetic.pt", "grid.png"  # distill
+SOFT_LABELS = "soft_labels.pt"  # relabel
+PRODUCERS = {
+    CACHE: "prepare_data",
+    BASE_MODEL: "pretrain_pool",
+    POST_MEMBER: "pretrain_pool",
+    BATCHES: "distill",
+    SYNTHETIC: "distill",
+    SOFT_LABELS: "relabel",
+}
+PRIOR_MEMBER = re.compile(r"^e\d{3}\.pt$")  # prior members: e<epoch>.pt, declared via members.json
+RESUMABLE = ("checkpoint.pt", "train_state.pt")  # transient resumable state, not an artifact
+CHECKSUM_SUFFIX = ".sha256"
+
+
+class ArtifactError(RuntimeError):
+    """A missing, damaged or inconsistent artifact: the message names the file, the problem and the fix."""
+
+
+# -- where a file comes from and how to rebuild it ----------------------------------------------
+
+
+def producer(path: Path) -> str | None:
+    name = path.name
+    if name in PRODUCERS:
+        return PRODUCERS[name]
+    return "pretrain_pool" if PRIOR_MEMBER.match(name) else None
+
+
+def rebuild_target(path: Path) -> Path:
+    """The Snakemake output that rebuilds ``path`` (a prior member is made by its members.json job)."""
+    return path.with_name("members.json") if PRIOR_MEMBER.match(path.name) else path
+
+
+def rebuild_hint(path: Path) -> str:
+    stage = producer(path) or "the stage that wrote it"
+    return (
+        f"rebuild it with `snakemake --cores all --force {rebuild_target(path)}` and then "
+        f"`snakemake --cores all` (reruns what depends on it), or rerun `teddy {stage.replace('_', '-')}` "
+        f"with --out {path.parent}"
+    )
+
+
+def fail(path: Path, problem: str) -> ArtifactError:
+    return ArtifactError(f"{path}: {problem}; {rebuild_hint(path)}")
+
+
+# -- write, verify, load ------------------------------------------------------------------------
+
+
+def checksum_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def save(obj: Any, path: str | Path) -> str:
+    """Save ``obj`` atomically and record its sha256 in ``<path>.sha256``; returns the digest."""
+    path = Path(path)
+    digest = save_torch(obj, path)
+    if is_main():
+        with atomic_path(checksum_path(path)) as tmp:
+            tmp.write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+def recorded_digest(path: Path) -> str:
+    record = checksum_path(path)
+    if not record.is_file():
+        raise fail(
+            path, f"no checksum record {record.name} beside it (the stage that writes it did not finish)"
+        )
+    text = record.read_text().split()
+    if not text or not re.fullmatch(r"[0-9a-f]{64}", text[0]):
+        raise fail(path, f"its checksum record {record.name} is damaged")
+    return text[0]
+
+
+def read_verified(path: str | Path) -> tuple[bytes, str]:
+    """The file's bytes and sha256, after checking them against the recorded checksum."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        stage = producer(path) or "the stage that produces it"
+        raise ArtifactError(f"{path} does not exist: run {stage} first ({rebuild_hint(path)})")
+    expected = recorded_digest(path)
+    payload = path.read_bytes()
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != expected:
+        raise fail(
+            path, f"its sha256 {digest[:12]}… differs from the recorded {expected[:12]}… (damaged or replaced)"
+        )
+    return payload, digest
+
+
+def load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """Verify ``path`` against its checksum and load it (weights_only)."""
+    payload, _ = read_verified(path)
+    return torch_load_bytes(Path(path), payload, map_location)
+
+
+def torch_load_bytes(path: Path, payload: bytes, map_location: Any = "cpu") -> Any:
+    try:
+        return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/EOFError/UnpicklingError/...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise fail(path, f"cannot be read ({first}): the file is truncated or corrupt") from None
+
+
+# -- content checks -----------------------------------------------------------------------------
+
+
+def require_finite(path: Path, what: str, tensor: torch.Tensor) -> None:
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise fail(path, f"{what} holds {bad} NaN/Inf value(s)")
+
+
+def require_labels(path: Path, what: str, labels: torch.Tensor, num_classes: int) -> None:
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise fail(
+            path, f"{what} lie in [{int(labels.min())}, {int(labels.max())}], not in the {num_classes} classes"
+        )
+
+
+def folder_selection(path: Path) -> dict:
+    """method/IPC/seed that the workflow's folder layout (``<method>/ipc<K>/seed<S>/``) says."""
+    match = re.search(r"/([^/]+)/ipc(\d+)/seed(\d+)(?:/|$)", path.parent.as_posix())
+    return {} if match is None else {"method": match[1], "ipc": int(match[2]), "seed": int(match[3])}
+
+
+def require_selection(path: Path, record: dict) -> None:
+    said = folder_selection(path)
+    wrong = {k: (record.get(k), v) for k, v in said.items() if k in record and record[k] != v}
+    if wrong:
+        detail = ", ".join(f"{k} {got!r} where the folder says {want!r}" for k, (got, want) in wrong.items())
+        raise fail(path, f"holds another set than its folder names ({detail}): copied or moved")
+
+
+# -- each stage's files ---------------------------------------------------------------------------
+
+
+def load_cache(data_dir: str | Path) -> dict:
+    """prepare_data's uint8 tensors, verified against their checksum and the dataset manifest."""
+    data_dir = Path(data_dir)
+    manifest = read_json(data_dir / DATA_MANIFEST)
+    path = data_dir / CACHE
+    payload, digest = read_verified(path)
+    if manifest.get("cache_sha256") not in (None, digest):
+        raise fail(path, f"does not match the checksum in {DATA_MANIFEST} (a stale or replaced cache)")
+    data = torch_load_bytes(path, payload)
+    for split in ("train", "val"):
+        x, y = data[f"{split}_x"], data[f"{split}_y"]
+        if x.dtype != torch.uint8 or len(x) != len(y) or len(y) != manifest[f"{split}_count"]:
+            raise fail(path, f"its {split} split does not match {DATA_MANIFEST} (dtype, count)")
+        require_labels(path, f"{split} labels", y, manifest["num_classes"])
+    return data
+
+
+def save_synthetic(images: torch.Tensor, labels: torch.Tensor, path: Path, **meta) -> str:
+    return save({"images": images.float(), "labels": labels.long(), **meta}, path)
+
+
+def load_synthetic(folder: str | Path, manifest: dict | None = None) -> dict:
+    """distill's synthetic set (images in [0, 1], labels, method, ipc, seed), checked against its
+    folder and, when given, the dataset manifest (channels, size, classes)."""
+    path = Path(folder) / SYNTHETIC
+    syn = load(path)
+    syn["sha256"] = recorded_digest(path)
+    require_finite(path, "images", syn["images"])
+    if len(syn["images"]) and (syn["images"].min() < 0 or syn["images"].max() > 1):
+        raise fail(path, "images leave the valid range [0, 1]")
+    require_selection(path, syn)
+    if manifest is not None:
+        shape = (manifest["channels"], manifest["image_size"], manifest["image_size"])
+        if tuple(syn["images"].shape[1:]) != shape:
+            raise fail(path, f"images are {tuple(syn['images'].shape[1:])}, the dataset's are {shape}")
+        require_labels(path, "labels", syn["labels"], manifest["num_classes"])
+    return syn
+
+
+def load_batches(folder: str | Path) -> dict:
+    path = Path(folder) / BATCHES
+    batches = load(path)
+    for index, batch in batches.items():
+        require_finite(path, f"batch {index}'s images", batch["images"])
+    return batches
+
+
+def load_soft_labels(folder: str | Path, synthetic: dict | None = None) -> dict:
+    """relabel's views (and teacher logits), checked to belong to ``synthetic`` when given."""
+    path = Path(folder) / SOFT_LABELS
+    soft = load(path)
+    if "logits" in soft:
+        require_finite(path, "teacher logits", soft["logits"])
+    require_selection(path, soft)
+    if synthetic is not None:
+        made_for = soft.get("synthetic_sha256")
+        if made_for is not None and made_for != synthetic["sha256"]:
+            raise fail(path, "was made for another synthetic set than the one given (its sha256 differs)")
+        if soft["crops"].shape[1] != len(synthetic["images"]):
+            raise fail(
+                path, f"holds views of {soft['crops'].shape[1]} images, the set has {len(synthetic['images'])}"
+            )
+    return soft
+
+
+def load_member(path: str | Path, expected_sha256: str | None = None, map_location: Any = "cpu") -> dict:
+    """A pool member checkpoint, verified (and against the pool manifest's checksum when given)."""
+    path = Path(path)
+    payload, digest = read_verified(path)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise fail(path, "does not match its checksum in the pool manifest (a stale or replaced member)")
+    ckpt = torch_load_bytes(path, payload, map_location)
+    for name, tensor in ckpt["state_dict"].items():
+        require_finite(path, f"weight {name}", tensor)
+    return ckpt
