@@ -26,8 +26,10 @@ run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
 	@echo "Results: results/digits/report/summary.md — MLflow: make mlflow-ui"
 
+# pytest-xdist: one worker per core (2 here), one torch thread per worker (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slurm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slurm" $(PYTEST_ARGS)
 
 # The digits pipeline through the slurm executor on a real single-node SLURM cluster (root:
 # installs slurmctld/slurmd/munge from Debian if missing, starts them, tears them down after).

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from teddy.utils import atomic_path, is_main, read_json, save_torch
+from teddy.utils import ArtifactError, atomic_path, is_main, read_json, save_torch
 
 # file names, by the stage that writes them
 CACHE, DATA_MANIFEST = "cache.pt", "manifest.json"  # prepare_data
@@ -36,10 +36,6 @@ PRODUCERS = {
 PRIOR_MEMBER = re.compile(r"^e\d{3}\.pt$")  # prior members: e<epoch>.pt, declared via members.json
 RESUMABLE = ("checkpoint.pt", "train_state.pt")  # transient resumable state, not an artifact
 CHECKSUM_SUFFIX = ".sha256"
-
-
-class ArtifactError(RuntimeError):
-    """A missing, damaged or inconsistent artifact: the message names the file, the problem and the fix."""
 
 
 # -- where a file comes from and how to rebuild it ----------------------------------------------
@@ -240,3 +236,56 @@ def load_member(path: str | Path, expected_sha256: str | None = None, map_locati
     for name, tensor in ckpt["state_dict"].items():
         require_finite(path, f"weight {name}", tensor)
     return ckpt
+
+
+# -- a whole results tree (teddy verify) ------------------------------------------------------------
+
+
+def check_file(path: Path) -> None:
+    """Run the reader of ``path``'s kind (raises ArtifactError); JSON files must parse."""
+    if path.suffix == ".json":
+        read_json(path)
+    elif path.name == CACHE:
+        load_cache(path.parent)
+    elif path.name == SYNTHETIC:
+        load_synthetic(path.parent)
+    elif path.name == SOFT_LABELS:
+        # the workflow's layout: relabel/<method>/ipc<K>/seed<S> ↔ distill/<method>/ipc<K>/seed<S>
+        parts = list(path.parent.parts)
+        twin = Path(*parts[: len(parts) - 4], "distill", *parts[-3:]) if "relabel" in parts[-4:-3] else None
+        load_soft_labels(path.parent, load_synthetic(twin) if twin and (twin / SYNTHETIC).is_file() else None)
+    elif path.name == BATCHES:
+        load_batches(path.parent)
+    else:
+        load_member(path)
+
+
+def verify_tree(root: str | Path) -> tuple[int, list[tuple[Path, str]]]:
+    """Check every artifact under ``root``; returns (files checked, [(file, problem)])."""
+    root = Path(root)
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and (producer(p) or p.suffix == ".json") and p.name not in RESUMABLE
+    )
+    bad = []
+    for path in files:
+        try:
+            check_file(path)
+        except ArtifactError as err:
+            bad.append((path, str(err).removeprefix(f"{path}: ").split("; rebuild it")[0]))
+    for manifest in root.rglob(POOL_MANIFEST):  # pool manifests: members match their recorded checksums
+        pool = read_json(manifest) if manifest not in dict(bad) else {}
+        for entry in [pool["base"], *pool["members"]] if "members" in pool else []:
+            member = manifest.parent / entry["file"]
+            try:
+                load_member(member, entry["sha256"])
+            except ArtifactError as err:
+                if member not in dict(bad):
+                    bad.append((member, str(err).removeprefix(f"{member}: ").split("; rebuild it")[0]))
+    return len(files), bad
+
+
+def rebuild_command(bad: list[Path]) -> str:
+    targets = " ".join(sorted({str(rebuild_target(p)) for p in bad}))
+    return f"snakemake --cores all --force {targets} && snakemake --cores all"

@@ -130,7 +130,53 @@ def build_parser() -> argparse.ArgumentParser:
                 help="assemble the synthetic set from these shard folders instead",
             )
         p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    check = sub.add_parser(
+        "verify",
+        help="Check every artifact under a results folder; print the command that rebuilds the bad ones.",
+    )
+    check.add_argument("results", metavar="RESULTS_DIR", help="e.g. results/ or results/fashion_mnist")
+    sync = sub.add_parser(
+        "sync-tracking",
+        help="Log to MLflow what stages kept in tracking_pending.json while the store was unreachable.",
+    )
+    sync.add_argument("results", metavar="RESULTS_DIR")
     return parser
+
+
+def sync_tracking(results: str) -> int:
+    from teddy import tracking
+
+    pending = sorted(Path(results).rglob(tracking.PENDING))
+    for path in pending:
+        try:
+            run_id = tracking.sync_pending(path)
+        except Exception as err:  # noqa: BLE001 - the store is still down: say so, keep the file
+            print(
+                f"teddy sync-tracking: {path}: {tracking.first_line(err)}; kept for a later try",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"logged {path} as MLflow run {run_id}")
+    print(f"teddy sync-tracking: {len(pending)} pending run(s) logged")
+    return 0
+
+
+def verify(results: str) -> int:
+    """``teddy verify RESULTS_DIR``: checksums, readability, NaN/Inf, consistency of every artifact."""
+    from teddy import artifacts
+
+    if not Path(results).is_dir():
+        print(f"teddy verify: {results} is not a folder", file=sys.stderr)
+        return 2
+    checked, bad = artifacts.verify_tree(results)
+    for path, problem in bad:
+        print(f"BAD {path}: {problem}")
+    if not bad:
+        print(f"teddy verify: all {checked} artifacts under {results} are intact")
+        return 0
+    print(f"teddy verify: {len(bad)} of {checked} artifacts are damaged. Rebuild exactly these (from the")
+    print(f"workflow's folder): {artifacts.rebuild_command([p for p, _ in bad])}")
+    return 1
 
 
 def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: dict | None = None) -> dict:
@@ -163,7 +209,7 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
     tags = {"stage": stage, "dataset": cfg.run.dataset, **selection, "git_sha": prov["git_sha"]}
     out.mkdir(parents=True, exist_ok=True)
     run_ctx = (
-        tracking.stage_run(cfg, stage.replace("-", "_"), tags) if is_main() else nullcontext(NullTracker())
+        tracking.stage_run(cfg, stage.replace("-", "_"), tags, out) if is_main() else nullcontext(NullTracker())
     )
     params = config_mod.result_params(
         config_mod.to_dict(cfg), stage.replace("-", "_"), selection, (options or {}).get("member")
@@ -206,6 +252,8 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    if args.stage in ("verify", "sync-tracking"):
+        return {"verify": verify, "sync-tracking": sync_tracking}[args.stage](args.results)
     _, ins, sel = STAGES[args.stage]
     try:
         cfg = config_mod.load(args.config, args.overrides)
@@ -238,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
-    from teddy.artifacts import ArtifactError
-    from teddy.utils import Preempted, preemption
+    from teddy.utils import ArtifactError, DeviceUnavailable, Preempted, preemption
 
     try:
         with preemption.handling():
@@ -247,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"teddy {args.stage}: {err}; rerun the same command to resume", file=sys.stderr)
         return preemption.EXIT_CODE
-    except ArtifactError as err:  # a missing, damaged or inconsistent input: one line, with the fix
+    except (ArtifactError, DeviceUnavailable) as err:  # a bad input or no usable GPU: one line, with the fix
         print(f"teddy {args.stage}: {err}", file=sys.stderr)
         return 1
     return 0

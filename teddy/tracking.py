@@ -4,12 +4,15 @@ metrics files never depend on it. The URI comes from config or MLFLOW_TRACKING_U
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from teddy.config import to_dict
+
+log = logging.getLogger(__name__)
 
 
 class NullTracker:
@@ -23,18 +26,70 @@ class NullTracker:
         pass
 
 
-class MlflowTracker(NullTracker):
-    def __init__(self, mlflow):
-        self.mlflow = mlflow
+PENDING = "tracking_pending.json"  # what could not reach the store, beside the stage's outputs
+
+
+class PendingTracker(NullTracker):
+    """Keeps what could not be logged (the store unreachable, locked, its disk full) so that
+    ``teddy sync-tracking`` can log it once the store is back; the stage itself goes on."""
+
+    failed = None  # nothing to fail: it only keeps
+
+    def __init__(self, record: dict):
+        self.record = {**record, "metrics": [], "artifacts": []}
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        self.record["metrics"] += [[k, float(v), step] for k, v in metrics.items()]
 
     def log_artifact(self, path: str | Path) -> None:
-        self.mlflow.log_artifact(str(path))
+        self.record["artifacts"].append(str(Path(path).resolve()))
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
-        self.mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self.record["tags"] |= {k: str(v) for k, v in tags.items()}
+
+    def save(self, folder: Path) -> Path:
+        from teddy.utils import write_json
+
+        write_json(self.record, folder / PENDING)
+        return folder / PENDING
+
+
+class MlflowTracker(NullTracker):
+    """Logs to the active MLflow run; after the first failure everything goes to ``pending``."""
+
+    def __init__(self, mlflow, pending: PendingTracker):
+        self.mlflow, self.pending, self.failed = mlflow, pending, None
+
+    def _call(self, log_call, keep_call) -> None:
+        if self.failed is None:
+            try:
+                log_call()
+                return
+            except Exception as err:  # noqa: BLE001 - any store error: keep the rest for later
+                self.failed = err
+                log.warning(
+                    "MLflow store stopped answering (%s): the rest of this run is kept for later",
+                    first_line(err),
+                )
+        keep_call()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        values = {k: float(v) for k, v in metrics.items()}
+        self._call(
+            lambda: self.mlflow.log_metrics(values, step=step), lambda: self.pending.log_metrics(values, step)
+        )
+
+    def log_artifact(self, path: str | Path) -> None:
+        self._call(lambda: self.mlflow.log_artifact(str(path)), lambda: self.pending.log_artifact(path))
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        plain = {k: str(v) for k, v in tags.items()}
+        self._call(lambda: self.mlflow.set_tags(plain), lambda: self.pending.set_tags(plain))
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def resolve_uri(uri: str) -> str:
@@ -102,12 +157,78 @@ def init_store(uri: str, experiment: str):
 
 
 @contextlib.contextmanager
-def stage_run(cfg, stage: str, tags: Mapping[str, object]):
-    """Yield a tracker for one stage execution (run name = stage name)."""
+def stage_run(cfg, stage: str, tags: Mapping[str, object], out: Path | None = None):
+    """Yield a tracker for one stage execution (run name = stage name). If the store cannot be
+    reached, or stops answering, the stage still finishes; what was not logged is written to
+    ``out``/tracking_pending.json and a warning says so (``teddy sync-tracking`` logs it later)."""
     if not cfg.tracking.enabled:
         yield NullTracker()
         return
-    mlflow = init_store(cfg.tracking.uri, cfg.tracking.experiment)
-    with mlflow.start_run(run_name=stage, tags={k: str(v) for k, v in tags.items()}):
-        mlflow.log_params(flatten(to_dict(cfg)))
-        yield MlflowTracker(mlflow)
+    uri = resolve_uri(cfg.tracking.uri)
+    record = {"uri": uri, "experiment": cfg.tracking.experiment, "run_name": stage}
+    record |= {"tags": {k: str(v) for k, v in tags.items()}, "params": flatten(to_dict(cfg))}
+    pending = PendingTracker(record)
+    tracker, mlflow = pending, None
+    try:
+        mlflow = init_store(cfg.tracking.uri, cfg.tracking.experiment)
+        pending.record["run_id"] = mlflow.start_run(run_name=stage, tags=record["tags"]).info.run_id
+        mlflow.log_params(record["params"])
+        tracker = MlflowTracker(mlflow, pending)
+    except Exception as err:  # noqa: BLE001 - unreachable, locked, full: the stage goes on without it
+        log.warning("MLflow store %s cannot be used (%s): this run is kept for later", uri, first_line(err))
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    finally:
+        if mlflow is not None and "run_id" in pending.record:
+            try:
+                mlflow.end_run(status)
+            except Exception as err:  # noqa: BLE001
+                tracker.failed = tracker.failed or err
+        if tracker is pending or tracker.failed is not None:
+            where = pending.save(out) if out is not None else "nowhere (no output folder)"
+            log.warning(
+                "not logged to MLflow: kept in %s; run `teddy sync-tracking <results>` once %s works",
+                where,
+                uri,
+            )
+
+
+def sync_pending(path: Path) -> str:
+    """Log one tracking_pending.json to its store (MLFLOW_TRACKING_URI wins), then remove it."""
+    import time as _time
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    from teddy.utils import read_json
+
+    rec = read_json(path)
+    mlflow = init_store(rec["uri"], rec["experiment"])
+    client = mlflow.MlflowClient()
+    run_id = rec.get("run_id")
+    try:
+        client.get_run(run_id) if run_id else None
+    except Exception:  # noqa: BLE001 - the run never reached this store
+        run_id = None
+    if run_id is None:
+        experiment = client.get_experiment_by_name(rec["experiment"])
+        run_id = client.create_run(
+            experiment.experiment_id, run_name=rec["run_name"], tags=rec["tags"]
+        ).info.run_id
+        params = [Param(k, v[:6000]) for k, v in rec["params"].items()]
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i : i + 100])
+    now = int(_time.time() * 1000)
+    metrics = [Metric(k, v, now, step or 0) for k, v, step in rec["metrics"]]
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    client.log_batch(
+        run_id, tags=[RunTag(k, v) for k, v in rec["tags"].items()] + [RunTag("synced_later", "true")]
+    )
+    for artifact in rec["artifacts"]:
+        if Path(artifact).is_file():
+            client.log_artifact(run_id, artifact)
+    client.set_terminated(run_id, "FINISHED")
+    path.unlink()
+    return run_id

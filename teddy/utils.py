@@ -20,15 +20,47 @@ import torch
 log = logging.getLogger(__name__)
 
 
+class DeviceUnavailable(RuntimeError):
+    """The job asked for a GPU (run.device: cuda, or a SLURM GPU job) and CUDA is not usable."""
+
+
+def slurm_granted_gpus() -> str | None:
+    """The GPUs SLURM granted this job (e.g. '0' or '2'), or None outside a GPU job."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return None
+    for key in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):  # GPU indices, e.g. '0' or '0,1'
+        if os.environ.get(key, "").strip():
+            return os.environ[key]
+    count = os.environ.get("SLURM_GPUS_ON_NODE", "").strip()  # a count
+    return count if count.isdigit() and int(count) > 0 else None
+
+
 def resolve_device(name: str) -> torch.device:
+    """run.device → a torch device. ``auto`` takes CUDA when usable and logs its choice; a job that
+    asked for a GPU (``cuda``, or a SLURM job granted one under ``auto``) fails at once without
+    CUDA instead of crawling on the CPU for days."""
     local_rank = int(os.environ.get("LOCAL_RANK", 0))  # one GPU per process under torchrun
     if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        granted = slurm_granted_gpus()
+        if granted and not torch.cuda.is_available():
+            raise DeviceUnavailable(
+                f"this SLURM job was granted GPU(s) {granted} but CUDA is not usable here (torch "
+                f"{torch.__version__}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}): "
+                "fix the node's driver or torch build, or set run.device: cpu to run on the CPU on purpose"
+            )
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        log.info(
+            "run.device auto: running on %s",
+            torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        )
+        return device
     device = torch.device(name)
     if device.type == "cuda" and device.index is None and world_size() > 1:
         device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"config key run.device is {name!r} but no CUDA device is visible; use auto or cpu")
+        raise DeviceUnavailable(
+            f"config key run.device is {name!r} but no CUDA device is visible; use auto or cpu"
+        )
     return device
 
 
@@ -147,14 +179,18 @@ def write_json(obj: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+class ArtifactError(RuntimeError):
+    """A missing, damaged or inconsistent artifact: the message names the file, the problem and the fix."""
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run the stage that produces it first")
+        raise ArtifactError(f"{path} does not exist: run the stage that produces it first")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(
+        raise ArtifactError(
             f"{path}: not valid JSON ({err}): the file is truncated or corrupt; rerun the stage that wrote it"
         ) from None
 

@@ -8,6 +8,11 @@ TINY = ROOT / "tests" / "config" / "tiny.yaml"
 BASE = ROOT / "config" / "config.yaml"
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: one worker per core, one thread per worker
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the stages tests start
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

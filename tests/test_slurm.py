@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slurm
 BIN = Path(sys.executable).parent
 # small enough for CI: one IPC, teddy + random, a convnet student; resources fit any machine
 SECTIONS = {
+    "run": {"device": "cpu"},  # the test cluster's GPU is fake: run.device auto would refuse it
     "distill": {"ipcs": [1]},
     "resources": {
         s: {"runtime": 10, "mem_mb": 500, "cpus": 1}

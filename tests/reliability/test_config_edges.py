@@ -72,3 +72,19 @@ def test_a_bad_selection_is_an_argparse_error(tmp_path, capsys, flag, value):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and f"{flag} " in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_slurm_gpu_job_without_cuda_fails_at_once(monkeypatch):
+    """run.device auto in a SLURM job granted a GPU, with CUDA unusable, must not crawl on the CPU."""
+    import torch
+
+    from teddy.utils import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("SLURM_JOB_GPUS", "0")
+    with pytest.raises(RuntimeError, match="granted GPU.*set run.device: cpu"):
+        resolve_device("auto")
+    assert resolve_device("cpu").type == "cpu"  # asked for the CPU on purpose: fine
+    monkeypatch.delenv("SLURM_JOB_GPUS")
+    assert resolve_device("auto").type == "cpu"  # a CPU-only job

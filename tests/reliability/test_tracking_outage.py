@@ -1,0 +1,67 @@
+"""With the MLflow store unreachable the stage still finishes and writes its metrics; what was not
+logged is kept beside its outputs, and `teddy sync-tracking` logs it once the store works."""
+
+import json
+import logging
+
+from teddy import cli
+
+from ..conftest import BASE, TINY
+
+
+def test_unreachable_store_then_sync(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = ["--config", str(BASE), "--config", str(TINY), "--set", "tracking.enabled=true"]
+    cfg += ["--set", f"tracking.uri=sqlite:///{blocker}/mlflow.db"]
+    out = tmp_path / "data"
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["prepare-data", *cfg, "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["train_count"] > 0
+    pending = json.loads((out / "tracking_pending.json").read_text())
+    assert "cannot be used" in caplog.text and "teddy sync-tracking" in caplog.text
+    assert {m[0] for m in pending["metrics"]} >= {"wall_s", "train_count"}
+
+    assert cli.main(["sync-tracking", str(tmp_path)]) == 1  # still down: says so, keeps the file
+    assert (out / "tracking_pending.json").is_file()
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)  # the store is back (here: somewhere else)
+    assert cli.main(["sync-tracking", str(tmp_path)]) == 0
+    assert not (out / "tracking_pending.json").exists()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("teddy").experiment_id])
+    assert run.info.run_name == "prepare_data" and run.info.status == "FINISHED"
+    kept = {name: value for name, value, _ in pending["metrics"]}
+    assert (
+        run.data.metrics["train_count"] == kept["train_count"] and run.data.metrics["wall_s"] == kept["wall_s"]
+    )
+    assert run.data.tags["synced_later"] == "true" and run.data.params["run.dataset"] == "digits"
+
+
+def test_a_store_failing_midway_keeps_the_rest(tmp_path, monkeypatch):
+    from teddy import config, tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = config.load([BASE, TINY], ["tracking.enabled=true", f"tracking.uri={store}"])
+    with tracking.stage_run(cfg, "evaluate", {"seed": 0}, tmp_path) as tracker:
+        tracker.log_metrics({"val_top1": 1.0}, step=1)
+        monkeypatch.setattr(
+            tracker.mlflow, "log_metrics", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))
+        )
+        tracker.log_metrics({"val_top1": 2.0}, step=2)
+        tracker.log_metrics({"val_top1": 3.0}, step=3)
+    monkeypatch.undo()
+    pending = json.loads((tmp_path / "tracking_pending.json").read_text())
+    assert pending["metrics"] == [["val_top1", 2.0, 2], ["val_top1", 3.0, 3]]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert cli.main(["sync-tracking", str(tmp_path)]) == 0
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    history = client.get_metric_history(pending["run_id"], "val_top1")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0), (3, 3.0)]
