@@ -150,7 +150,14 @@ def init_store(uri: str, experiment: str):
     import mlflow
 
     uri = resolve_uri(uri)
+    exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI, which would then win over the config of every
+    # later stage run in this process (tests, notebooks calling cli.main): keep the caller's environment
+    if exported is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = exported
     with _store_lock(uri):
         _set_experiment(mlflow, experiment)
     return mlflow

@@ -1,6 +1,8 @@
 """Preemption: SIGTERM to a running stage → checkpoint + exit 75; the rerun resumes and ends with
 the same result as an uninterrupted run (what SLURM requeue / Snakemake retries rely on)."""
 
+import json
+import random
 import signal
 import subprocess
 import sys
@@ -29,16 +31,34 @@ def teddy(*args) -> list[str]:
 
 
 def signal_when(cmd: list[str], ready, sig=signal.SIGTERM, timeout=120) -> subprocess.CompletedProcess:
-    """Start ``cmd``; once ``ready()`` holds, send ``sig``; wait for it to exit."""
+    """Start ``cmd``; once ``ready()`` holds and a random 0-0.5 s more has passed (a random point
+    of training), send ``sig``; wait for it to exit. ``.exit_s``: seconds from signal to exit."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"finished before it could be signalled:\n{proc.stdout.read()}"
         assert time.monotonic() < deadline, "never became ready"
         time.sleep(0.02)
+    delay = random.uniform(0, 0.5)
+    time.sleep(delay)
+    assert proc.poll() is None, "finished during the random delay: make the run longer"
+    sent = time.monotonic()
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(cmd, proc.returncode, output)
+    done = subprocess.CompletedProcess(cmd, proc.returncode, f"[signalled {delay:.2f} s after ready]\n{output}")
+    done.exit_s = time.monotonic() - sent
+    return done
+
+
+def expect_stopped(done, sig) -> None:
+    """SIGTERM/SIGUSR1: checkpoint and exit 75 promptly (bounded: SLURM kills after KillWait=30 s);
+    SIGKILL: dies at once, the last periodic checkpoint stays."""
+    if sig == signal.SIGKILL:
+        assert done.returncode == -signal.SIGKILL, done.stdout
+    else:
+        assert done.returncode == 75, done.stdout
+        assert "rerun the same command to resume" in done.stdout
+        assert done.exit_s < 20, f"took {done.exit_s:.1f} s to checkpoint and exit"
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +70,24 @@ def data_dir(tmp_path_factory):
     return out
 
 
-def test_sigterm_during_base_training_checkpoints_and_resumes_exactly(data_dir, tmp_path):
-    cfg = ["--config", str(BASE), "--config", str(TINY), *SLOW, "--data", str(data_dir), "--member", "base"]
-    interrupted, reference = tmp_path / "interrupted", tmp_path / "reference"
+def base_cfg(data_dir) -> list[str]:
+    return ["--config", str(BASE), "--config", str(TINY), *SLOW, "--data", str(data_dir), "--member", "base"]
+
+
+@pytest.fixture(scope="module")
+def base_reference(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base_ref")
+    subprocess.run(teddy("pretrain-pool", *base_cfg(data_dir), "--out", str(out)), check=True, cwd=ROOT)
+    return load_torch(out / "base.pt")["state_dict"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_base_training_stopped_anywhere_resumes_exactly(data_dir, base_reference, tmp_path, sig):
+    cfg = base_cfg(data_dir)
+    interrupted = tmp_path / "interrupted"
     state = interrupted / "train_state.pt"
-    done = signal_when(teddy("pretrain-pool", *cfg, "--out", str(interrupted)), state.exists)
-    assert done.returncode == 75, done.stdout
-    assert "rerun the same command to resume" in done.stdout
+    done = signal_when(teddy("pretrain-pool", *cfg, "--out", str(interrupted)), state.exists, sig)
+    expect_stopped(done, sig)
     assert (
         state.exists()
         and not (interrupted / "base.pt").exists()
@@ -65,50 +96,41 @@ def test_sigterm_during_base_training_checkpoints_and_resumes_exactly(data_dir, 
     stopped_at = load_torch(state)["loop"]["epoch"]
     assert 1 <= stopped_at < 150
     subprocess.run(teddy("pretrain-pool", *cfg, "--out", str(interrupted)), check=True, cwd=ROOT)
-    subprocess.run(teddy("pretrain-pool", *cfg, "--out", str(reference)), check=True, cwd=ROOT)
     assert not state.exists()
-    resumed, straight = (load_torch(d / "base.pt")["state_dict"] for d in (interrupted, reference))
-    for key in straight:
-        assert torch.equal(resumed[key], straight[key]), key
+    resumed = load_torch(interrupted / "base.pt")["state_dict"]
+    for key in base_reference:
+        assert torch.equal(resumed[key], base_reference[key]), key
 
 
-def test_sigusr1_during_student_training_resumes_exactly(tmp_path):
-    """evaluate: SLURM's --signal=USR1@T warning works like SIGTERM."""
-    cfg, data_dir, pool, syn = tiny_synthetic_set(tmp_path, "--set", "evaluate.epochs=3000")
-    soft = tmp_path / "soft"
-    assert (
-        cli.main(
-            ["relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
-        )
-        == 0
-    )
-    args = [
-        *cfg,
-        "--data",
-        str(data_dir),
-        "--synthetic",
-        str(syn),
-        "--soft-labels",
-        str(soft),
-        "--arch",
-        "convnet",
-        "--seed",
-        "0",
-    ]
-    interrupted, reference = tmp_path / "e1", tmp_path / "e2"
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A relabelled tiny set and the uninterrupted student's metrics."""
+    tmp = tmp_path_factory.mktemp("student")
+    cfg, data_dir, pool, syn = tiny_synthetic_set(tmp, "--set", "evaluate.epochs=3000")
+    soft = tmp / "soft"
+    relabel = ["--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
+    assert cli.main(["relabel", *cfg, *relabel]) == 0
+    args = [*cfg, "--data", str(data_dir), "--synthetic", str(syn), "--soft-labels", str(soft)]
+    args += ["--arch", "convnet", "--seed", "0"]
+    subprocess.run(teddy("evaluate", *args, "--out", str(tmp / "reference")), check=True)
+    return args, json.loads((tmp / "reference" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGKILL], ids=["SIGUSR1", "SIGKILL"])
+def test_student_training_stopped_anywhere_resumes_exactly(student, tmp_path, sig):
+    """evaluate: SLURM's --signal=USR1@T warning works like SIGTERM; kill -9 resumes from the last
+    periodic save."""
+    args, reference = student
+    interrupted = tmp_path / "e1"
     often = ["--set", "run.checkpoint_minutes=0.001"]  # periodic saves: the state file shows it is training
     state = interrupted / "train_state.pt"
-    done = signal_when(
-        teddy("evaluate", *args, *often, "--out", str(interrupted)), state.exists, signal.SIGUSR1
-    )
-    assert done.returncode == 75, done.stdout
+    done = signal_when(teddy("evaluate", *args, *often, "--out", str(interrupted)), state.exists, sig)
+    expect_stopped(done, sig)
     assert 0 < load_torch(state)["loop"]["epoch"] < 3000
     subprocess.run(teddy("evaluate", *args, "--out", str(interrupted)), check=True)
-    subprocess.run(teddy("evaluate", *args, "--out", str(reference)), check=True)
-    import json
-
-    a, b = (json.loads((d / "metrics.json").read_text()) for d in (interrupted, reference))
-    assert a["curve"] == b["curve"] and a["top1"] == b["top1"]
+    resumed = json.loads((interrupted / "metrics.json").read_text())
+    assert resumed["resumed_from_epoch"] > 0
+    assert resumed["curve"] == reference["curve"] and resumed["top1"] == reference["top1"]
 
 
 def test_in_process_cli_restores_the_callers_signal_handlers(tmp_path):

@@ -12,7 +12,7 @@ from ..conftest import BASE, TINY
 def test_unreachable_store_then_sync(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the store's folder should be")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # recorded, so restored after the test
     cfg = ["--config", str(BASE), "--config", str(TINY), "--set", "tracking.enabled=true"]
     cfg += ["--set", f"tracking.uri=sqlite:///{blocker}/mlflow.db"]
     out = tmp_path / "data"
@@ -45,7 +45,7 @@ def test_unreachable_store_then_sync(tmp_path, monkeypatch, caplog):
 def test_a_store_failing_midway_keeps_the_rest(tmp_path, monkeypatch):
     from teddy import config, tracking
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # recorded, so restored after the test
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = config.load([BASE, TINY], ["tracking.enabled=true", f"tracking.uri={store}"])
     with tracking.stage_run(cfg, "evaluate", {"seed": 0}, tmp_path) as tracker:
