@@ -11,6 +11,7 @@ files only through here.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from teddy.utils import ArtifactError, atomic_path, is_main, read_json, save_torch
+from teddy.utils import ArtifactError, atomic_path, first_line, is_main, read_json, save_torch
 
 # file names, by the stage that writes them
 CACHE, DATA_MANIFEST = "cache.pt", "manifest.json"  # prepare_data
@@ -96,21 +97,22 @@ def recorded_digest(path: Path) -> str:
     return text[0]
 
 
-def read_verified(path: str | Path) -> tuple[bytes, str]:
-    """The file's bytes and sha256, after checking them against the recorded checksum."""
-    import hashlib
-
+def read_verified(path: str | Path, expected: str | None = None, listed_in: str = "") -> tuple[bytes, str]:
+    """The file's bytes and sha256, after checking them against the recorded checksum and, when
+    given, against ``expected`` (the digest a manifest ``listed_in`` holds for it)."""
     path = Path(path)
     if not path.is_file():
         stage = producer(path) or "the stage that produces it"
         raise ArtifactError(f"{path} does not exist: run {stage} first ({rebuild_hint(path)})")
-    expected = recorded_digest(path)
+    recorded = recorded_digest(path)
     payload = path.read_bytes()
     digest = hashlib.sha256(payload).hexdigest()
-    if digest != expected:
+    if digest != recorded:
         raise fail(
-            path, f"its sha256 {digest[:12]}… differs from the recorded {expected[:12]}… (damaged or replaced)"
+            path, f"its sha256 {digest[:12]}… differs from the recorded {recorded[:12]}… (damaged or replaced)"
         )
+    if expected is not None and digest != expected:
+        raise fail(path, f"does not match its checksum in {listed_in} (a stale or replaced file)")
     return payload, digest
 
 
@@ -124,8 +126,7 @@ def torch_load_bytes(path: Path, payload: bytes, map_location: Any = "cpu") -> A
     try:
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/EOFError/UnpicklingError/...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise fail(path, f"cannot be read ({first}): the file is truncated or corrupt") from None
+        raise fail(path, f"cannot be read ({first_line(err)}): the file is truncated or corrupt") from None
 
 
 # -- content checks -----------------------------------------------------------------------------
@@ -166,9 +167,7 @@ def load_cache(data_dir: str | Path) -> dict:
     data_dir = Path(data_dir)
     manifest = read_json(data_dir / DATA_MANIFEST)
     path = data_dir / CACHE
-    payload, digest = read_verified(path)
-    if manifest.get("cache_sha256") not in (None, digest):
-        raise fail(path, f"does not match the checksum in {DATA_MANIFEST} (a stale or replaced cache)")
+    payload, _ = read_verified(path, manifest.get("cache_sha256"), DATA_MANIFEST)
     data = torch_load_bytes(path, payload)
     for split in ("train", "val"):
         x, y = data[f"{split}_x"], data[f"{split}_y"]
@@ -229,9 +228,7 @@ def load_soft_labels(folder: str | Path, synthetic: dict | None = None) -> dict:
 def load_member(path: str | Path, expected_sha256: str | None = None, map_location: Any = "cpu") -> dict:
     """A pool member checkpoint, verified (and against the pool manifest's checksum when given)."""
     path = Path(path)
-    payload, digest = read_verified(path)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise fail(path, "does not match its checksum in the pool manifest (a stale or replaced member)")
+    payload, _ = read_verified(path, expected_sha256, "the pool manifest")
     ckpt = torch_load_bytes(path, payload, map_location)
     for name, tensor in ckpt["state_dict"].items():
         require_finite(path, f"weight {name}", tensor)
@@ -268,22 +265,24 @@ def verify_tree(root: str | Path) -> tuple[int, list[tuple[Path, str]]]:
         for p in root.rglob("*")
         if p.is_file() and (producer(p) or p.suffix == ".json") and p.name not in RESUMABLE
     )
-    bad = []
-    for path in files:
+    bad: dict[Path, str] = {}
+
+    def check(path: Path, reader) -> None:
+        if path in bad:
+            return
         try:
-            check_file(path)
-        except ArtifactError as err:
-            bad.append((path, str(err).removeprefix(f"{path}: ").split("; rebuild it")[0]))
+            reader()
+        except ArtifactError as err:  # keep the problem, without the path and the rebuild hint
+            bad[path] = str(err).removeprefix(f"{path}: ").split("; rebuild it")[0]
+
+    for path in files:
+        check(path, lambda path=path: check_file(path))
     for manifest in root.rglob(POOL_MANIFEST):  # pool manifests: members match their recorded checksums
-        pool = read_json(manifest) if manifest not in dict(bad) else {}
+        pool = {} if manifest in bad else read_json(manifest)
         for entry in [pool["base"], *pool["members"]] if "members" in pool else []:
             member = manifest.parent / entry["file"]
-            try:
-                load_member(member, entry["sha256"])
-            except ArtifactError as err:
-                if member not in dict(bad):
-                    bad.append((member, str(err).removeprefix(f"{member}: ").split("; rebuild it")[0]))
-    return len(files), bad
+            check(member, lambda member=member, entry=entry: load_member(member, entry["sha256"]))
+    return len(files), list(bad.items())
 
 
 def rebuild_command(bad: list[Path]) -> str:

@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sync_tracking(results: str) -> int:
     from teddy import tracking
+    from teddy.utils import first_line
 
     pending = sorted(Path(results).rglob(tracking.PENDING))
     for path in pending:
@@ -152,7 +153,7 @@ def sync_tracking(results: str) -> int:
             run_id = tracking.sync_pending(path)
         except Exception as err:  # noqa: BLE001 - the store is still down: say so, keep the file
             print(
-                f"teddy sync-tracking: {path}: {tracking.first_line(err)}; kept for a later try",
+                f"teddy sync-tracking: {path}: {first_line(err)}; kept for a later try",
                 file=sys.stderr,
             )
             return 1

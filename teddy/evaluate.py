@@ -14,7 +14,6 @@ from teddy.losses import soft_kl
 from teddy.train import TrainState, accuracy, make_optimizer, warmup_cosine
 from teddy.utils import (
     data_parallel,
-    load_checkpoint,
     local_part,
     read_json,
 )
@@ -25,12 +24,13 @@ STATE = "train_state.pt"  # resumable student state; removed when training compl
 
 def train_student(
     cfg, model, images, soft: dict, seed: int, device, on_epoch, teacher=None, state_path: Path | None = None
-) -> None:
+) -> int:
     """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online.
 
     ``on_epoch(epoch, loss, extra) -> extra`` after every epoch (``extra``: e.g. the accuracy curve,
     None at first). With ``state_path`` the loop state is saved every ``run.checkpoint_minutes``
     and when preemption is requested (then :class:`Preempted` is raised); a rerun resumes exactly.
+    Returns the epoch it resumed from (0: a fresh start).
     """
     e = cfg.evaluate
     n = len(images)
@@ -53,6 +53,7 @@ def train_student(
     st = {"epoch": 0, "start": 0, "perm": None, "total": torch.zeros((), device=device), "extra": None}
     state = TrainState(state_path, model, opt, sched, gen)
     st = state.load(device) or st
+    resumed_from = st["epoch"]
     if st["epoch"] or st["start"]:
         log.info("resuming student training from %s at epoch %d", state_path, st["epoch"] + 1)
     last_save = time.monotonic()
@@ -80,6 +81,7 @@ def train_student(
             state.save(st)
             last_save = time.monotonic()
     state.done()
+    return resumed_from
 
 
 def curve_subset(n_val: int, n: int) -> torch.Tensor | None:
@@ -120,9 +122,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
 
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
-    saved = load_checkpoint(out / STATE)  # None when absent or written for another job
-    resumed = saved["loop"]["epoch"] if saved else 0
-    train_student(cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / STATE)
+    resumed = train_student(cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / STATE)
     final = curve[-1]
     return {
         "arch": arch,

@@ -247,10 +247,7 @@ def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
         listed = read_json(job / MEMBERS)
         for entry in listed:
             path = job / entry["file"]
-            if artifacts.read_verified(path)[1] != entry["sha256"]:
-                raise artifacts.fail(
-                    path, f"does not match its checksum in {job / MEMBERS} (stale or replaced)"
-                )
+            artifacts.read_verified(path, entry["sha256"], str(job / MEMBERS))
             entry = entry | {
                 "file": Path(path).resolve().relative_to(out.resolve()).as_posix(),
                 "job": job.name,

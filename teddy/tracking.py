@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from teddy.config import to_dict
+from teddy.utils import first_line
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,6 @@ class MlflowTracker(NullTracker):
     def set_tags(self, tags: Mapping[str, object]) -> None:
         plain = {k: str(v) for k, v in tags.items()}
         self._call(lambda: self.mlflow.set_tags(plain), lambda: self.pending.set_tags(plain))
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def resolve_uri(uri: str) -> str:

@@ -179,6 +179,12 @@ def write_json(obj: Any, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's first message line (at most 200 characters), or its type name."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
 class ArtifactError(RuntimeError):
     """A missing, damaged or inconsistent artifact: the message names the file, the problem and the fix."""
 
