@@ -18,7 +18,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, host, median_time, parse_args, peak_memory_mb, write  # noqa: E402
 
-from teddy import artifacts, distill, meta, models  # noqa: E402
+from teddy import distill, meta, models  # noqa: E402
+from teddy.data.source import open_source  # noqa: E402
 from teddy.objectives import BNMatching, Unrolled  # noqa: E402
 
 SPEC = models.InputSpec(10, 1, 28, (0.286,), (0.353,))  # Fashion-MNIST-sized
@@ -151,7 +152,7 @@ def trained_digits_model(tmp: Path):
         "distill.pool=post",
     )
     prepare_data.run(cfg, {}, {"out": tmp}, device="cpu", tracker=NullTracker())
-    data = artifacts.load_cache(tmp)
+    data = open_source(tmp)
     manifest = {"num_classes": 10, "channels": 1, "image_size": 16, "mean": [0.3], "std": [0.32]}
     spec = models.InputSpec.from_manifest(manifest)
     model = pretrain_pool.train_base(cfg, data, spec, "cpu", NullTracker())

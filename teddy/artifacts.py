@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,15 @@ import torch
 from teddy.utils import ArtifactError, atomic_path, first_line, is_main, read_json, save_torch
 
 # file names, by the stage that writes them
-CACHE, DATA_MANIFEST = "cache.pt", "manifest.json"  # prepare_data
+CACHE, DATA_MANIFEST, INDEX = "cache.pt", "manifest.json", "index.json"  # prepare_data
+CACHE_NPY = {"train": "train_u8.npy", "val": "val_u8.npy"}  # prepare_data, image-file datasets
 POOL_MANIFEST, BASE_MODEL, POST_MEMBER = "manifest.json", "base.pt", "member.pt"  # pretrain_pool
 BATCHES, SYNTHETIC, GRID = "batches.pt", "synthetic.pt", "grid.png"  # distill
 SOFT_LABELS = "soft_labels.pt"  # relabel
 PRODUCERS = {
     CACHE: "prepare_data",
+    INDEX: "prepare_data",
+    **{name: "prepare_data" for name in CACHE_NPY.values()},
     BASE_MODEL: "pretrain_pool",
     POST_MEMBER: "pretrain_pool",
     BATCHES: "distill",
@@ -83,6 +87,22 @@ def save(obj: Any, path: str | Path) -> str:
         with atomic_path(checksum_path(path)) as tmp:
             tmp.write_text(f"{digest}  {path.name}\n")
     return digest
+
+
+def record_checksum(path: str | Path, digest: str) -> None:
+    """Record ``digest`` for a file written by other means than :func:`save` (JSON, streamed caches)."""
+    path = Path(path)
+    if is_main():
+        with atomic_path(checksum_path(path)) as tmp:
+            tmp.write_text(f"{digest}  {path.name}\n")
+
+
+def hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
 
 
 def recorded_digest(path: Path) -> str:
@@ -177,6 +197,31 @@ def load_cache(data_dir: str | Path) -> dict:
     return data
 
 
+def load_index(data_dir: str | Path, manifest: dict) -> dict:
+    """prepare_data's index of an image-file dataset (files and labels per split), verified against
+    its checksum and the dataset manifest."""
+    path = Path(data_dir) / INDEX
+    payload, _ = read_verified(path, manifest.get("index_sha256"), DATA_MANIFEST)
+    try:
+        index = json.loads(payload)
+        for split in ("train", "val"):
+            files, labels = index[split]["files"], index[split]["labels"]
+            if len(files) != len(labels) or len(labels) != manifest[f"{split}_count"]:
+                raise fail(path, f"its {split} split does not match {DATA_MANIFEST} (count)")
+            y = torch.tensor(labels, dtype=torch.long)
+            require_labels(path, f"{split} labels", y, manifest["num_classes"])
+        index["root"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise fail(path, f"is not a dataset index ({first_line(err)})") from None
+    return index
+
+
+def verify_large(path: Path) -> None:
+    """A large streamed file (the uint8 caches) against its recorded checksum, read in blocks."""
+    if hash_file(path) != recorded_digest(path):
+        raise fail(path, "its sha256 differs from the recorded one (damaged or replaced)")
+
+
 def save_synthetic(images: torch.Tensor, labels: torch.Tensor, path: Path, **meta) -> str:
     return save({"images": images.float(), "labels": labels.long(), **meta}, path)
 
@@ -240,10 +285,14 @@ def load_member(path: str | Path, expected_sha256: str | None = None, map_locati
 
 def check_file(path: Path) -> None:
     """Run the reader of ``path``'s kind (raises ArtifactError); JSON files must parse."""
-    if path.suffix == ".json":
+    if path.suffix == ".json" and path.name != INDEX:
         read_json(path)
     elif path.name == CACHE:
         load_cache(path.parent)
+    elif path.name == INDEX:
+        load_index(path.parent, read_json(path.parent / DATA_MANIFEST))
+    elif path.name in CACHE_NPY.values():
+        verify_large(path)
     elif path.name == SYNTHETIC:
         load_synthetic(path.parent)
     elif path.name == SOFT_LABELS:

@@ -330,7 +330,7 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
     if "method" in selection and selection["method"] not in methods:
         return f"--method {selection['method']!r}: use one of {', '.join(methods)} (variants: distill.variants)"
     if "ipc" in selection:
-        from teddy import datasets
+        from teddy.data import datasets
 
         limit = datasets.get(cfg.run.dataset).min_train_per_class(config_mod.to_dict(cfg.prepare_data))
         if not 1 <= selection["ipc"] <= limit:

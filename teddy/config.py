@@ -227,7 +227,8 @@ def load(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Any
 
 def check(data: Mapping) -> None:
     """Checks the schema cannot express: names in registries, datasets present, IPC feasible."""
-    from teddy import datasets, models
+    from teddy import models
+    from teddy.data import datasets
 
     problems = []
     for key, names in (
@@ -355,7 +356,7 @@ METHODS = ("teddy", "sre2l", "unrolled", "random")
 def full_data_ipc(data: Any) -> int | None:
     """IPC of the full-data reference row (random real images at the smallest class's size: the
     whole training set of a balanced dataset), or None when evaluate.full_data is off."""
-    from teddy import datasets
+    from teddy.data import datasets
 
     plain = data if isinstance(data, Mapping) else to_dict(data)
     if not plain["evaluate"]["full_data"]:

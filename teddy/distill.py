@@ -27,6 +27,7 @@ import torchvision
 from teddy import artifacts, augment
 from teddy import config as config_mod
 from teddy.artifacts import BATCHES, GRID, SYNTHETIC  # the files this stage writes
+from teddy.data.source import open_source
 from teddy.objectives import make_objective
 from teddy.pretrain_pool import load_pool, pool_sampler
 from teddy.train import to_unit, warmup_cosine
@@ -63,19 +64,20 @@ def batch_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
-def random_real(data: dict, ipc: int, seed: int, classes=None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_real(source, ipc: int, seed: int, classes=None) -> tuple[torch.Tensor, torch.Tensor]:
     """IPC real training images per class, chosen with ``seed`` → ([0,1] images, labels)."""
     rng = np.random.default_rng(seed)
-    y = data["train_y"].numpy()
-    classes = np.unique(y) if classes is None else classes
-    idx = np.concatenate([rng.choice(np.flatnonzero(y == c), ipc, replace=False) for c in classes])
-    return to_unit(data["train_x"][idx]), data["train_y"][idx].clone()
+    by_class = source.by_class("train")
+    classes = [c for c in by_class if len(by_class[c])] if classes is None else classes
+    idx = np.concatenate([rng.choice(by_class[int(c)].numpy(), ipc, replace=False) for c in classes])
+    idx = torch.from_numpy(idx)
+    return to_unit(source.images("train", idx)), source.labels("train")[idx].clone()
 
 
-def init_batch(manifest: dict, cfg, data: dict | None, batch: Batch, seed: int) -> torch.Tensor:
+def init_batch(manifest: dict, cfg, source, batch: Batch, seed: int) -> torch.Tensor:
     """One image per class of the batch: Gaussian noise around the dataset mean, or a real image."""
     if cfg.distill.init == "real":
-        return random_real(data, 1, seed, batch.classes)[0]
+        return random_real(source, 1, seed, batch.classes)[0]
     c, s = manifest["channels"], manifest["image_size"]
     gen = torch.Generator().manual_seed(seed)
     mean = torch.tensor(manifest["mean"]).view(1, c, 1, 1)
@@ -170,7 +172,7 @@ def run_shard(
     data_dir = Path(inputs["data"])
     manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
     needs_real = cfg.distill.init == "real" or method == "unrolled" or cfg.distill.matching == "gradient"
-    data = artifacts.load_cache(data_dir) if needs_real else None
+    data = open_source(data_dir, cfg.prepare_data.workers) if needs_real else None
     pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, cfg.distill.pool_size)
     draw = pool_sampler(cfg.distill.pool_sampling, pool_manifest)
     objective = make_objective(method, cfg, data, device)
@@ -286,8 +288,7 @@ def run(
     cfg, method = config_mod.resolve_variant(cfg, method)
     metrics: dict = {"method": label, "algorithm": method, "ipc": ipc, "seed": seed}
     if method == "random":
-        data = artifacts.load_cache(inputs["data"])
-        images, labels = random_real(data, ipc, seed)
+        images, labels = random_real(open_source(inputs["data"], cfg.prepare_data.workers), ipc, seed)
     else:
         n_batches = len(plan_batches(manifest["num_classes"], ipc, cfg.distill.classes_per_batch))
         if merge_from is None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from teddy import artifacts, models, relabel
+from teddy.data.source import open_source
 from teddy.losses import soft_kl
-from teddy.train import TrainState, accuracy, make_optimizer, warmup_cosine
+from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
 from teddy.utils import (
     data_parallel,
     local_part,
@@ -96,7 +97,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     """inputs: ``data``, ``synthetic``, ``soft_labels`` (+ ``pool``: online relabel) dirs; outputs: ``out``."""
     data_dir = Path(inputs["data"])
     manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
-    data = artifacts.load_cache(data_dir)
+    source = open_source(data_dir, cfg.prepare_data.workers)
     syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
     soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
     teacher = relabel.Teacher(inputs["pool"], soft["teacher"], device) if "logits" not in soft else None
@@ -106,18 +107,18 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     )
     every = max(1, cfg.evaluate.epochs // 10)
     curve = []
-    probe = curve_subset(len(data["val_y"]), cfg.evaluate.curve_val_images)
+    probe = curve_subset(source.count("val"), cfg.evaluate.curve_val_images)
 
     def on_epoch(epoch: int, loss: float, extra) -> list:
         curve[:] = extra or []
         tracker.log_metrics({"train_kl": loss}, step=epoch)
         final = epoch == cfg.evaluate.epochs
         if epoch % every == 0 or final:
-            idx = slice(None) if final or probe is None else probe
-            val_x, val_y = data["val_x"][idx], data["val_y"][idx]
-            acc = accuracy(model, val_x, val_y, cfg.evaluate.eval_batch_size, device)
+            idx = None if final or probe is None else probe
+            acc = accuracy_of(model, source.batches("val", idx, cfg.evaluate.eval_batch_size), device)
             tracker.log_metrics({"val_top1": acc["top1"]}, step=epoch)
-            curve.append({"epoch": epoch, "train_kl": loss, **acc, "val_images": len(val_y)})
+            seen = source.count("val") if idx is None else len(idx)
+            curve.append({"epoch": epoch, "train_kl": loss, **acc, "val_images": seen})
         return list(curve)
 
     out = Path(outputs["out"])

@@ -18,12 +18,11 @@ from teddy.train import to_unit
 class RealBatches:
     """Per-class real training batches from the dataset cache, drawn with the batch's generator."""
 
-    def __init__(self, data: dict, per_class: int, device):
-        if data is None:
-            raise ValueError("this objective needs real images: the dataset cache was not loaded")
-        y = data["train_y"]
-        self.x, self.per_class, self.device = data["train_x"], per_class, device
-        self.by_class = {int(c): torch.nonzero(y == c).flatten() for c in torch.unique(y)}
+    def __init__(self, source, per_class: int, device):
+        if source is None:
+            raise ValueError("this objective needs real images: the dataset was not opened")
+        self.source, self.per_class, self.device = source, per_class, device
+        self.by_class = source.by_class("train")
 
     def __call__(self, classes: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx, labels = [], []
@@ -31,7 +30,8 @@ class RealBatches:
             pool = self.by_class[c]
             idx.append(pool[torch.randint(len(pool), (self.per_class,), generator=gen)])
             labels.append(torch.full((self.per_class,), c))
-        return to_unit(self.x[torch.cat(idx)]).to(self.device), torch.cat(labels).to(self.device)
+        images = self.source.images("train", torch.cat(idx))
+        return to_unit(images).to(self.device), torch.cat(labels).to(self.device)
 
 
 class BNMatching:

@@ -23,8 +23,10 @@ import torch.nn.functional as F
 
 from teddy import artifacts, augment, models
 from teddy import config as config_mod
-from teddy.train import TrainState, accuracy, make_optimizer, to_unit, warmup_cosine
+from teddy.data.source import open_source
+from teddy.train import TrainState, accuracy_of, make_optimizer, to_unit, warmup_cosine
 from teddy.utils import (
+    Progress,
     data_parallel,
     local_part,
     read_json,
@@ -70,7 +72,7 @@ def describe(model: torch.nn.Module, spec: models.InputSpec) -> dict:
 
 
 def train_trajectory(
-    cfg, data: dict, spec, seed: int, device, tracker, on_epoch, state_path: Path | None = None
+    cfg, source, spec, seed: int, device, tracker, on_epoch, state_path: Path | None = None
 ) -> torch.nn.Module:
     """Train the pretrain_pool recipe from seed ``seed``.
 
@@ -84,8 +86,8 @@ def train_trajectory(
     torch.manual_seed(seed)
     model = models.create_model(p.arch, spec, width=p.width).to(device)
     net = data_parallel(model)  # under torchrun each rank trains on its share of every batch
-    x, y = data["train_x"], data["train_y"]
-    steps_per_epoch = -(-len(x) // p.batch_size)
+    n = source.count("train")
+    steps_per_epoch = -(-n // p.batch_size)
     opt = make_optimizer(model, p.optimizer, p.lr, p.weight_decay)
     sched = warmup_cosine(opt, p.epochs * steps_per_epoch, p.warmup_epochs * steps_per_epoch)
     st = {"epoch": 1, "start": 0, "perm": None, "total": 0.0, "extra": None}
@@ -93,28 +95,29 @@ def train_trajectory(
     st = state.load(device) or st
     if st["epoch"] > 1 or st["start"]:
         log.info("resuming seed %d's training from %s in epoch %d", seed, state_path, st["epoch"])
+    progress = Progress(f"pretrain_pool seed {seed}", p.epochs * steps_per_epoch)
 
     while st["epoch"] <= p.epochs:
         model.train()
         if st["perm"] is None:
-            st["perm"] = torch.randperm(len(x), generator=gen)
-        while st["start"] < len(x):
+            st["perm"] = torch.randperm(n, generator=gen)
+        chunks = list(torch.split(st["perm"][st["start"] :], p.batch_size))
+        mine = [c[local_part(torch.arange(len(c)))] for c in chunks]  # under torchrun: this rank's share
+        for chunk, (xb, yb) in zip(chunks, source.read("train", mine), strict=True):
             state.preempt(st, f"in epoch {st['epoch']}")
-            idx = st["perm"][st["start"] : st["start"] + p.batch_size]
-            crops = augment.sample_crops(len(idx), 0.5, p.flip, gen) if p.augment else None
-            mine = local_part(torch.arange(len(idx)))
-            idx = idx[mine]
-            xb = to_unit(x[idx]).to(device)
+            crops = augment.sample_crops(len(chunk), 0.5, p.flip, gen) if p.augment else None
+            xb = to_unit(xb).to(device)
             if p.augment:
-                xb = augment.apply_crops(xb, crops[mine])
-            loss = F.cross_entropy(net(xb), y[idx].to(device))
+                xb = augment.apply_crops(xb, crops[local_part(torch.arange(len(chunk)))])
+            loss = F.cross_entropy(net(xb), yb.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            st["total"] += loss.item() * len(idx)
+            st["total"] += loss.item() * len(yb)
             st["start"] += p.batch_size
-        tracker.log_metrics({f"train_loss_s{seed}": st["total"] / len(x)}, step=st["epoch"])
+            progress.update((st["epoch"] - 1) * steps_per_epoch + -(-st["start"] // p.batch_size))
+        tracker.log_metrics({f"train_loss_s{seed}": st["total"] / n}, step=st["epoch"])
         stop, st["extra"] = on_epoch(st["epoch"], model, st["extra"])
         st |= {"epoch": st["epoch"] + 1, "start": 0, "perm": None, "total": 0.0}
         if stop:
@@ -124,17 +127,21 @@ def train_trajectory(
     return model
 
 
-def train_base(cfg, data: dict, spec, device, tracker, on_epoch=None) -> torch.nn.Module:
+def train_base(cfg, source, spec, device, tracker, on_epoch=None) -> torch.nn.Module:
     """The base model, trained in memory (benchmarks, tests)."""
     return train_trajectory(
-        cfg, data, spec, cfg.pretrain_pool.seed, device, tracker, on_epoch or (lambda e, m, x: (False, None))
+        cfg, source, spec, cfg.pretrain_pool.seed, device, tracker, on_epoch or (lambda e, m, x: (False, None))
     )
 
 
-def save_member(model, path: Path, cfg, data: dict, spec, device, **info) -> dict:
+def val_accuracy(model, source, device) -> dict[str, float]:
+    return accuracy_of(model, source.batches("val", batch_size=1024), device)
+
+
+def save_member(model, path: Path, cfg, real, spec, device, **info) -> dict:
     """Write one member (atomically, weights_only-loadable) and return its manifest entry."""
     p = cfg.pretrain_pool
-    acc = accuracy(model, data["val_x"], data["val_y"], 1024, device)
+    acc = val_accuracy(model, real, device)
     keep = {k: info[k] for k in ("origin", "epoch", "seed", "prune_ratio") if info.get(k) is not None}
     ckpt = models.checkpoint(model, p.arch, spec, p.width, pruned=info["origin"] == "post", **keep)
     digest = artifacts.save(ckpt, path)
@@ -179,20 +186,20 @@ def load_base_checkpoint(path: str, arch: str, spec, width: int, device) -> torc
 # -- the jobs ---------------------------------------------------------------------------------------
 
 
-def build_base(cfg, data: dict, spec, out: Path, device, tracker) -> list[dict]:
+def build_base(cfg, source, spec, out: Path, device, tracker) -> list[dict]:
     p = cfg.pretrain_pool
     if p.checkpoint:
         model = load_base_checkpoint(p.checkpoint, p.arch, spec, p.width, device)
         info = {"origin": "base", "source": str(p.checkpoint)}
     else:
         no_members = lambda epoch, model, extra: (False, None)  # noqa: E731
-        model = train_trajectory(cfg, data, spec, p.seed, device, tracker, no_members, out / STATE)
+        model = train_trajectory(cfg, source, spec, p.seed, device, tracker, no_members, out / STATE)
         info = {"origin": "base", "seed": p.seed, "epoch": p.epochs}
-    return [save_member(model, out / "base.pt", cfg, data, spec, device, **info)]
+    return [save_member(model, out / "base.pt", cfg, source, spec, device, **info)]
 
 
 def build_prior(
-    cfg, data: dict, spec, seed: int, out: Path, device, tracker, base_top1: float | None
+    cfg, source, spec, seed: int, out: Path, device, tracker, base_top1: float | None
 ) -> list[dict]:
     """Seed ``seed``'s trajectory, kept at prior_epochs and at the first epoch reaching each of
     prior_targets × ``base_top1``; training stops after the last member is saved."""
@@ -207,13 +214,13 @@ def build_prior(
         pending = [t for t in targets if t not in extra["met"]]
         reasons = {"epoch": epoch in p.prior_epochs}
         if pending:
-            top1 = accuracy(model, data["val_x"], data["val_y"], 1024, device)["top1"]
+            top1 = val_accuracy(model, source, device)["top1"]
             met = [t for t in pending if top1 >= t * base_top1]
             extra["met"] += met
             reasons["targets"] = met
         if reasons["epoch"] or reasons.get("targets"):
             info = {"origin": "prior", "seed": seed, "epoch": epoch, "targets": reasons.get("targets", [])}
-            entry = save_member(model, out / f"e{epoch:03d}.pt", cfg, data, spec, device, **info)
+            entry = save_member(model, out / f"e{epoch:03d}.pt", cfg, source, spec, device, **info)
             tracker.log_metrics({f"val_top1_prior_s{seed}": entry["val_top1"]}, step=epoch)
             extra["members"].append(entry)
         stop = epoch >= last_epoch and len(extra["met"]) == len(targets)
@@ -226,18 +233,18 @@ def build_prior(
         entries[:] = extra["members"]
         return stop, extra
 
-    train_trajectory(cfg, data, spec, seed, device, tracker, collect, out / STATE)
+    train_trajectory(cfg, source, spec, seed, device, tracker, collect, out / STATE)
     unmet = [t for t in targets if not any(t in e["targets"] for e in entries)]
     if unmet:
         tracker.set_tags({f"prior_s{seed}_unmet_targets": unmet})
     return entries
 
 
-def build_post(cfg, data: dict, spec, index: int, base_path: Path, out: Path, device) -> list[dict]:
+def build_post(cfg, source, spec, index: int, base_path: Path, out: Path, device) -> list[dict]:
     base = models.from_checkpoint(artifacts.load_member(base_path), device)
-    member, ratio = post_member(base, index, cfg, data, spec, device)
+    member, ratio = post_member(base, index, cfg, source, spec, device)
     info = {"origin": "post", "index": index, "prune_ratio": ratio}
-    return [save_member(member, out / "member.pt", cfg, data, spec, device, **info)]
+    return [save_member(member, out / "member.pt", cfg, source, spec, device, **info)]
 
 
 def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
@@ -289,7 +296,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
     if assemble_from:
         return assemble([Path(d) for d in assemble_from], out, p.arch, tracker)
     data_dir = Path(inputs["data"])
-    data = artifacts.load_cache(data_dir)
+    source = open_source(data_dir, cfg.prepare_data.workers)
     spec = models.InputSpec.from_manifest(read_json(data_dir / artifacts.DATA_MANIFEST))
     jobs = [member] if member else config_mod.pool_job_names(p)
     dirs = []
@@ -299,12 +306,12 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
         job_dir.mkdir(parents=True, exist_ok=True)
         base_dir = Path(inputs["base"]) if member and inputs.get("base") else out / "base"
         if kind == "base":
-            entries = build_base(cfg, data, spec, job_dir, device, tracker)
+            entries = build_base(cfg, source, spec, job_dir, device, tracker)
         elif kind == "prior":
             base_top1 = read_json(base_dir / MEMBERS)[0]["val_top1"] if p.prior_targets else None
-            entries = build_prior(cfg, data, spec, index, job_dir, device, tracker, base_top1)
+            entries = build_prior(cfg, source, spec, index, job_dir, device, tracker, base_top1)
         else:
-            entries = build_post(cfg, data, spec, index, base_dir / "base.pt", job_dir, device)
+            entries = build_post(cfg, source, spec, index, base_dir / "base.pt", job_dir, device)
         write_json(entries, job_dir / MEMBERS)
         dirs.append(job_dir)
     if member:
@@ -427,22 +434,20 @@ def recalibrate_bn(model: torch.nn.Module, images: torch.Tensor, batch: int, dev
         layer.running_var.copy_(var.float())
 
 
-def finetune(model, data: dict, epochs: int, lr: float, batch: int, gen, device) -> None:
-    x, y = data["train_x"], data["train_y"]
+def finetune(model, source, epochs: int, lr: float, batch: int, gen, device) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     model.train()
     for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for start in range(0, len(x), batch):
-            idx = perm[start : start + batch]
-            loss = F.cross_entropy(model(to_unit(x[idx]).to(device)), y[idx].to(device))
+        perm = torch.randperm(source.count("train"), generator=gen)
+        for xb, yb in source.batches("train", perm, batch):
+            loss = F.cross_entropy(model(to_unit(xb).to(device)), yb.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
 
 def post_member(
-    base: torch.nn.Module, index: int, cfg, data: dict, spec, device
+    base: torch.nn.Module, index: int, cfg, source, spec, device
 ) -> tuple[torch.nn.Module, float]:
     """Post member ``index``: prune at a ratio drawn from pretrain_pool.prune_ratio, fine-tune, recalibrate."""
     p = cfg.pretrain_pool
@@ -450,7 +455,7 @@ def post_member(
     lo, hi = p.prune_ratio
     ratio = lo + (hi - lo) * float(torch.rand(1, generator=gen))
     model = prune(copy.deepcopy(base).cpu(), ratio, spec).to(device)
-    finetune(model, data, p.finetune_epochs, p.finetune_lr, p.batch_size, gen, device)
-    idx = torch.randperm(len(data["train_x"]), generator=gen)[: p.recalib_images]
-    recalibrate_bn(model, data["train_x"][idx], p.batch_size, device)
+    finetune(model, source, p.finetune_epochs, p.finetune_lr, p.batch_size, gen, device)
+    idx = torch.randperm(source.count("train"), generator=gen)[: p.recalib_images]
+    recalibrate_bn(model, source.images("train", idx), p.batch_size, device)
     return model.eval(), ratio

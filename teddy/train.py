@@ -35,23 +35,29 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-@torch.no_grad()
 def accuracy(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) of ``model`` on uint8 or [0, 1] images."""
+    batches = ((x[s : s + batch_size], y[s : s + batch_size]) for s in range(0, len(x), batch_size))
+    return accuracy_of(model, batches, device)
+
+
+@torch.no_grad()
+def accuracy_of(model: nn.Module, batches, device: torch.device) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) over an iterable of (images, labels) batches (e.g. a data source's)."""
     was_training = model.training
     model.eval()
-    hits1 = hits5 = 0
-    for start in range(0, len(x), batch_size):
-        xb = to_unit(x[start : start + batch_size]).to(device)
-        yb = y[start : start + batch_size].to(device)
+    hits1 = hits5 = seen = 0
+    for xb, yb in batches:
+        xb, yb = to_unit(xb).to(device), yb.to(device)
         logits = model(xb)
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits1 += (top[:, 0] == yb).sum().item()
         hits5 += (top == yb[:, None]).any(dim=1).sum().item()
+        seen += len(yb)
     model.train(was_training)
-    return {"top1": 100.0 * hits1 / len(x), "top5": 100.0 * hits5 / len(x)}
+    return {"top1": 100.0 * hits1 / seen, "top5": 100.0 * hits5 / seen}
 
 
 class TrainState:

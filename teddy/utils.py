@@ -11,6 +11,7 @@ import random
 import resource
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,6 +250,23 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
+class Progress:
+    """A log line every ``every`` seconds with the rate and the time left."""
+
+    def __init__(self, what: str, total: int, every: float = 30.0):
+        self.what, self.total, self.every = what, total, every
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every or done == self.total:
+            rate = done / max(now - self.start, 1e-9)
+            left = (self.total - done) / rate if rate else float("inf")
+            logger = logging.getLogger(f"teddy.{self.what.split()[0]}")
+            logger.info("%s: %d/%d (%.1f/s, %.0f s left)", self.what, done, self.total, rate, left)
+            self.last = now
+
+
 class Preempted(RuntimeError):
     """Raised by a long loop after it saved its checkpoint because SIGTERM/SIGUSR1 arrived."""
 
@@ -294,9 +312,9 @@ preemption = _Preemption()
 
 def code_digest() -> str:
     """sha256 over the ``teddy`` package's sources: a checkpoint from other code is not resumed."""
-    h = hashlib.sha256()
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    h, package = hashlib.sha256(), Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from teddy import artifacts, config, datasets, prepare_data
+from teddy import artifacts, config, prepare_data
+from teddy.data import datasets
 from teddy.tracking import NullTracker
 
 from .conftest import BASE

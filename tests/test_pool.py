@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy import artifacts, cli, models, pretrain_pool
+from teddy import cli, models, pretrain_pool
+from teddy.data.source import open_source
 from teddy.losses import BNStatsRecorder
 from teddy.tracking import NullTracker
 from teddy.utils import load_torch
@@ -56,9 +57,9 @@ def test_pruned_member_loads_weights_only_and_runs(pool_dir):
 def test_recalibrated_bn_stats_equal_real_statistics(pool_dir):
     """After recalibration every BN layer caches exactly the statistics of the same real images
     (features in eval mode; BatchNorm stores the unbiased variance)."""
-    data = artifacts.load_cache(pool_dir / "data")
+    source = open_source(pool_dir / "data")
     model = models.from_checkpoint(load_torch(pool_dir / "pool" / "post_001" / "member.pt")).eval()
-    images = data["train_x"][:300]
+    images = source.images("train", torch.arange(300))
     pretrain_pool.recalibrate_bn(model, images, batch=64, device="cpu")  # several batches on purpose
     rec = BNStatsRecorder(model)
     with torch.no_grad(), rec.record():
@@ -164,14 +165,14 @@ def test_prior_seeds_and_accuracy_targets(pool_dir, tmp_path):
     cfg = config_of(
         [*CFG, "--set", "pretrain_pool.prior_seeds=[0, 1]", "--set", "pretrain_pool.prior_targets=[0.3]"]
     )
-    data = artifacts.load_cache(pool_dir / "data")
+    source = open_source(pool_dir / "data")
     spec = models.InputSpec.from_manifest(json.loads((pool_dir / "data" / "manifest.json").read_text()))
     base_top1 = json.loads((pool_dir / "pool" / "manifest.json").read_text())["base"]["val_top1"]
     seeds = {}
     for seed in (0, 1):
         out = tmp_path / f"prior_s{seed}"
         out.mkdir()
-        seeds[seed] = pretrain_pool.build_prior(cfg, data, spec, seed, out, "cpu", NullTracker(), base_top1)
+        seeds[seed] = pretrain_pool.build_prior(cfg, source, spec, seed, out, "cpu", NullTracker(), base_top1)
         hit = [m for m in seeds[seed] if m["targets"]]
         assert len(hit) == 1 and hit[0]["val_top1"] >= 0.3 * base_top1
         assert {1, 2} <= {m["epoch"] for m in seeds[seed]} and not (out / pretrain_pool.STATE).exists()
@@ -184,14 +185,14 @@ def test_base_loads_from_a_local_plain_state_dict(pool_dir, tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(trained[1].state_dict(), path)
     cfg = config_of([*CFG, "--set", f"pretrain_pool.checkpoint={path}"])
-    data = artifacts.load_cache(pool_dir / "data")
+    source = open_source(pool_dir / "data")
     spec = models.InputSpec.from_manifest(json.loads((pool_dir / "data" / "manifest.json").read_text()))
-    (entry,) = pretrain_pool.build_base(cfg, data, spec, tmp_path, "cpu", NullTracker())
+    (entry,) = pretrain_pool.build_base(cfg, source, spec, tmp_path, "cpu", NullTracker())
     full = json.loads((pool_dir / "pool" / "manifest.json").read_text())["base"]
     assert entry["val_top1"] == full["val_top1"] and entry["source"] == str(path)
     torch.save({"state_dict": {"nope": torch.zeros(1)}}, path)
     with pytest.raises(ValueError, match="pretrain_pool.checkpoint: .* does not fit convnet"):
-        pretrain_pool.build_base(cfg, data, spec, tmp_path, "cpu", NullTracker())
+        pretrain_pool.build_base(cfg, source, spec, tmp_path, "cpu", NullTracker())
 
 
 def test_missing_checkpoint_file_is_a_config_error(tmp_path):

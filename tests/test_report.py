@@ -3,7 +3,8 @@
 import numpy as np
 import pandas as pd
 
-from teddy import config, datasets, report
+from teddy import config, report
+from teddy.data import datasets
 
 from .conftest import BASE
 

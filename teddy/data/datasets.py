@@ -1,4 +1,4 @@
-"""Dataset registry: where each dataset comes from, and how to read it into uint8 arrays.
+"""Dataset registry: where each dataset comes from; the array datasets (digits, Fashion-MNIST, CIFAR).
 
 Import-light (numpy only at module level) so config checks can run before any work starts.
 Nothing here downloads: a missing dataset is a DatasetError that says how to get it.
@@ -29,20 +29,38 @@ class Split:
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """An array dataset (``reader`` gives uint8 arrays) or an image-file layout (``lister`` gives a
+    teddy.data.layouts.Listing; classes, channels and size come from the files and the config)."""
+
     name: str
     classes: tuple[str, ...]
     channels: int
-    native_size: int
-    reader: Callable[[Mapping], Split]
-    checker: Callable[[Mapping], None]
+    native_size: int | None
+    reader: Callable[[Mapping], Split] | None = None
+    checker: Callable[[Mapping], None] = lambda prep: None
     train_per_class: int | None = None  # known size of the smallest class, if fixed
+    lister: Callable[[Mapping], object] | None = None
+
+    @property
+    def files(self) -> bool:
+        return self.lister is not None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def check_available(self, prep: Mapping) -> None:
-        self.checker(prep)
+        if self.files:
+            self.listing(prep)
+        else:
+            self.checker(prep)
+
+    def listing(self, prep: Mapping):
+        """The layout's file listing (a directory walk, no decoding), cached per root and options."""
+        key = (self.name, str(prep.get("root")), str(prep.get("val_labels")))
+        if key not in _LISTINGS:
+            _LISTINGS[key] = self.lister(prep)
+        return _LISTINGS[key]
 
     def read(self, prep: Mapping) -> Split:
         self.checker(prep)
@@ -50,13 +68,22 @@ class DatasetSpec:
         return split
 
     def min_train_per_class(self, prep: Mapping) -> int:
+        """Training images of the smallest class, from counts or file names: no pixel is read for
+        the file layouts (prepare_data may still leave out bad files, and says so)."""
         n = self.train_per_class
-        if n is None:
+        if self.files:
+            listing = self.listing(prep)
+            counts = listing.per_class("train")
+            if listing.val is None:  # the stratified val split takes its share of each class
+                counts = [c - max(1, round(c * prep["val_fraction"])) if c else 0 for c in counts]
+            n = min(counts)
+        elif n is None:
             n = int(np.bincount(self.reader(prep).train_y).min())
         cap = prep.get("max_train_per_class")
         return min(n, cap) if cap else n
 
 
+_LISTINGS: dict[tuple, object] = {}
 _REGISTRY: dict[str, DatasetSpec] = {}
 
 
