@@ -140,7 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="Log to MLflow what stages kept in tracking_pending.json while the store was unreachable.",
     )
     sync.add_argument("results", metavar="RESULTS_DIR")
+    mini = sub.add_parser(
+        "make-miniature",
+        help="Write a small copy of an image-file layout (from Fashion-MNIST or digits) to try a layout on.",
+    )
+    mini.add_argument("--layout", required=True, choices=["imagefolder", "tiny_imagenet", "imagenet"])
+    mini.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    mini.add_argument("--classes", type=int, default=10)
+    mini.add_argument("--train", type=int, default=40, help="training images per class")
+    mini.add_argument("--val", type=int, default=10, help="val images per class")
+    mini.add_argument("--size", type=int, default=64, help="side length in pixels")
+    mini.add_argument("--val-style", choices=["folders", "csv", "devkit"], default="csv", help="imagenet's val")
+    mini.add_argument("--bad", action="store_true", help="add files no decoder can read")
     return parser
+
+
+def make_miniature(args) -> int:
+    from teddy.data import miniature
+
+    try:
+        out = miniature.make(
+            args.layout, args.out, args.classes, args.train, args.val, args.size, args.bad, args.val_style
+        )
+    except FileExistsError as err:
+        print(f"teddy make-miniature: {err}", file=sys.stderr)
+        return 2
+    print(f"teddy make-miniature: {args.layout} miniature in {out}")
+    return 0
 
 
 def sync_tracking(results: str) -> int:
@@ -255,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.stage in ("verify", "sync-tracking"):
         return {"verify": verify, "sync-tracking": sync_tracking}[args.stage](args.results)
+    if args.stage == "make-miniature":
+        return make_miniature(args)
     _, ins, sel = STAGES[args.stage]
     try:
         cfg = config_mod.load(args.config, args.overrides)
@@ -287,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
+    from teddy.data.datasets import DatasetError
     from teddy.utils import ArtifactError, DeviceUnavailable, Preempted, preemption
 
     try:
@@ -295,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"teddy {args.stage}: {err}; rerun the same command to resume", file=sys.stderr)
         return preemption.EXIT_CODE
-    except (ArtifactError, DeviceUnavailable) as err:  # a bad input or no usable GPU: one line, with the fix
+    except (ArtifactError, DeviceUnavailable, DatasetError) as err:  # bad input, no GPU: what and the fix
         print(f"teddy {args.stage}: {err}", file=sys.stderr)
         return 1
     return 0

@@ -237,6 +237,8 @@ def prepare_files(cfg, spec, prep: dict, out: Path) -> dict:
                 "prepare_data.bad_files: skip to leave them out (each is then recorded in manifest.json)"
             )
         keep_cls = [c for c in range(len(listing.class_ids)) if c not in small]
+        if not keep_cls:
+            raise DatasetError(f"{root}: no class has {need} readable training images (distill.ipcs)")
         new = {c: i for i, c in enumerate(keep_cls)}
         rows = {s: [y in new for _, y in e] for s, e in kept.items()}
         kept = {s: [(p, new[y]) for p, y in e if y in new] for s, e in kept.items()}

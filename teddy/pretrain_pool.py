@@ -446,9 +446,7 @@ def finetune(model, source, epochs: int, lr: float, batch: int, gen, device) -> 
             opt.step()
 
 
-def post_member(
-    base: torch.nn.Module, index: int, cfg, source, spec, device
-) -> tuple[torch.nn.Module, float]:
+def post_member(base: torch.nn.Module, index: int, cfg, source, spec, device) -> tuple[torch.nn.Module, float]:
     """Post member ``index``: prune at a ratio drawn from pretrain_pool.prune_ratio, fine-tune, recalibrate."""
     p = cfg.pretrain_pool
     gen = torch.Generator().manual_seed(p.seed * 7919 + index)

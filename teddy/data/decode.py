@@ -65,12 +65,13 @@ def decode(path: str | Path, channels: int, size: int | None) -> torch.Tensor:
         raise BadImage("empty file (0 bytes)")
     try:
         img = _torchvision(data, channels)
-    except RuntimeError as first:
+    except RuntimeError:
         try:
             img = _pillow(path, channels)
         except Exception as second:  # noqa: BLE001 - Pillow raises many types for bad files
-            reason = str(first).splitlines()[-1].strip() or type(first).__name__
-            raise BadImage(f"not a readable image ({reason}; Pillow: {second})") from second
+            if "cannot identify image file" in str(second):
+                raise BadImage("not an image (neither torchvision nor Pillow knows its format)") from second
+            raise BadImage(f"truncated or corrupt image ({str(second).split(chr(10))[0]})") from second
     if img.shape[-1] < 1 or img.shape[-2] < 1:
         raise BadImage(f"decodes to an empty image {tuple(img.shape)}")
     return resize_uint8(img[None], size)[0].contiguous()
