@@ -353,8 +353,8 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
     algo = config_mod.algorithm(cfg, selection["method"]) if "method" in selection else None
     if algo in ("teddy", "sre2l", "unrolled") and "pool" not in inputs and not merging:
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
-    if "arch" in selection and selection["arch"] not in models.available():
-        return f"--arch {selection['arch']!r} is not a registered architecture: {models.available()}"
+    if "arch" in selection and not models.known(selection["arch"]):
+        return f"--arch: {models.unknown_message(selection['arch'])}"
     methods = [*config_mod.METHODS, *cfg.distill.variants]
     if "method" in selection and selection["method"] not in methods:
         return f"--method {selection['method']!r}: use one of {', '.join(methods)} (variants: distill.variants)"

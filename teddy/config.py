@@ -236,11 +236,8 @@ def check(data: Mapping) -> None:
         ("evaluate.archs", data["evaluate"]["archs"]),
     ):
         for name in names:
-            if name not in models.available():
-                problems.append(
-                    f"config key {key}: unknown architecture {name!r}; "
-                    f"available: {', '.join(models.available())}"
-                )
+            if not models.known(name):
+                problems.append(f"config key {key}: {models.unknown_message(name)}")
     try:
         spec = datasets.get(data["run"]["dataset"])
         spec.check_available(data["prepare_data"])
@@ -253,6 +250,13 @@ def check(data: Mapping) -> None:
             )
     except datasets.DatasetError as err:
         problems.append(str(err))
+    weights = data["pretrain_pool"]["checkpoint"]
+    if weights and not Path(weights).expanduser().is_file():
+        problems.append(
+            f"config key pretrain_pool.checkpoint: {weights} is not a file; point it at local base-model "
+            "weights (e.g. torchvision's resnet18-f37072fd.pth; nothing is downloaded)"
+            " or set it to null to train"
+        )
     for epoch in data["pretrain_pool"]["prior_epochs"]:
         if epoch >= data["pretrain_pool"]["epochs"]:
             problems.append(
@@ -351,6 +355,13 @@ GRID_KEYS = {
 
 
 METHODS = ("teddy", "sre2l", "unrolled", "random")
+
+
+def data_file(dataset: str) -> str:
+    """The file prepare_data writes besides its manifest: cache.pt (arrays) or index.json (image files)."""
+    from teddy.data import datasets
+
+    return "index.json" if datasets.get(dataset).files else "cache.pt"
 
 
 def full_data_ipc(data: Any) -> int | None:

@@ -59,11 +59,93 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def known(name: str) -> bool:
+    """A registered architecture, or ``torchvision:<name>`` / ``timm:<name>`` of an installed library."""
+    library, _, model = name.partition(":")
+    if not model:
+        return name in _REGISTRY
+    try:
+        if library == "torchvision":
+            import torchvision
+
+            return model in torchvision.models.list_models(module=torchvision.models)
+        if library == "timm":
+            import timm
+
+            return model in timm.list_models()
+    except ImportError:
+        return False
+    return False
+
+
+def unknown_message(name: str) -> str:
+    return (
+        f"unknown architecture {name!r}; registered: {', '.join(available())}, or any "
+        "torchvision:<name> (torchvision.models.list_models()) or timm:<name> (timm.list_models())"
+    )
+
+
 def create_model(name: str, spec: InputSpec, width: int = 128) -> nn.Module:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown architecture {name!r}; available: {', '.join(available())}")
-    net = _REGISTRY[name](spec, width=width)
+    if name in _REGISTRY:
+        net = _REGISTRY[name](spec, width=width)
+    elif known(name):
+        net = _by_name(name, spec)
+    else:
+        raise KeyError(unknown_message(name))
     return nn.Sequential(Normalize(spec.mean, spec.std), net)
+
+
+def _by_name(name: str, spec: InputSpec) -> nn.Module:
+    """Any torchvision/timm classifier, untrained, with the dataset's classes and channels; on small
+    inputs (≤ 64 px) its stem keeps the resolution (first convolution stride 1, no max-pool), as the
+    registered torchvision models do. The registry's tuned entries stay the recommended ones."""
+    library, _, model = name.partition(":")
+    if library == "timm":
+        import timm
+
+        try:
+            net = timm.create_model(
+                model,
+                pretrained=False,
+                num_classes=spec.num_classes,
+                in_chans=spec.channels,
+                img_size=spec.image_size,
+            )
+        except TypeError:  # convolutional timm models take no img_size
+            net = timm.create_model(
+                model, pretrained=False, num_classes=spec.num_classes, in_chans=spec.channels
+            )
+    else:
+        import torchvision
+
+        net = torchvision.models.get_model(model, weights=None, num_classes=spec.num_classes)
+    first = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    overlapping = first is not None and first.kernel_size != first.stride  # a stem, not a patch embedding
+    shrink = _small(spec) and overlapping and first.stride != (1, 1)
+    if first is not None and (first.in_channels != spec.channels or shrink):
+        stride = (1, 1) if shrink else first.stride
+        new = nn.Conv2d(
+            spec.channels,
+            first.out_channels,
+            first.kernel_size,
+            stride,
+            first.padding,
+            first.dilation,
+            first.groups if first.groups == 1 else spec.channels,
+            first.bias is not None,
+        )
+        _replace(net, first, new)
+    if _small(spec) and isinstance(getattr(net, "maxpool", None), nn.MaxPool2d):
+        net.maxpool = nn.Identity()
+    return net
+
+
+def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in root.modules():
+        for key, child in parent.named_children():
+            if child is old:
+                setattr(parent, key, new)
+                return
 
 
 # -- ConvNet-BN (the DC/MTT family's ConvNet with BatchNorm) ----------------------------------

@@ -24,7 +24,7 @@ def test_registry_lists_required_architectures():
 
 
 def test_unknown_architecture_names_alternatives():
-    with pytest.raises(KeyError, match="available: .*convnet"):
+    with pytest.raises(KeyError, match="registered: .*convnet"):
         models.create_model("vgg99", SPECS["digits"])
 
 
@@ -55,3 +55,29 @@ def test_checkpoint_round_trip(tmp_path):
     clone = models.from_checkpoint(ckpt).eval()
     x = torch.rand(2, 1, 16, 16)
     assert torch.equal(model(x), clone(x))
+
+
+@pytest.mark.parametrize(
+    "name, size",
+    [("torchvision:regnet_x_400mf", 32), ("torchvision:resnet34", 64), ("timm:deit_tiny_patch16_224", 32)],
+)
+def test_torchvision_and_timm_students_by_name(name, size):
+    spec = models.InputSpec(7, 3, size, (0.5,) * 3, (0.25,) * 3)
+    assert models.known(name) and not models.known(name + "_nope") and not models.known("torchvision:")
+    model = models.create_model(name, spec)
+    logits = model(torch.rand(2, 3, size, size))
+    assert logits.shape == (2, 7)
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    if name.startswith("torchvision"):  # small inputs keep their resolution in the stem
+        assert first.stride == (1, 1)
+
+
+def test_tiny_imagenet_resnet18_is_sre2l_modified_and_imagenet_takes_torchvision_weights():
+    tiny = models.create_model("resnet18", models.InputSpec(200, 3, 64, (0.5,) * 3, (0.25,) * 3))[1]
+    assert tiny.conv1.kernel_size == (3, 3) and tiny.conv1.stride == (1, 1)
+    assert isinstance(tiny.maxpool, torch.nn.Identity) and tiny.fc.out_features == 200
+    import torchvision
+
+    full = models.create_model("resnet18", models.InputSpec(1000, 3, 224, (0.5,) * 3, (0.25,) * 3))[1]
+    full.load_state_dict(torchvision.models.resnet18(weights=None).state_dict())  # same keys, shapes
+    assert full.conv1.kernel_size == (7, 7) and isinstance(full.maxpool, torch.nn.MaxPool2d)

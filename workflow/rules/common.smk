@@ -1,8 +1,10 @@
 import os
+import re
 import sys
 
 from teddy.config import (
     algorithm,
+    data_file,
     full_data_ipc,
     method_params,
     pool_job_config,
@@ -11,16 +13,17 @@ from teddy.config import (
 from teddy.config import stage_resources as config_stage_resources
 
 DATASET = config["run"]["dataset"]
+DATA_FILE = data_file(DATASET)
 TEDDY = f"{sys.executable} -m teddy"
 CONFIG_ARG = f"--config {RESOLVED_CONFIG}"
 
 
 wildcard_constraints:
     dataset=DATASET,
-    method="|".join(config["distill"]["methods"]),
+    method="|".join(map(re.escape, config["distill"]["methods"])),
     ipc=r"\d+",
     seed=r"\d+",
-    arch="|".join(config["evaluate"]["archs"]),
+    arch="|".join(map(re.escape, config["evaluate"]["archs"])),
     shard=r"\d+",
     index=r"\d{3}",
     nshards=r"\d+",

@@ -1,6 +1,6 @@
 rule prepare_data:
     output:
-        cache="results/{dataset}/data/cache.pt",
+        data=f"results/{{dataset}}/data/{DATA_FILE}",  # cache.pt, or index.json of image files
         manifest="results/{dataset}/data/manifest.json",
         metrics="results/{dataset}/data/metrics.json",
     log:
