@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, config, host, parse_args, sync, write  # noqa: E402
 
-from teddy import cli, evaluate, models, relabel  # noqa: E402
+from teddy import artifacts, cli, evaluate, models, relabel  # noqa: E402
 from teddy.losses import soft_kl  # noqa: E402
 from teddy.train import make_optimizer  # noqa: E402
 
@@ -83,6 +83,7 @@ def model_only_throughput(images, targets, epochs: int, cfg, device) -> float:
 def replay_throughput(images, epochs: int, cfg, device) -> float:
     views = relabel.draw_views(len(images), epochs, cfg.relabel, torch.Generator().manual_seed(0))
     soft = {**views, "logits": torch.randn(epochs, len(images), 10).half()}
+    soft["replay"] = artifacts.SoftTargets(Path("."), soft)  # as artifacts.load_soft_labels attaches it
     torch.manual_seed(0)
     model = models.create_model("convnet", SPEC, width=64).to(device)
     sync(device)

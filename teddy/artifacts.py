@@ -39,6 +39,7 @@ PRODUCERS = {
     SOFT_LABELS: "relabel",
 }
 PRIOR_MEMBER = re.compile(r"^e\d{3}\.pt$")  # prior members: e<epoch>.pt, declared via members.json
+LOGIT_SHARD = re.compile(r"^logits_e\d{4}-\d{4}\.pt$")  # relabel: teacher logits of a range of epochs
 RESUMABLE = ("checkpoint.pt", "train_state.pt")  # transient resumable state, not an artifact
 CHECKSUM_SUFFIX = ".sha256"
 
@@ -50,6 +51,8 @@ def producer(path: Path) -> str | None:
     name = path.name
     if name in PRODUCERS:
         return PRODUCERS[name]
+    if LOGIT_SHARD.match(name):
+        return "relabel"
     return "pretrain_pool" if PRIOR_MEMBER.match(name) else None
 
 
@@ -258,6 +261,11 @@ def load_soft_labels(folder: str | Path, synthetic: dict | None = None) -> dict:
     soft = load(path)
     if "logits" in soft:
         require_finite(path, "teacher logits", soft["logits"])
+    missing = [s["file"] for s in soft.get("logit_shards", []) if not (path.parent / s["file"]).is_file()]
+    if missing:
+        raise fail(path, f"lists logit shards {missing[:3]} that are not beside it")
+    if "logits" in soft or "logit_shards" in soft:
+        soft["replay"] = SoftTargets(path.parent, soft)
     require_selection(path, soft)
     if synthetic is not None:
         made_for = soft.get("synthetic_sha256")
@@ -268,6 +276,54 @@ def load_soft_labels(folder: str | Path, synthetic: dict | None = None) -> dict:
                 path, f"holds views of {soft['crops'].shape[1]} images, the set has {len(synthetic['images'])}"
             )
     return soft
+
+
+def pack_logits(logits: torch.Tensor, topk: int | None) -> dict:
+    """Teacher logits (E, N, K) as stored: all of them in fp16, or the ``topk`` largest (fp16 values
+    and int16/int32 class indices)."""
+    if topk is None or topk >= logits.shape[-1]:
+        return {"logits": logits.half()}
+    values, indices = logits.topk(topk, dim=-1)
+    index_dtype = torch.int16 if logits.shape[-1] <= torch.iinfo(torch.int16).max else torch.int32
+    return {"values": values.half(), "indices": indices.to(index_dtype)}
+
+
+def soft_label_bytes(folder: Path, shards: list[dict]) -> int:
+    return sum((folder / s["file"]).stat().st_size for s in shards)
+
+
+class SoftTargets:
+    """The stored teacher logits of a soft-label file, per (epoch, images): inline, or read shard by
+    shard (one in memory at a time, each verified against the checksum soft_labels.pt lists); top-k
+    files give dense logits with −inf outside the k kept classes (probability 0 at any temperature)."""
+
+    def __init__(self, folder: Path, soft: dict):
+        self.folder, self.soft = Path(folder), soft
+        self.shards = soft.get("logit_shards", [])
+        self.current: tuple[int, dict] | None = None
+
+    def __call__(self, epoch: int, idx: torch.Tensor, device) -> torch.Tensor:
+        if "logits" in self.soft:
+            return self.soft["logits"][epoch, idx.cpu()].to(device)
+        number = next((i for i, s in enumerate(self.shards) if s["start"] <= epoch < s["stop"]), None)
+        if number is None:
+            raise fail(self.folder / SOFT_LABELS, f"lists no logit shard for epoch {epoch}")
+        if self.current is None or self.current[0] != number:
+            shard = self.shards[number]
+            path = self.folder / shard["file"]
+            payload, _ = read_verified(path, shard["sha256"], SOFT_LABELS)
+            part = torch_load_bytes(path, payload)
+            for name in ("logits", "values"):
+                if name in part:
+                    require_finite(path, "teacher logits", part[name])
+            self.current = (number, part)
+        part, row = self.current[1], epoch - self.shards[number]["start"]
+        idx = idx.cpu()
+        if "logits" in part:
+            return part["logits"][row, idx].to(device)
+        values, indices = part["values"][row, idx].float(), part["indices"][row, idx].long()
+        dense = torch.full((len(idx), self.soft["num_classes"]), float("-inf"))
+        return dense.scatter_(1, indices, values).to(device)
 
 
 def load_member(path: str | Path, expected_sha256: str | None = None, map_location: Any = "cpu") -> dict:
@@ -302,6 +358,8 @@ def check_file(path: Path) -> None:
         load_soft_labels(path.parent, load_synthetic(twin) if twin and (twin / SYNTHETIC).is_file() else None)
     elif path.name == BATCHES:
         load_batches(path.parent)
+    elif LOGIT_SHARD.match(path.name):
+        load(path)
     else:
         load_member(path)
 

@@ -41,7 +41,8 @@ def train_student(
             f"soft-label file holds {stored_epochs} epochs × {soft['crops'].shape[1]} images but "
             f"evaluate needs {e.epochs} × {n}: rerun relabel with the same evaluate.epochs"
         )
-    if "logits" not in soft and teacher is None:
+    replay = soft.get("replay")
+    if replay is None and teacher is None:
         raise RuntimeError("the soft-label file was made with relabel.mode=online: pass --pool for the teacher")
     batch = min(e.batch_size, n)
     net = data_parallel(model)
@@ -50,7 +51,6 @@ def train_student(
     gen = torch.Generator().manual_seed(seed)
     images = images.to(device)
     views = {**soft, "crops": soft["crops"].to(device), "mix": soft["mix"].to(device)}
-    logits = soft["logits"].to(device) if "logits" in soft else None
     st = {"epoch": 0, "start": 0, "perm": None, "total": torch.zeros((), device=device), "extra": None}
     state = TrainState(state_path, model, opt, sched, gen)
     st = state.load(device) or st
@@ -68,7 +68,7 @@ def train_student(
             state.preempt(st, f"in epoch {epoch + 1}")
             idx = local_part(st["perm"][st["start"] : st["start"] + batch])  # this rank's share (DDP)
             view = relabel.render(images, views, epoch, idx)
-            target = logits[epoch, idx] if logits is not None else teacher(view)
+            target = replay(epoch, idx, device) if replay is not None else teacher(view)
             loss = soft_kl(net(view), target, e.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -100,7 +100,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     source = open_source(data_dir, cfg.prepare_data.workers)
     syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
     soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
-    teacher = relabel.Teacher(inputs["pool"], soft["teacher"], device) if "logits" not in soft else None
+    teacher = relabel.Teacher(inputs["pool"], soft["teacher"], device) if "replay" not in soft else None
     torch.manual_seed(seed)
     model = models.create_model(arch, models.InputSpec.from_manifest(manifest), width=cfg.evaluate.width).to(
         device

@@ -17,6 +17,7 @@ import torch
 from teddy import artifacts, augment
 from teddy.artifacts import SOFT_LABELS
 from teddy.pretrain_pool import load_pool
+from teddy.utils import Progress
 
 
 def draw_views(n: int, epochs: int, r, gen: torch.Generator) -> dict:
@@ -65,18 +66,36 @@ def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict
     record = {**views, "labels": labels, "seed": seed, "mode": r.mode, "teacher": r.teacher}
     record |= {"method": syn["method"], "ipc": syn["ipc"], "synthetic_sha256": syn["sha256"]}
     metrics = {"method": syn["method"], "ipc": syn["ipc"], "views": cfg.evaluate.epochs * len(images)}
+    out = Path(outputs["out"])
+    out.mkdir(parents=True, exist_ok=True)
     if r.mode == "precomputed":
         teacher = Teacher(inputs["pool"], r.teacher, device)
         dev_views = {**views, "crops": views["crops"].to(device), "mix": views["mix"].to(device)}
-        logits = torch.stack(
-            [
-                teacher_logits(teacher, images, dev_views, e, cfg.evaluate.eval_batch_size)
-                for e in range(cfg.evaluate.epochs)
-            ]
-        )  # (E, N, K)
-        record["logits"] = logits.half()
-        metrics["teacher_agreement"] = (logits.argmax(-1) == labels[None]).float().mean().item() * 100
-    out = Path(outputs["out"])
-    out.mkdir(parents=True, exist_ok=True)
+        epochs, agree = cfg.evaluate.epochs, 0.0
+        step = r.shard_epochs or epochs
+        shards = []
+        progress = Progress(f"relabel {syn['method']} ipc{syn['ipc']}", epochs)
+        for start in range(0, epochs, step):
+            stop = min(epochs, start + step)
+            logits = torch.stack(
+                [
+                    teacher_logits(teacher, images, dev_views, e, cfg.evaluate.eval_batch_size)
+                    for e in range(start, stop)
+                ]
+            )  # (E_shard, N, K)
+            agree += (logits.argmax(-1) == labels[None]).float().sum().item()
+            part = artifacts.pack_logits(logits, r.topk)
+            if r.topk is None and r.shard_epochs is None:
+                record |= part  # the small datasets: everything in soft_labels.pt
+            else:
+                name = f"logits_e{start:04d}-{stop:04d}.pt"
+                shards.append(
+                    {"file": name, "start": start, "stop": stop, "sha256": artifacts.save(part, out / name)}
+                )
+            progress.update(stop)
+        if shards:
+            record |= {"logit_shards": shards, "num_classes": int(logits.shape[-1]), "topk": r.topk}
+        metrics["teacher_agreement"] = agree / (epochs * len(labels)) * 100
+        metrics["soft_label_bytes"] = artifacts.soft_label_bytes(out, shards)
     artifacts.save(record, out / SOFT_LABELS)
     return metrics

@@ -125,3 +125,52 @@ def test_curve_points_on_a_val_subset_final_on_the_whole_split(tmp_path):
     a, b = evaluate.curve_subset(n_val, 7), evaluate.curve_subset(n_val, 7)
     assert torch.equal(a, b) and len(set(a.tolist())) == 7
     assert evaluate.curve_subset(n_val, 0) is None and evaluate.curve_subset(n_val, n_val) is None
+
+
+def test_topk_sharded_soft_labels_replay_the_teachers_top_classes(tmp_path):
+    """relabel.topk + shard_epochs: files of 2 epochs holding the 3 largest logits per view (fp16);
+    replay gives them back in place (−inf elsewhere), and the student trains on them."""
+    import json
+
+    cfg, d, p, s = tiny_synthetic_set(tmp_path, "--set", "evaluate.epochs=5")
+    full, top = tmp_path / "full", tmp_path / "top"
+    relabel_args = ["--synthetic", str(s), "--pool", str(p), "--seed", "0"]
+    assert cli.main(["relabel", *cfg, *relabel_args, "--out", str(full)]) == 0
+    extra = ["--set", "relabel.topk=3", "--set", "relabel.shard_epochs=2"]
+    assert cli.main(["relabel", *cfg, *extra, *relabel_args, "--out", str(top)]) == 0
+    dense, sparse = artifacts.load_soft_labels(full), artifacts.load_soft_labels(top)
+    assert "logits" not in sparse and [x["start"] for x in sparse["logit_shards"]] == [0, 2, 4]
+    assert sorted(x.name for x in top.glob("logits_e*.pt")) == [
+        "logits_e0000-0002.pt",
+        "logits_e0002-0004.pt",
+        "logits_e0004-0005.pt",
+    ]
+    n = dense["logits"].shape[1]
+    idx = torch.arange(n)
+    for epoch in range(5):
+        want = dense["logits"][epoch].float()
+        got = sparse["replay"](epoch, idx, "cpu")
+        kept = torch.isfinite(got)
+        assert kept.sum(1).tolist() == [3] * n  # exactly k classes per view
+        assert torch.equal(kept, torch.zeros_like(kept).scatter_(1, want.topk(3, 1).indices, True))
+        assert torch.equal(got[kept], want[kept])
+    metrics = json.loads((top / "metrics.json").read_text())
+    assert 0 < metrics["soft_label_bytes"] < (full / "soft_labels.pt").stat().st_size
+    # a damaged shard is found when evaluate reaches it, and by teddy verify
+    shard = top / "logits_e0002-0004.pt"
+    shard.write_bytes(shard.read_bytes()[:-7] + b"damaged")
+    assert [x.name for x, _ in artifacts.verify_tree(top)[1]] == [shard.name]
+    out = tmp_path / "eval"
+    args = [
+        "--data",
+        str(d),
+        "--synthetic",
+        str(s),
+        "--soft-labels",
+        str(top),
+        "--arch",
+        "convnet",
+        "--seed",
+        "0",
+    ]
+    assert cli.main(["evaluate", *cfg, *args, "--out", str(out)]) == 1
