@@ -140,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="Log to MLflow what stages kept in tracking_pending.json while the store was unreachable.",
     )
     sync.add_argument("results", metavar="RESULTS_DIR")
+    est = sub.add_parser(
+        "estimate",
+        help="GPU-hours, GPU memory and disk per stage for a config, before submitting anything.",
+    )
+    est.add_argument("--config", action="append", default=[], metavar="YAML", help="config files, base first")
+    est.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    est.add_argument("--tflops", type=float, default=None, help="effective TFLOP/s of one GPU (default 15)")
+    est.add_argument("--measure", action="store_true", help="time each architecture on --device instead")
+    est.add_argument("--device", default="cpu", help="the device --measure times (cuda, cpu)")
     mini = sub.add_parser(
         "make-miniature",
         help="Write a small copy of an image-file layout (from Fashion-MNIST or digits) to try a layout on.",
@@ -283,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         return {"verify": verify, "sync-tracking": sync_tracking}[args.stage](args.results)
     if args.stage == "make-miniature":
         return make_miniature(args)
+    if args.stage == "estimate":
+        from teddy import estimate
+
+        return estimate.main(args)
     _, ins, sel = STAGES[args.stage]
     try:
         cfg = config_mod.load(args.config, args.overrides)

@@ -212,8 +212,9 @@ def freeze(data: Mapping) -> Any:
     return _freeze("Config", data, load_schema())
 
 
-def load(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Any:
-    """Compose config files (first = base) and overrides, validate, check, and freeze."""
+def load(paths: Iterable[str | Path] = (), overrides: Iterable[str] = (), check_data: bool = True) -> Any:
+    """Compose config files (first = base) and overrides, validate, check (unless ``check_data``
+    is false: planning before the data is there), and freeze."""
     paths = list(paths) or [DEFAULT_CONFIG]
     raw: dict = {}
     for path in paths:
@@ -221,7 +222,8 @@ def load(paths: Iterable[str | Path] = (), overrides: Iterable[str] = ()) -> Any
     for item in overrides:
         raw = deep_merge(raw, parse_override(item))
     data = validate(raw)
-    check(data)
+    if check_data:
+        check(data)
     return freeze(data)
 
 

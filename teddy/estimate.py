@@ -1,0 +1,296 @@
+"""``teddy estimate --config ...``: GPU-hours, GPU memory and disk per stage, before submitting.
+
+Work is counted from the config — images × epochs (or iterations) × the FLOPs of one image through
+the stage's architecture — and turned into GPU-hours at an effective training throughput
+(``--tflops``; or ``--measure``: time one forward+backward of every architecture here, on this
+device, and use that). FLOPs, parameters and activation sizes come from the models themselves, run
+on PyTorch's meta device (nothing is computed or allocated). Dataset sizes come from the dataset's
+files when the root is readable, else from the published sizes of the paper datasets.
+
+The figures are estimates for planning and SLURM limits (factor ~2), not measurements: data
+loading, evaluation passes and per-job start-up are outside the FLOP count (a fixed per-job minute
+is added for start-up).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from teddy import models
+
+# published sizes (train, val, classes) for planning before the files are mounted
+KNOWN_SIZES = {
+    "imagenet": (1_281_167, 50_000, 1000),
+    "tiny_imagenet": (100_000, 10_000, 200),
+    "cifar10": (50_000, 10_000, 10),
+    "cifar100": (50_000, 10_000, 100),
+    "fashion_mnist": (60_000, 10_000, 10),
+    "digits": (1_437, 360, 10),
+}
+# effective training throughput of one A100 with bf16 AMP: about half of NVIDIA's tuned ResNet-50 rate
+# (≈ 2,700 img/s × 24.5 GFLOPs ≈ 66 TFLOP/s), for an untuned loop; --measure replaces it
+DEFAULT_TFLOPS = 30.0
+JOB_START_H = 1 / 60  # one minute per job for start-up, loading, writing
+
+
+@dataclass
+class Cost:
+    """FLOPs of one forward pass of one image, parameters, activation elements per image."""
+
+    flops: float
+    params: int
+    activations: int
+
+
+@dataclass
+class Row:
+    stage: str
+    jobs: int = 0
+    flops: float = 0.0  # training-equivalent FLOPs of all its jobs
+    gpu_mem_gb: float = 0.0  # the largest job
+    disk_gb: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def arch_cost(arch: str, spec: models.InputSpec, width: int) -> Cost:
+    """FLOPs/params/activations of one image on the meta device (no compute, no memory)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = models.create_model(arch, spec, width=width).to("meta")  # some builders compute on tensors
+    x = torch.empty(1, spec.channels, spec.image_size, spec.image_size, device="meta")
+    acts = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(output, torch.Tensor) and not list(module.children()):
+            acts[0] += output.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return Cost(float(counter.get_total_flops()), sum(p.numel() for p in model.parameters()), acts[0])
+
+
+def measure_tflops(arch: str, spec: models.InputSpec, width: int, device, batch: int = 32) -> float:
+    """Effective TFLOP/s of training ``arch`` here: timed forward+backward passes."""
+    import time
+
+    model = models.create_model(arch, spec, width=width).to(device)
+    x = torch.rand(batch, spec.channels, spec.image_size, spec.image_size, device=device)
+    y = torch.randint(spec.num_classes, (batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step():
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0, n = time.perf_counter(), 3
+    for _ in range(n):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / n
+    return 3 * arch_cost(arch, spec, width).flops * batch / seconds / 1e12
+
+
+def dataset_sizes(cfg) -> tuple[int, int, int, str]:
+    from teddy import config as config_mod
+    from teddy.data import datasets
+
+    name, prep = cfg.run.dataset, config_mod.to_dict(cfg.prepare_data)
+    spec = datasets.get(name)
+    if spec.files and prep.get("root"):
+        try:
+            listing = spec.listing(prep)
+            if listing.val is not None:
+                n_val, n_train = len(listing.val), len(listing.train)
+            else:  # prepare_data's stratified split
+                n_val = sum(max(1, round(c * prep["val_fraction"])) for c in listing.per_class() if c)
+                n_train = len(listing.train) - n_val
+            return n_train, n_val, len(listing.class_ids), f"files under {prep['root']}"
+        except datasets.DatasetError:
+            pass
+    if name in KNOWN_SIZES:
+        train, val, classes = KNOWN_SIZES[name]
+        cap = prep.get("max_train_per_class")
+        return min(train, cap * classes) if cap else train, val, classes, "published size"
+    raise SystemExit(f"teddy estimate: {name}: set prepare_data.root to a readable copy to count its images")
+
+
+def gpu_mem_gb(cost: Cost, batch: int, bytes_per_act: int, optimizer_bytes: int = 16) -> float:
+    """Weights + gradients + optimizer state, plus the activations a backward pass keeps (×2)."""
+    return (cost.params * optimizer_bytes + 2 * batch * cost.activations * bytes_per_act) / 1e9
+
+
+def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], dict]:
+    from teddy import config as config_mod
+
+    n_train, n_val, classes, source = dataset_sizes(cfg)
+    p, d, r, e = cfg.pretrain_pool, cfg.distill, cfg.relabel, cfg.evaluate
+    from teddy.data import datasets
+
+    data = datasets.get(cfg.run.dataset)
+    channels = cfg.prepare_data.channels if data.files else data.channels
+    size = cfg.prepare_data.image_size or data.native_size
+    if size is None:
+        raise SystemExit("teddy estimate: set prepare_data.image_size (the side length every stage sees)")
+    spec = models.InputSpec(classes, channels, size, (0.5,) * channels, (0.25,) * channels)
+    act_bytes = 2 if cfg.run.dtype == "bfloat16" else 4
+    archs = {a: arch_cost(a, spec, e.width if a == "convnet" else p.width) for a in {p.arch, *e.archs}}
+    measured = {}
+    if device is not None:
+        measured = {a: measure_tflops(a, spec, e.width if a == "convnet" else p.width, device) for a in archs}
+    speed = {a: (measured.get(a) or tflops or DEFAULT_TFLOPS) * 1e12 for a in archs}
+    base = archs[p.arch]
+    image_bytes = channels * size * size
+
+    def hours(flops_by_arch: dict[str, float]) -> float:
+        return sum(f / speed[a] for a, f in flops_by_arch.items()) / 3600
+
+    rows: list[Row] = []
+    # prepare_data: CPU decoding (no GPU); disk: the cache when stored
+    prep = Row("prepare_data", jobs=1)
+    storage = cfg.prepare_data.storage
+    total_bytes = (n_train + n_val) * image_bytes
+    if storage == "auto":
+        storage = "cache" if total_bytes <= cfg.prepare_data.cache_max_gb * 1e9 else "files"
+    prep.disk_gb = (total_bytes if storage == "cache" else 0) / 1e9 + (n_train + n_val) * 80 / 1e9
+    prep.notes.append(f"storage {storage}; CPU decoding ≈ {(n_train + n_val) / 300 / 3600:.1f} core-hours")
+    rows.append(prep)
+
+    pool = Row("pretrain_pool")
+    train_fb = 3 * base.flops * n_train  # one epoch, forward + backward
+    flops = 0.0
+    if not p.checkpoint:
+        flops += p.epochs * train_fb
+        pool.jobs += 1
+    prior_epochs = max([*p.prior_epochs, 0]) if not p.prior_targets else p.epochs
+    flops += len(p.prior_seeds) * prior_epochs * train_fb
+    pool.jobs += len(p.prior_seeds) + p.post_members + 1
+    keep = 1 - sum(p.prune_ratio) / 2
+    flops += p.post_members * p.finetune_epochs * train_fb * keep**2
+    pool.flops = flops
+    pool.gpu_mem_gb = gpu_mem_gb(base, p.batch_size, act_bytes)
+    members = len(p.prior_epochs) * len(p.prior_seeds) + len(p.prior_targets) + p.post_members + 1
+    pool.disk_gb = members * base.params * 4 / 1e9
+    rows.append(pool)
+
+    methods = [config_mod.algorithm(config_mod.to_dict(cfg), m) for m in d.methods]
+    optimised = [m for m in methods if m != "random"]
+    sets = [(m, ipc) for m in methods for ipc in d.ipcs for _ in cfg.run.seeds]
+    dist = Row("distill")
+    per_batch = d.classes_per_batch or classes
+    for method, ipc in sets:
+        if method == "random":
+            dist.jobs += 1
+            continue
+        dist.jobs += d.shards + 1
+        images = ipc * classes
+        factor = 2 if d.matching == "gradient" or method == "unrolled" else 1  # + real-batch passes
+        dist.flops += factor * 3 * base.flops * images * d.iterations
+    dist.gpu_mem_gb = gpu_mem_gb(base, per_batch, act_bytes, optimizer_bytes=4) if optimised else 0.0
+    dist.disk_gb = sum(ipc * classes * image_bytes * 4 for _, ipc in sets) / 1e9
+    rows.append(dist)
+
+    rel = Row("relabel", jobs=len(sets))
+    teachers = 1 if r.teacher == "base" else len(p.prior_epochs) * len(p.prior_seeds) + p.post_members
+    view_bytes = 32  # crop + mix parameters, float32
+    logit_bytes = 2 * classes if r.topk is None else 4 * min(r.topk, classes)
+    if r.mode == "precomputed":
+        rel.flops = sum(teachers * base.flops * e.epochs * ipc * classes for _, ipc in sets)
+    rel.disk_gb = sum(e.epochs * ipc * classes for _, ipc in sets) * (view_bytes + logit_bytes) / 1e9
+    rel.gpu_mem_gb = gpu_mem_gb(base, e.eval_batch_size, act_bytes, optimizer_bytes=4) / 2
+    rel.notes.append(
+        f"{view_bytes + logit_bytes} B per image-epoch ({f'top-{r.topk}' if r.topk else 'all logits'})"
+    )
+    rows.append(rel)
+
+    ev = Row("evaluate")
+    by_arch: dict[str, float] = {}
+    full_ipc = n_train // classes if e.full_data else None
+    for _, ipc in [*sets, *([("random", full_ipc)] if full_ipc else [])]:
+        for arch in e.archs:
+            ev.jobs += 1
+            cost = archs[arch]
+            train = 3 * cost.flops * ipc * classes * e.epochs
+            val = cost.flops * n_val * (min(e.epochs, 10) + 1)
+            online = base.flops * ipc * classes * e.epochs if r.mode == "online" else 0.0
+            by_arch[arch] = by_arch.get(arch, 0.0) + train + val + online
+    ev.flops = sum(by_arch.values())
+    ev.gpu_mem_gb = max(gpu_mem_gb(archs[a], e.batch_size, act_bytes) for a in e.archs)
+    ev.disk_gb = ev.jobs * max(archs[a].params for a in e.archs) * 16 / 1e9  # resumable states
+    rows.append(ev)
+    rows.append(Row("report", jobs=1))
+
+    gpu_hours = {
+        "pretrain_pool": hours({p.arch: pool.flops}),
+        "distill": hours({p.arch: dist.flops}),
+        "relabel": hours({p.arch: rel.flops}),
+        "evaluate": hours(by_arch),
+    }
+    for row in rows:
+        row.notes.insert(0, f"{gpu_hours.get(row.stage, 0.0) + row.jobs * JOB_START_H:.2f}")
+    info = {
+        "dataset": f"{cfg.run.dataset}: {n_train:,} train / {n_val:,} val images, {classes} classes "
+        f"at {size} px ({source})",
+        "throughput": (
+            "measured here: " + ", ".join(f"{a} {v:.2f} TFLOP/s" for a, v in measured.items())
+            if measured
+            else f"{tflops or DEFAULT_TFLOPS:g} effective TFLOP/s per GPU (--tflops; --measure times a device)"
+        ),
+        "archs": {
+            a: f"{c.flops / 1e9:.2f} GFLOPs/img, {c.params / 1e6:.1f} M params" for a, c in archs.items()
+        },
+    }
+    return rows, info
+
+
+def table(rows: list[Row], info: dict) -> str:
+    lines = [
+        info["dataset"],
+        f"throughput: {info['throughput']}",
+        "architectures (forward, one image): "
+        + "; ".join(f"{a} {v}" for a, v in sorted(info["archs"].items())),
+        "",
+        "| stage | jobs | GPU-hours | GPU memory / job (GB) | disk (GB) | notes |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    total_h = total_disk = 0.0
+    for row in rows:
+        h = float(row.notes[0])
+        total_h += h
+        total_disk += row.disk_gb
+        mem = f"{row.gpu_mem_gb:.1f}" if row.gpu_mem_gb else "–"
+        lines.append(
+            f"| {row.stage} | {row.jobs} | {h:,.1f} | {mem} | {row.disk_gb:,.2f} | {'; '.join(row.notes[1:])} |"
+        )
+    jobs = sum(r.jobs for r in rows)
+    peak = max(r.gpu_mem_gb for r in rows)
+    lines.append(f"| **total** | {jobs} | **{total_h:,.1f}** | {peak:.1f} | {total_disk:,.2f} | |")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    import sys
+
+    from teddy import config as config_mod
+
+    try:
+        cfg = config_mod.load(args.config, args.overrides, check_data=False)
+    except config_mod.ConfigError as err:
+        print(f"teddy estimate: {err}", file=sys.stderr)
+        return 2
+    device = torch.device(args.device) if args.measure else None
+    rows, info = estimate(cfg, args.tflops, device)
+    print(table(rows, info))
+    return 0 if all(math.isfinite(float(r.notes[0])) for r in rows) else 1

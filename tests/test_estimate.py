@@ -1,0 +1,50 @@
+"""teddy estimate: work counted from the config, on the meta device, before any data exists."""
+
+import pytest
+
+from teddy import cli, config, estimate
+from teddy.data import miniature
+
+from .conftest import BASE, ROOT
+
+IMAGENET = [BASE, ROOT / "config" / "experiments" / "imagenet1k.yaml"]
+
+
+def rows_of(*overrides, paths=IMAGENET):
+    cfg = config.load(paths, ["distill.ipcs=[10]", *overrides], check_data=False)
+    rows, info = estimate.estimate(cfg)
+    return {r.stage: r for r in rows}, info
+
+
+def test_imagenet_counts_follow_the_config():
+    rows, info = rows_of()
+    assert "1,281,167 train / 50,000 val images, 1000 classes at 224 px (published size)" in info["dataset"]
+    r18 = estimate.arch_cost("resnet18", estimate.models.InputSpec(1000, 3, 224, (0.5,) * 3, (0.2,) * 3), 0)
+    assert r18.flops == pytest.approx(3.64e9, rel=0.02) and r18.params == 11_689_512  # torchvision's figures
+    # distill: 2 optimised methods × 3 seeds × IPC 10 × 1000 classes × iterations × fwd+bwd
+    assert rows["distill"].flops == pytest.approx(2 * 3 * 10 * 1000 * 1000 * 3 * r18.flops)
+    assert rows["distill"].jobs == 2 * 3 * (10 + 1) + 3  # shards + merge per set; random one job
+    assert rows["evaluate"].jobs == 3 * 3 * 5
+    doubled, _ = rows_of("evaluate.epochs=600", "relabel.topk=null")
+    assert doubled["evaluate"].flops > 1.9 * rows["evaluate"].flops
+    assert doubled["relabel"].disk_gb > 20 * rows["relabel"].disk_gb  # 2 KB of fp16 logits vs 40 B top-10
+    trained, _ = rows_of("pretrain_pool.checkpoint=null")
+    weights, _ = rows_of("pretrain_pool.checkpoint=/models/resnet18.pth")
+    assert trained["pretrain_pool"].flops - weights["pretrain_pool"].flops == pytest.approx(
+        90 * 3 * r18.flops * 1_281_167
+    )
+
+
+def test_counts_the_files_when_the_root_is_there(tmp_path, capsys):
+    root = miniature.make("tiny_imagenet", tmp_path / "tiny", classes=3, train=4, val=2, size=16)
+    paths = [BASE, ROOT / "config" / "experiments" / "tiny_imagenet.yaml"]
+    _, info = rows_of(f"prepare_data.root={root}", "distill.ipcs=[1]", paths=paths)
+    assert "12 train / 6 val images, 3 classes at 64 px (files under" in info["dataset"]
+    args = ["estimate", "--config", str(BASE), "--config", str(paths[1]), "--set", "distill.ipcs=[10,50]"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert (
+        "| stage | jobs | GPU-hours |" in out
+        and "| **total** |" in out
+        and "tiny_imagenet: 100,000 train" in out
+    )
