@@ -36,7 +36,7 @@ def make_pool(device, n: int = POOL, width: int = WIDTH) -> list[torch.nn.Module
         with torch.no_grad():  # give BN running statistics of (random) data, as a trained member has
             model.train()(torch.rand(256, 1, 28, 28))
         model = model.to(device).eval().requires_grad_(False)
-        if device.type == "cuda":  # as teddy.pretrain_pool.load_pool does
+        if device.type == "cuda":  # as teddy.pool.load_pool does
             model = model.to(memory_format=torch.channels_last)
         pool.append(model)
     return pool

@@ -87,3 +87,13 @@ def apply_mix(x: torch.Tensor, partner: torch.Tensor, mix: torch.Tensor, mode: s
     in_x = (xs[None, :] - mix[:, 2:3].to(x)).abs() < side[:, None] / 2
     box = (in_y[:, :, None] & in_x[:, None, :])[:, None]
     return torch.where(box, partner, x)
+
+
+def render(images: torch.Tensor, views: dict, epoch: int, idx: torch.Tensor) -> torch.Tensor:
+    """The augmented views of images[idx] at ``epoch`` (images, views and idx on one device)."""
+    crops, mix = views["crops"][epoch], views["mix"][epoch, idx]
+    x = apply_crops(images[idx], crops[idx])
+    if views["mix_mode"] == "none":
+        return x
+    partner = mix[:, 0].long()
+    return apply_mix(x, apply_crops(images[partner], crops[partner]), mix, views["mix_mode"])

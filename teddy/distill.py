@@ -29,7 +29,7 @@ from teddy import config as config_mod
 from teddy.artifacts import BATCHES, GRID, SYNTHETIC  # the files this stage writes
 from teddy.data.source import open_source
 from teddy.objectives import make_objective
-from teddy.pretrain_pool import load_pool, pool_sampler
+from teddy.pool import load_pool, pool_sampler
 from teddy.train import to_unit, warmup_cosine
 from teddy.utils import (
     Preempted,

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import torch
 
-from teddy import artifacts, models, relabel
+from teddy import artifacts, models
+from teddy.augment import render
 from teddy.data.source import open_source
 from teddy.losses import soft_kl
+from teddy.pool import Teacher
 from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
 from teddy.utils import (
     data_parallel,
@@ -67,7 +69,7 @@ def train_student(
         while st["start"] < n:
             state.preempt(st, f"in epoch {epoch + 1}")
             idx = local_part(st["perm"][st["start"] : st["start"] + batch])  # this rank's share (DDP)
-            view = relabel.render(images, views, epoch, idx)
+            view = render(images, views, epoch, idx)
             target = replay(epoch, idx, device) if replay is not None else teacher(view)
             loss = soft_kl(net(view), target, e.temperature)
             opt.zero_grad(set_to_none=True)
@@ -100,7 +102,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     source = open_source(data_dir, cfg.prepare_data.workers)
     syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
     soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
-    teacher = relabel.Teacher(inputs["pool"], soft["teacher"], device) if "replay" not in soft else None
+    teacher = Teacher(inputs["pool"], soft["teacher"], device) if "replay" not in soft else None
     torch.manual_seed(seed)
     model = models.create_model(arch, models.InputSpec.from_manifest(manifest), width=cfg.evaluate.width).to(
         device

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from teddy import artifacts, augment, models
 from teddy import config as config_mod
 from teddy.data.source import open_source
+from teddy.prune import prune, recalibrate_bn
 from teddy.train import TrainState, accuracy_of, make_optimizer, to_unit, warmup_cosine
 from teddy.utils import (
     Progress,
@@ -322,116 +323,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
     return assemble(dirs, out, p.arch, tracker)
 
 
-def load_pool(pool_dir: str | Path, which: str, device, size: int | None = None) -> tuple[list, list[dict]]:
-    """``which``: 'base' → [base model]; 'prior' / 'post' / 'both' → those members, at most ``size``
-    spread evenly over the manifest's order (prior: by seed, then epoch); 'both' takes half from
-    each and alternates them. Checksums are verified.
-
-    Returns the models (eval mode, frozen, channels_last on CUDA) and their manifest entries.
-    """
-    pool_dir = Path(pool_dir)
-    manifest = read_json(pool_dir / MANIFEST)
-    if which == "base":
-        entries = [manifest["base"]]
-    else:
-        by_origin = {o: [m for m in manifest["members"] if m["origin"] == o] for o in ("prior", "post")}
-        if which == "both":
-            half = None if size is None else (size + 1) // 2
-            prior, post = (
-                spread(by_origin["prior"], half),
-                spread(by_origin["post"], size and size - len(spread(by_origin["prior"], half))),
-            )
-            entries = [m for pair in zip(prior, post, strict=False) for m in pair]
-            entries += [m for m in prior + post if m not in entries]
-        else:
-            entries = spread(by_origin[which], size)
-    if not entries:
-        raise RuntimeError(
-            f"{pool_dir / MANIFEST} lists no {which} members: set pretrain_pool.prior_epochs "
-            "or pretrain_pool.post_members"
-        )
-    pool = []
-    for entry in entries:
-        path = pool_dir / entry["file"]
-        model = models.from_checkpoint(artifacts.load_member(path, entry["sha256"]), device).eval()
-        if torch.device(device).type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        for param in model.parameters():
-            param.requires_grad_(False)
-        pool.append(model)
-    return pool, entries
-
-
-def spread(entries: list[dict], size: int | None) -> list[dict]:
-    """``size`` of ``entries`` evenly spaced over the list (all when size is None or too large):
-    a pool of 3 prior members spans early to late checkpoints rather than taking the weakest."""
-    if size is None or size >= len(entries):
-        return list(entries)
-    if size <= 0:
-        return []
-    picks = (
-        [round(i * (len(entries) - 1) / max(1, size - 1)) for i in range(size)]
-        if size > 1
-        else [len(entries) // 2]
-    )
-    return [entries[i] for i in picks]
-
-
-def pool_sampler(mode: str, entries: list[dict]):
-    """``draw(iteration, generator) -> member index``: uniform, round_robin or accuracy-weighted."""
-    n = len(entries)
-    if mode == "uniform":
-        return lambda it, gen: int(torch.randint(n, (1,), generator=gen))
-    if mode == "round_robin":
-        return lambda it, gen: it % n
-    if mode == "accuracy":
-        weights = torch.tensor([e["val_top1"] for e in entries], dtype=torch.float)
-        return lambda it, gen: int(torch.multinomial(weights, 1, generator=gen))
-    raise ValueError(f"config key distill.pool_sampling: unknown mode {mode!r}")
-
-
 # -- post generation: pruned, briefly fine-tuned, BN-recalibrated copies of the base model ----------
-def prune(model: torch.nn.Module, ratio: float, spec: models.InputSpec) -> torch.nn.Module:
-    """Structured channel pruning (L1 magnitude importance, torch-pruning), classifier kept whole."""
-    import torch_pruning as tp
-
-    example = torch.rand(2, spec.channels, spec.image_size, spec.image_size)
-    ignored = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example,
-        importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio,
-        ignored_layers=ignored,
-    )
-    pruner.step()
-    return model
-
-
-@torch.no_grad()
-def recalibrate_bn(model: torch.nn.Module, images: torch.Tensor, batch: int, device) -> None:
-    """Set every BN layer's running mean/variance to the exact statistics of its input on ``images``
-    with the model in eval mode, layer by layer (earlier layers already recalibrated): the
-    statistics BN matching compares synthetic features against, cached from real data."""
-    model.eval()
-    for layer in models.bn_layers(model):
-        total = sq = count = 0
-
-        def hook(module, inputs, output):
-            nonlocal total, sq, count
-            h = inputs[0].double()
-            total = total + h.sum(dim=(0, 2, 3))
-            sq = sq + (h * h).sum(dim=(0, 2, 3))
-            count += h.numel() // h.shape[1]
-
-        handle = layer.register_forward_hook(hook)
-        for start in range(0, len(images), batch):
-            model(to_unit(images[start : start + batch]).to(device))
-        handle.remove()
-        mean = total / count
-        var = (sq / count - mean * mean) * count / max(1, count - 1)  # unbiased, as BatchNorm stores it
-        layer.running_mean.copy_(mean.float())
-        layer.running_var.copy_(var.float())
 
 
 def finetune(model, source, epochs: int, lr: float, batch: int, gen, device) -> None:

@@ -16,7 +16,8 @@ import torch
 
 from teddy import artifacts, augment
 from teddy.artifacts import SOFT_LABELS
-from teddy.pretrain_pool import load_pool
+from teddy.augment import render
+from teddy.pool import Teacher
 from teddy.utils import Progress
 
 
@@ -26,27 +27,6 @@ def draw_views(n: int, epochs: int, r, gen: torch.Generator) -> dict:
         crops.append(augment.sample_crops(n, r.crop_scale_min, r.flip, gen))
         mixes.append(augment.sample_mix(n, r.mix, r.mix_alpha, gen))
     return {"crops": torch.stack(crops), "mix": torch.stack(mixes), "mix_mode": r.mix}  # (E, N, 4) each
-
-
-def render(images: torch.Tensor, views: dict, epoch: int, idx: torch.Tensor) -> torch.Tensor:
-    """The augmented views of images[idx] at ``epoch`` (images, views and idx on one device)."""
-    crops, mix = views["crops"][epoch], views["mix"][epoch, idx]
-    x = augment.apply_crops(images[idx], crops[idx])
-    if views["mix_mode"] == "none":
-        return x
-    partner = mix[:, 0].long()
-    return augment.apply_mix(x, augment.apply_crops(images[partner], crops[partner]), mix, views["mix_mode"])
-
-
-class Teacher:
-    """Logits of the base model, or the mean logits of the pool members."""
-
-    def __init__(self, pool_dir, which: str, device):
-        self.models, _ = load_pool(pool_dir, "base" if which == "base" else "prior", device)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x).float() for m in self.models]).mean(0)
 
 
 @torch.no_grad()

@@ -31,7 +31,7 @@ def copy_project(dst: Path, **sections) -> Path:
 
     from teddy import config
 
-    for item in ("Snakefile", "workflow", "dvc.yaml", "teddy", "profiles", "slurm"):
+    for item in ("Snakefile", "workflow", "dvc.yaml", ".dvcignore", "teddy", "profiles", "slurm"):
         src = ROOT / item
         if src.is_symlink():
             (dst / item).symlink_to(os.readlink(src))

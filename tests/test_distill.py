@@ -53,7 +53,7 @@ def test_synthesis_lowers_the_objective(tmp_path):
     run_distill(tmp_path, "random", 1)
     from teddy import config
     from teddy.objectives import BNMatching
-    from teddy.pretrain_pool import load_pool
+    from teddy.pool import load_pool
 
     cfg = config.load([BASE, TINY], ["distill.iterations=60", "distill.jitter=0", "distill.crop_scale_min=1.0"])
     pool, _ = load_pool(tmp_path / "pool", "base", "cpu")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy import cli, models, pretrain_pool
+from teddy import cli, models, pool, pretrain_pool, prune
 from teddy.data.source import open_source
 from teddy.losses import BNStatsRecorder
 from teddy.tracking import NullTracker
@@ -37,12 +37,12 @@ def pool_dir(tmp_path_factory):
 
 
 def test_manifest_lists_prior_and_post_members(pool_dir):
-    pool, entries = pretrain_pool.load_pool(pool_dir / "pool", "both", "cpu")
+    members, entries = pool.load_pool(pool_dir / "pool", "both", "cpu")
     assert [e["origin"] for e in entries] == ["prior", "post", "prior", "post"]
     post = [e for e in entries if e["origin"] == "post"]
     assert all(0.2 <= e["prune_ratio"] <= 0.6 for e in post)
     assert all(e["params"] < entries[0]["params"] for e in post)  # pruned: fewer parameters
-    assert len(pretrain_pool.load_pool(pool_dir / "pool", "both", "cpu", size=3)[0]) == 3
+    assert len(pool.load_pool(pool_dir / "pool", "both", "cpu", size=3)[0]) == 3
 
 
 def test_pruned_member_loads_weights_only_and_runs(pool_dir):
@@ -60,7 +60,7 @@ def test_recalibrated_bn_stats_equal_real_statistics(pool_dir):
     source = open_source(pool_dir / "data")
     model = models.from_checkpoint(load_torch(pool_dir / "pool" / "post_001" / "member.pt")).eval()
     images = source.images("train", torch.arange(300))
-    pretrain_pool.recalibrate_bn(model, images, batch=64, device="cpu")  # several batches on purpose
+    prune.recalibrate_bn(model, images, batch=64, device="cpu")  # several batches on purpose
     rec = BNStatsRecorder(model)
     with torch.no_grad(), rec.record():
         model(images.float() / 255)
@@ -235,7 +235,7 @@ def test_every_pool_architecture_prunes_and_reloads_exactly(arch):
     spec = models.InputSpec(10, 1, 16, (0.3,), (0.3,))
     model = models.create_model(arch, spec, width=16)
     before = pretrain_pool.describe(model, spec)
-    pruned = pretrain_pool.prune(model, 0.5, spec).eval()
+    pruned = prune.prune(model, 0.5, spec).eval()
     after = pretrain_pool.describe(pruned, spec)
     assert after["params"] < before["params"] and after["flops"] < before["flops"]
     reloaded = models.from_checkpoint(models.checkpoint(pruned, arch, spec, 16, pruned=True)).eval()

@@ -1,7 +1,7 @@
 import torch
 
-from teddy import artifacts, augment, cli, relabel
-from teddy.pretrain_pool import load_pool
+from teddy import artifacts, augment, cli, pool
+from teddy.pool import load_pool
 
 from .conftest import tiny_synthetic_set
 
@@ -71,7 +71,7 @@ def test_online_relabel_trains_like_replay(tmp_path):
 
 def test_ensemble_teacher_is_the_mean_of_the_pool(tmp_path):
     cfg, d, p, s = tiny_synthetic_set(tmp_path)
-    teacher = relabel.Teacher(p, "ensemble", "cpu")
+    teacher = pool.Teacher(p, "ensemble", "cpu")
     members, _ = load_pool(p, "prior", "cpu")
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
