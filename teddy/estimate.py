@@ -262,7 +262,7 @@ def table(rows: list[Row], info: dict) -> str:
         "architectures (forward, one image): "
         + "; ".join(f"{a} {v}" for a, v in sorted(info["archs"].items())),
         "",
-        "| stage | jobs | GPU-hours | GPU memory / job (GB) | disk (GB) | notes |",
+        "| stage | jobs | GPU-hours | GPU memory / job (GB, rough) | disk (GB) | notes |",
         "|---|---:|---:|---:|---:|---|",
     ]
     total_h = total_disk = 0.0
