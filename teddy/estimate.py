@@ -34,6 +34,16 @@ KNOWN_SIZES = {
 # (≈ 2,700 img/s × 24.5 GFLOPs ≈ 66 TFLOP/s), for an untuned loop; --measure replaces it
 DEFAULT_TFLOPS = 30.0
 JOB_START_H = 1 / 60  # one minute per job for start-up, loading, writing
+DECODE_PER_CORE_S = 300  # ImageNet-sized JPEGs decoded and resized per second on one core
+
+
+def runtimes_min(data) -> dict[str, int]:
+    """SLURM time limits (minutes) for runtimes set to 0: twice the largest job's estimate + 10."""
+    from teddy import config as config_mod
+
+    cfg = config_mod.freeze(data)
+    rows, _ = estimate(cfg, cfg.resources.gpu_tflops)
+    return {r.stage: math.ceil(2 * r.job_h * 60 + 10) for r in rows}
 
 
 @dataclass
@@ -52,6 +62,8 @@ class Row:
     flops: float = 0.0  # training-equivalent FLOPs of all its jobs
     gpu_mem_gb: float = 0.0  # the largest job
     disk_gb: float = 0.0
+    job_flops: dict[str, float] = field(default_factory=dict)  # arch → FLOPs of the largest job
+    job_h: float = 0.0  # the largest job's hours (GPU; prepare_data: CPU on its cores)
     notes: list[str] = field(default_factory=list)
 
 
@@ -165,21 +177,24 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     if storage == "auto":
         storage = "cache" if total_bytes <= cfg.prepare_data.cache_max_gb * 1e9 else "files"
     prep.disk_gb = (total_bytes if storage == "cache" else 0) / 1e9 + (n_train + n_val) * 80 / 1e9
-    prep.notes.append(f"storage {storage}; CPU decoding ≈ {(n_train + n_val) / 300 / 3600:.1f} core-hours")
+    core_h = (n_train + n_val) / DECODE_PER_CORE_S / 3600
+    prep.job_h = core_h / max(1, cfg.resources.prepare_data.cpus)
+    prep.notes.append(f"storage {storage}; CPU decoding ≈ {core_h:.1f} core-hours")
     rows.append(prep)
 
     pool = Row("pretrain_pool")
     train_fb = 3 * base.flops * n_train  # one epoch, forward + backward
-    flops = 0.0
-    if not p.checkpoint:
-        flops += p.epochs * train_fb
-        pool.jobs += 1
+    base_job = 0.0 if p.checkpoint else p.epochs * train_fb
+    pool.jobs += 0 if p.checkpoint else 1
     prior_epochs = max([*p.prior_epochs, 0]) if not p.prior_targets else p.epochs
-    flops += len(p.prior_seeds) * prior_epochs * train_fb
+    prior_job = prior_epochs * train_fb
     pool.jobs += len(p.prior_seeds) + p.post_members + 1
     keep = 1 - sum(p.prune_ratio) / 2
-    flops += p.post_members * p.finetune_epochs * train_fb * keep**2
-    pool.flops = flops
+    post_job = p.finetune_epochs * train_fb * keep**2
+    pool.flops = base_job + len(p.prior_seeds) * prior_job + p.post_members * post_job
+    pool.job_flops = {
+        p.arch: max(base_job, prior_job if p.prior_seeds else 0.0, post_job if p.post_members else 0.0)
+    }
     pool.gpu_mem_gb = gpu_mem_gb(base, p.batch_size, act_bytes)
     members = len(p.prior_epochs) * len(p.prior_seeds) + len(p.prior_targets) + p.post_members + 1
     pool.disk_gb = members * base.params * 4 / 1e9
@@ -197,7 +212,9 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
         dist.jobs += d.shards + 1
         images = ipc * classes
         factor = 2 if d.matching == "gradient" or method == "unrolled" else 1  # + real-batch passes
-        dist.flops += factor * 3 * base.flops * images * d.iterations
+        set_flops = factor * 3 * base.flops * images * d.iterations
+        dist.flops += set_flops
+        dist.job_flops[p.arch] = max(dist.job_flops.get(p.arch, 0.0), set_flops / d.shards)
     dist.gpu_mem_gb = gpu_mem_gb(base, per_batch, act_bytes, optimizer_bytes=4) if optimised else 0.0
     dist.disk_gb = sum(ipc * classes * image_bytes * 4 for _, ipc in sets) / 1e9
     rows.append(dist)
@@ -208,6 +225,7 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     logit_bytes = 2 * classes if r.topk is None else 4 * min(r.topk, classes)
     if r.mode == "precomputed":
         rel.flops = sum(teachers * base.flops * e.epochs * ipc * classes for _, ipc in sets)
+        rel.job_flops = {p.arch: teachers * base.flops * e.epochs * max(d.ipcs) * classes}
     rel.disk_gb = sum(e.epochs * ipc * classes for _, ipc in sets) * (view_bytes + logit_bytes) / 1e9
     rel.gpu_mem_gb = gpu_mem_gb(base, e.eval_batch_size, act_bytes, optimizer_bytes=4) / 2
     rel.notes.append(
@@ -226,6 +244,8 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
             val = cost.flops * n_val * (min(e.epochs, 10) + 1)
             online = base.flops * ipc * classes * e.epochs if r.mode == "online" else 0.0
             by_arch[arch] = by_arch.get(arch, 0.0) + train + val + online
+            if (train + val + online) / speed[arch] > sum(f / speed[a] for a, f in ev.job_flops.items()):
+                ev.job_flops = {arch: train + val + online}
     ev.flops = sum(by_arch.values())
     ev.gpu_mem_gb = max(gpu_mem_gb(archs[a], e.batch_size, act_bytes) for a in e.archs)
     ev.disk_gb = ev.jobs * max(archs[a].params for a in e.archs) * 16 / 1e9  # resumable states
@@ -240,6 +260,8 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     }
     for row in rows:
         row.notes.insert(0, f"{gpu_hours.get(row.stage, 0.0) + row.jobs * JOB_START_H:.2f}")
+        if row.job_flops:
+            row.job_h = hours(row.job_flops) + JOB_START_H
     info = {
         "dataset": f"{cfg.run.dataset}: {n_train:,} train / {n_val:,} val images, {classes} classes "
         f"at {size} px ({source})",
@@ -262,8 +284,8 @@ def table(rows: list[Row], info: dict) -> str:
         "architectures (forward, one image): "
         + "; ".join(f"{a} {v}" for a, v in sorted(info["archs"].items())),
         "",
-        "| stage | jobs | GPU-hours | GPU memory / job (GB, rough) | disk (GB) | notes |",
-        "|---|---:|---:|---:|---:|---|",
+        "| stage | jobs | GPU-hours | largest job (h) | GPU memory / job (GB, rough) | disk (GB) | notes |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     total_h = total_disk = 0.0
     for row in rows:
@@ -272,11 +294,12 @@ def table(rows: list[Row], info: dict) -> str:
         total_disk += row.disk_gb
         mem = f"{row.gpu_mem_gb:.1f}" if row.gpu_mem_gb else "–"
         lines.append(
-            f"| {row.stage} | {row.jobs} | {h:,.1f} | {mem} | {row.disk_gb:,.2f} | {'; '.join(row.notes[1:])} |"
+            f"| {row.stage} | {row.jobs} | {h:,.1f} | {row.job_h:,.2f} | {mem} | {row.disk_gb:,.2f} "
+            f"| {'; '.join(row.notes[1:])} |"
         )
     jobs = sum(r.jobs for r in rows)
     peak = max(r.gpu_mem_gb for r in rows)
-    lines.append(f"| **total** | {jobs} | **{total_h:,.1f}** | {peak:.1f} | {total_disk:,.2f} | |")
+    lines.append(f"| **total** | {jobs} | **{total_h:,.1f}** | | {peak:.1f} | {total_disk:,.2f} | |")
     return "\n".join(lines)
 
 
@@ -291,6 +314,6 @@ def main(args) -> int:
         print(f"teddy estimate: {err}", file=sys.stderr)
         return 2
     device = torch.device(args.device) if args.measure else None
-    rows, info = estimate(cfg, args.tflops, device)
+    rows, info = estimate(cfg, args.tflops or cfg.resources.gpu_tflops, device)
     print(table(rows, info))
     return 0 if all(math.isfinite(float(r.notes[0])) for r in rows) else 1

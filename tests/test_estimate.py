@@ -48,3 +48,30 @@ def test_counts_the_files_when_the_root_is_there(tmp_path, capsys):
         and "| **total** |" in out
         and "tiny_imagenet: 100,000 train" in out
     )
+
+
+def test_runtime_zero_takes_the_slurm_limit_from_the_estimate():
+    """resources.<stage>.runtime: 0 (the paper configs): twice the largest job's estimate + 10 min."""
+    data = config.to_dict(config.load(IMAGENET, ["distill.ipcs=[10]"], check_data=False))
+    rows = {
+        r.stage: r for r in estimate.estimate(config.load(IMAGENET, ["distill.ipcs=[10]"], check_data=False))[0]
+    }
+    minutes = config.stage_resources(data, "evaluate")["runtime"]
+    assert minutes == pytest.approx(2 * rows["evaluate"].job_h * 60 + 10, abs=1)
+    longer = config.to_dict(
+        config.load(IMAGENET, ["distill.ipcs=[10]", "evaluate.epochs=600"], check_data=False)
+    )
+    assert config.stage_resources(longer, "evaluate")["runtime"] - 10 == pytest.approx(
+        2 * (minutes - 10), rel=0.05
+    )
+    faster = config.to_dict(
+        config.load(IMAGENET, ["distill.ipcs=[10]", "resources.gpu_tflops=60"], check_data=False)
+    )
+    assert (
+        config.stage_resources(faster, "distill")["runtime"]
+        < config.stage_resources(data, "distill")["runtime"]
+    )
+    fixed = config.to_dict(
+        config.load(IMAGENET, ["distill.ipcs=[10]", "resources.evaluate.runtime=90"], check_data=False)
+    )
+    assert config.stage_resources(fixed, "evaluate")["runtime"] == 90
