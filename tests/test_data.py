@@ -60,3 +60,11 @@ def test_prepare_fashion_mnist_from_debian_package(tmp_path):
     assert manifest["image_size"] == 28
     assert manifest["mean"][0] == pytest.approx(0.2860, abs=1e-3)
     assert manifest["std"][0] == pytest.approx(0.3530, abs=1e-3)
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.05])
+def test_digits_smallest_class_is_known_without_reading_it(fraction):
+    """The config check answers from the recorded class sizes; they must equal the real split's."""
+    prep = {"val_fraction": fraction, "split_seed": 3, "max_train_per_class": None}
+    spec = datasets.get("digits")
+    assert spec.min_train_per_class(prep) == int(np.bincount(spec.read(prep).train_y).min())

@@ -40,6 +40,7 @@ class DatasetSpec:
     checker: Callable[[Mapping], None] = lambda prep: None
     train_per_class: int | None = None  # known size of the smallest class, if fixed
     lister: Callable[[Mapping], object] | None = None
+    class_counts: tuple[int, ...] | None = None  # images per class before a stratified val split
 
     @property
     def files(self) -> bool:
@@ -77,6 +78,8 @@ class DatasetSpec:
             if listing.val is None:  # the stratified val split takes its share of each class
                 counts = [c - max(1, round(c * prep["val_fraction"])) if c else 0 for c in counts]
             n = min(counts)
+        elif n is None and self.class_counts:  # counts known: the split without reading any image
+            n = min(c - max(1, round(c * prep["val_fraction"])) for c in self.class_counts)
         elif n is None:
             n = int(np.bincount(self.reader(prep).train_y).min())
         cap = prep.get("max_train_per_class")
@@ -147,6 +150,7 @@ register(
         native_size=8,
         reader=_read_digits,
         checker=lambda prep: None,
+        class_counts=(178, 182, 177, 183, 181, 182, 181, 179, 174, 180),  # scikit-learn's digits
     )
 )
 
