@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, host, median_time, parse_args, peak_memory_mb, write  # noqa: E402
 
 from teddy import distill, meta, models  # noqa: E402
-from teddy.data.source import open_source  # noqa: E402
+from teddy.data.source import ArraySource, open_source  # noqa: E402
 from teddy.objectives import BNMatching, Unrolled  # noqa: E402
 
 SPEC = models.InputSpec(10, 1, 28, (0.286,), (0.353,))  # Fashion-MNIST-sized
@@ -42,12 +42,14 @@ def make_pool(device, n: int = POOL, width: int = WIDTH) -> list[torch.nn.Module
     return pool
 
 
-def fake_data(n: int = 2000) -> dict:
+def fake_data(n: int = 2000) -> ArraySource:
     g = torch.Generator().manual_seed(0)
-    return {
-        "train_x": torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g),
-        "train_y": torch.arange(n) % 10,
-    }
+    x = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+    manifest = {"num_classes": 10, "channels": 1, "image_size": 28}
+    return ArraySource(
+        manifest,
+        {"train_x": x, "train_y": torch.arange(n) % 10, "val_x": x[:0], "val_y": x[:0, 0, 0, 0].long()},
+    )
 
 
 class EnsembleBN:
