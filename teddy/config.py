@@ -227,6 +227,9 @@ def load(paths: Iterable[str | Path] = (), overrides: Iterable[str] = (), check_
     return freeze(data)
 
 
+FULL_DATA_MAX_GB = 16  # evaluate.full_data holds the training set in memory as float32
+
+
 def check(data: Mapping) -> None:
     """Checks the schema cannot express: names in registries, datasets present, IPC feasible."""
     from teddy import models
@@ -250,6 +253,16 @@ def check(data: Mapping) -> None:
                 f"config key distill.ipcs: IPC {too_big} exceeds the {smallest} training images "
                 f"of the smallest class of {spec.name}; use IPC ≤ {smallest}"
             )
+        if spec.files and data["evaluate"]["full_data"]:
+            prep = data["prepare_data"]
+            side = prep["image_size"] or spec.native_size or 0
+            gb = smallest * len(spec.listing(prep).class_ids) * prep["channels"] * side * side * 4 / 1e9
+            if gb > FULL_DATA_MAX_GB:
+                problems.append(
+                    f"config key evaluate.full_data: the full-data row trains students on the whole training "
+                    f"set held in memory as a float32 set (≈ {gb:,.0f} GB for {spec.name}); turn it off "
+                    "at this scale (the base model's val top-1 in the pool manifest is the full-data reference)"
+                )
     except datasets.DatasetError as err:
         problems.append(str(err))
     weights = data["pretrain_pool"]["checkpoint"]

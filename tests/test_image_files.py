@@ -216,3 +216,12 @@ def test_moved_dataset_is_named_with_the_fix(minis, tmp_path):
     shutil.rmtree(root)
     with pytest.raises(ArtifactError, match="copy: the dataset's image folder .* is gone"):
         open_source(out)
+
+
+def test_full_data_row_is_refused_where_the_training_set_cannot_be_held(minis, monkeypatch):
+    cfg_for(
+        minis["imagenet"], "imagenet", "evaluate.full_data=true", "prepare_data.image_size=16"
+    )  # small: fine
+    monkeypatch.setattr(config, "FULL_DATA_MAX_GB", 1e-6)
+    with pytest.raises(config.ConfigError, match="evaluate.full_data: the full-data row .* float32"):
+        cfg_for(minis["imagenet"], "imagenet", "evaluate.full_data=true", "prepare_data.image_size=16")
