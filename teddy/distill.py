@@ -33,6 +33,7 @@ from teddy.pool import load_pool, pool_sampler
 from teddy.train import to_unit, warmup_cosine
 from teddy.utils import (
     Preempted,
+    Progress,
     atomic_path,
     autocast,
     load_checkpoint,
@@ -185,7 +186,11 @@ def run_shard(
         "resumed_iterations": saved_current["state"]["it"] if saved_current else 0,
     }
     t0, iters, image_iters = time.perf_counter(), 0, 0
+    progress = Progress(
+        f"distill {method} ipc{ipc} seed{seed} shard {shard[0]}/{shard[1]} batches", len(batches)
+    )
     for batch in batches:
+        progress.update(sum(b.index in done for b in batches))
         if batch.index in done:
             continue
         s = batch_seed(seed, batch.index)
@@ -213,6 +218,7 @@ def run_shard(
             "curve": st["curve"].cpu(),
         }
         save_checkpoint({"done": done, "current": None}, ckpt_path)
+    progress.update(len(batches))
     elapsed = time.perf_counter() - t0
     artifacts.save(done, out / BATCHES)
     ckpt_path.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from teddy.losses import soft_kl
 from teddy.pool import Teacher
 from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
 from teddy.utils import (
+    Progress,
     data_parallel,
     local_part,
     read_json,
@@ -111,7 +112,12 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     curve = []
     probe = curve_subset(source.count("val"), cfg.evaluate.curve_val_images)
 
+    progress = Progress(
+        f"evaluate {syn['method']} ipc{syn['ipc']} {arch} seed{seed} epochs", cfg.evaluate.epochs
+    )
+
     def on_epoch(epoch: int, loss: float, extra) -> list:
+        progress.update(epoch)
         curve[:] = extra or []
         tracker.log_metrics({"train_kl": loss}, step=epoch)
         final = epoch == cfg.evaluate.epochs
