@@ -3,6 +3,8 @@
 #   snakemake --cores 2                                   (local, config/config.yaml)
 #   snakemake --cores all --configfile config/experiments/fashion_mnist.yaml
 #   snakemake --profile slurm ...                         (SLURM; see README)
+import sys
+
 from teddy.config import ConfigError, job_params, resolve_for_workflow
 
 
@@ -29,10 +31,23 @@ include: "workflow/rules/report.smk"
 onstart:
     if config["tracking"][
         "enabled"
-    ]:  # create the shared MLflow store once, before any job
-        from teddy.tracking import init_store
+    ]:  # the shared MLflow store, and this invocation's run that every stage run nests under
+        from teddy.tracking import init_store, open_pipeline_run
 
         init_store(config["tracking"]["uri"], config["tracking"]["experiment"])
+        open_pipeline_run(config, " ".join(sys.argv))
+
+
+onsuccess:
+    from teddy.tracking import close_pipeline_run
+
+    close_pipeline_run(config, "FINISHED")
+
+
+onerror:
+    from teddy.tracking import close_pipeline_run
+
+    close_pipeline_run(config, "FAILED")
 
 
 rule all:

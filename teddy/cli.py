@@ -221,9 +221,10 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
 
     import torch
 
-    from teddy import tracking
+    from teddy import artifacts, tracking
     from teddy.tracking import NullTracker
     from teddy.utils import (
+        Progress,
         distributed,
         fingerprint,
         init_distributed,
@@ -236,16 +237,22 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
         write_json,
     )
 
+    Progress.every = cfg.run.progress_seconds
     module = importlib.import_module(f"teddy.{stage.replace('-', '_')}")
     device = resolve_device(cfg.run.device)
     init_distributed(device)  # torchrun with several processes: DDP; rank 0 writes and logs
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     prov = provenance()
-    tags = {"stage": stage, "dataset": cfg.run.dataset, **selection, "git_sha": prov["git_sha"]}
+    # relabel and evaluate name their set by folder (distill/<method>/ipc<K>/seed<S>): tag and name by it
+    from_set = artifacts.folder_selection(Path(inputs["synthetic"]) / "x") if "synthetic" in inputs else {}
+    tags = {"stage": stage, "dataset": cfg.run.dataset, **from_set, **selection, "git_sha": prov["git_sha"]}
     out.mkdir(parents=True, exist_ok=True)
+    name = tracking.run_name(stage.replace("-", "_"), {**from_set, **selection, **(options or {})})
     run_ctx = (
-        tracking.stage_run(cfg, stage.replace("-", "_"), tags, out) if is_main() else nullcontext(NullTracker())
+        tracking.stage_run(cfg, stage.replace("-", "_"), tags, out, name)
+        if is_main()
+        else nullcontext(NullTracker())
     )
     params = config_mod.result_params(
         config_mod.to_dict(cfg), stage.replace("-", "_"), selection, (options or {}).get("member")
@@ -260,6 +267,8 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
         scalars = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         tracker.log_metrics(scalars)
         tracker.set_tags({k: metrics[k] for k in TAG_KEYS if k in metrics and k not in selection})
+        if "data" in inputs or stage == "prepare-data":  # the dataset it read (or made) as the run's input
+            tracker.log_dataset(Path(inputs.get("data", out)) / "manifest.json")
         record = {
             "stage": stage,
             "dataset": cfg.run.dataset,

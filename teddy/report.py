@@ -228,6 +228,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     plot(df, out / PLOT)
     for name in (SUMMARY_CSV, SUMMARY_MD, PLOT):
         tracker.log_artifact(out / name)
+    tracker.log_table(df, "summary_table.json")  # the UI's table view of every run
     means = df.groupby(["method", "ipc", "arch"]).top1.mean()
     summary: dict = {}
     for (method, ipc, arch), value in means.items():

@@ -26,6 +26,12 @@ class NullTracker:
     def set_tags(self, tags: Mapping[str, object]) -> None:
         pass
 
+    def log_dataset(self, manifest_path: Path) -> None:
+        pass
+
+    def log_table(self, frame, name: str) -> None:
+        pass
+
 
 PENDING = "tracking_pending.json"  # what could not reach the store, beside the stage's outputs
 
@@ -86,6 +92,13 @@ class MlflowTracker(NullTracker):
     def set_tags(self, tags: Mapping[str, object]) -> None:
         plain = {k: str(v) for k, v in tags.items()}
         self._call(lambda: self.mlflow.set_tags(plain), lambda: self.pending.set_tags(plain))
+
+    def log_table(self, frame, name: str) -> None:
+        self._call(lambda: self.mlflow.log_table(frame, artifact_file=name), lambda: None)
+
+    def log_dataset(self, manifest_path: Path) -> None:
+        if Path(manifest_path).is_file():
+            self._call(lambda: dataset_input(self.mlflow, Path(manifest_path)), lambda: None)
 
 
 def resolve_uri(uri: str) -> str:
@@ -159,22 +172,116 @@ def init_store(uri: str, experiment: str):
     return mlflow
 
 
+PARENT_ENV = "TEDDY_MLFLOW_PARENT_RUN"  # the pipeline invocation's run; every stage run nests under it
+LONG_STAGES = ("pretrain_pool", "distill", "relabel", "evaluate")  # MLflow system metrics on these
+
+
+def run_name(stage: str, selection: Mapping[str, object]) -> str:
+    """What the run is, at a glance: ``evaluate teddy ipc10 resnet18 s0``, ``distill teddy ipc10 s0
+    shard 1/4``, ``pretrain_pool post:1``."""
+    parts = [stage]
+    for key, fmt in (("method", "{}"), ("ipc", "ipc{}"), ("arch", "{}"), ("seed", "s{}"), ("member", "{}")):
+        if selection.get(key) is not None:
+            parts.append(fmt.format(selection[key]))
+    if selection.get("shard") is not None:
+        i, n = selection["shard"]
+        parts.append(f"shard {i}/{n}")
+    return " ".join(parts)
+
+
+def job_start_ms() -> int:
+    """When this process started: a run covers the job (interpreter and imports included)."""
+    try:
+        import psutil
+
+        return int(psutil.Process().create_time() * 1000)
+    except Exception:  # noqa: BLE001 - no psutil or no /proc: the run starts now
+        return int(time.time() * 1000)
+
+
+def dataset_input(mlflow, manifest_path: Path) -> None:
+    """The prepared dataset as the run's MLflow dataset input (name, source, digest of its files)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from teddy.utils import read_json
+
+    manifest = read_json(manifest_path)
+    digest = manifest.get("cache_sha256") or manifest.get("index_sha256") or ""
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(manifest.get("root") or str(manifest_path.parent.resolve()))
+    mlflow.log_input(MetaDataset(source, name=manifest["dataset"], digest=digest[:12]), context="real images")
+
+
+def open_pipeline_run(cfg_data: Mapping, command: str) -> str | None:
+    """The parent run of one pipeline invocation (Snakemake's onstart); its id goes to the jobs
+    through the environment. None when tracking is off or the store is unreachable."""
+    if not cfg_data["tracking"]["enabled"]:
+        return None
+    try:
+        mlflow = init_store(cfg_data["tracking"]["uri"], cfg_data["tracking"]["experiment"])
+        client = mlflow.MlflowClient(resolve_uri(cfg_data["tracking"]["uri"]))
+        experiment = client.get_experiment_by_name(cfg_data["tracking"]["experiment"])
+        tags = {"stage": "pipeline", "dataset": cfg_data["run"]["dataset"], "command": command}
+        name = f"pipeline {cfg_data['run']['dataset']} {time.strftime('%Y-%m-%d %H:%M')}"
+        run = client.create_run(experiment.experiment_id, run_name=name, tags=tags)
+    except Exception as err:  # noqa: BLE001 - the stages keep their own fallback
+        log.warning("MLflow: no pipeline run (%s); stage runs will not be grouped", first_line(err))
+        return None
+    os.environ[PARENT_ENV] = run.info.run_id
+    return run.info.run_id
+
+
+def close_pipeline_run(cfg_data: Mapping, status: str) -> None:
+    run_id = os.environ.get(PARENT_ENV)
+    if not run_id or not cfg_data["tracking"]["enabled"]:
+        return
+    try:
+        import mlflow
+
+        mlflow.MlflowClient(resolve_uri(cfg_data["tracking"]["uri"])).set_terminated(run_id, status)
+    except Exception as err:  # noqa: BLE001
+        log.warning("MLflow: the pipeline run %s stays open (%s)", run_id, first_line(err))
+
+
 @contextlib.contextmanager
-def stage_run(cfg, stage: str, tags: Mapping[str, object], out: Path | None = None):
-    """Yield a tracker for one stage execution (run name = stage name). If the store cannot be
+def stage_run(
+    cfg,
+    stage: str,
+    tags: Mapping[str, object],
+    out: Path | None = None,
+    name: str | None = None,
+):
+    """Yield a tracker for one stage execution, named for what it is (:func:`run_name`), nested
+    under the pipeline's run when there is one, covering the job since its process started, with
+    the dataset as input and system metrics on long stages. If the store cannot be
     reached, or stops answering, the stage still finishes; what was not logged is written to
     ``out``/tracking_pending.json and a warning says so (``teddy sync-tracking`` logs it later)."""
     if not cfg.tracking.enabled:
         yield NullTracker()
         return
     uri = resolve_uri(cfg.tracking.uri)
-    record = {"uri": uri, "experiment": cfg.tracking.experiment, "run_name": stage}
+    name = name or stage
+    record = {"uri": uri, "experiment": cfg.tracking.experiment, "run_name": name}
     record |= {"tags": {k: str(v) for k, v in tags.items()}, "params": flatten(to_dict(cfg))}
     pending = PendingTracker(record)
     tracker, mlflow = pending, None
     try:
         mlflow = init_store(cfg.tracking.uri, cfg.tracking.experiment)
-        pending.record["run_id"] = mlflow.start_run(run_name=stage, tags=record["tags"]).info.run_id
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+        run_tags = dict(record["tags"])
+        parent = os.environ.get(PARENT_ENV)
+        if parent:
+            run_tags["mlflow.parentRunId"] = parent
+        run = client.create_run(
+            experiment.experiment_id, start_time=job_start_ms(), tags=run_tags, run_name=name
+        )
+        pending.record["run_id"] = run.info.run_id
+        mlflow.start_run(run_id=run.info.run_id, log_system_metrics=stage in LONG_STAGES)
         mlflow.log_params(record["params"])
         tracker = MlflowTracker(mlflow, pending)
     except Exception as err:  # noqa: BLE001 - unreachable, locked, full: the stage goes on without it

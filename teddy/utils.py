@@ -251,13 +251,30 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
 
 
 class Progress:
-    """A log line every ``every`` seconds with the rate and the time left."""
+    """Progress of a long loop with its rate and the time left: a tqdm bar on a terminal, else a log
+    line every ``every`` seconds (SLURM logs show where a job is). ``Progress.every`` is set from
+    config key run.progress_seconds by the CLI."""
 
-    def __init__(self, what: str, total: int, every: float = 30.0):
-        self.what, self.total, self.every = what, total, every
+    every = 30.0
+
+    def __init__(self, what: str, total: int, every: float | None = None):
+        import sys
+
+        self.what, self.total = what, total
+        self.every = Progress.every if every is None else every
         self.start = self.last = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=what, leave=False, dynamic_ncols=True)
 
     def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            if done >= self.total:
+                self.bar.close()
+            return
         now = time.monotonic()
         if now - self.last >= self.every or done == self.total:
             rate = done / max(now - self.start, 1e-9)

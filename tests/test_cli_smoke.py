@@ -122,16 +122,20 @@ def test_mlflow_has_one_run_per_stage_execution(pipeline):
     _, uri = pipeline
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["teddy"])
-    counts = runs["tags.mlflow.runName"].value_counts().to_dict()
+    counts = runs["tags.stage"].value_counts().to_dict()
     assert counts == {
-        "prepare_data": 1,
-        "pretrain_pool": 1,
+        "prepare-data": 1,
+        "pretrain-pool": 1,
         "distill": 3,
         "relabel": 3,
         "evaluate": 6,
         "report": 1,
     }
-    ev = runs[runs["tags.mlflow.runName"] == "evaluate"]
+    ev = runs[runs["tags.stage"] == "evaluate"]
+    assert set(ev["tags.mlflow.runName"]) == {"evaluate convnet s0", "evaluate resnet18 s0"}  # CLI folders
+    assert set(runs[runs["tags.stage"] == "distill"]["tags.mlflow.runName"]) == {
+        f"distill {m} ipc2 s0" for m in ("teddy", "sre2l", "random")
+    }
     assert ev["metrics.top1"].notna().all() and ev["metrics.wall_s"].notna().all()
     assert ev["metrics.peak_rss_mb"].notna().all()
     assert set(ev["tags.method"]) == {"teddy", "sre2l", "random"}

@@ -39,6 +39,7 @@ def test_snakemake_builds_everything_then_nothing(tmp_path):
     assert offline or os.geteuid() != 0, "root could not make a network namespace: unshare -n failed"
     run([*offline, str(BIN / "snakemake"), "--cores", "2"], project)
     assert (project / "mlflow.db").is_file() and not list(project.rglob("tracking_pending.json"))
+    check_mlflow_store(project)
     report = project / "results" / "digits" / "report"
     assert (report / "summary.csv").is_file() and (report / "accuracy.png").is_file()
     assert len(list((project / "logs").rglob("*.log"))) > 5
@@ -50,6 +51,39 @@ def test_snakemake_builds_everything_then_nothing(tmp_path):
     assert "bar a distillation method must clear" in html  # accuracy.png caption
     assert "One row per (method, IPC, student architecture, seed)" in html  # summary.csv caption
     assert "grid.png" in html and "Synthetic images" in html and "pool of weak models" in html
+
+
+def check_mlflow_store(project):
+    """Read the store back as the UI does: one pipeline run, every stage run nested under it and
+    named for what it is, the dataset as input, the report's table, runs covering their jobs."""
+    import json
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("teddy")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    (pipeline,) = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
+    assert pipeline.info.status == "FINISHED" and pipeline.info.run_name.startswith("pipeline digits ")
+    stages = [r for r in runs if r is not pipeline]
+    assert stages and all(r.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id for r in stages)
+    names = {r.info.run_name for r in stages}
+    assert {"evaluate teddy ipc1 convnet s0", "evaluate random ipc2 convnet s0", "report"} <= names
+    assert any(n.startswith("distill teddy ipc1 s0 shard 0/") for n in names) and "pretrain_pool base" in names
+    for run in stages:
+        reads_images = run.info.run_name.startswith(("prepare_data", "pretrain_pool ", "distill", "evaluate"))
+        inputs = [i.dataset.name for i in run.inputs.dataset_inputs]
+        assert inputs == (["digits"] if reads_images else []), run.info.run_name
+        assert run.data.metrics.get("wall_s") is not None
+        wall_ms = 1000 * run.data.metrics["wall_s"]
+        assert run.info.end_time - run.info.start_time > wall_ms + 500  # the job, not only the stage
+    report = next(r for r in stages if r.info.run_name == "report")
+    files = {a.path for a in client.list_artifacts(report.info.run_id)}
+    assert {"summary_table.json", "summary.csv", "accuracy.png"} <= files
+    table = json.loads(open(client.download_artifacts(report.info.run_id, "summary_table.json")).read())
+    assert "top1" in table["columns"] and len(table["data"]) == len(
+        [r for r in stages if r.info.run_name.startswith("evaluate ")]
+    )
 
 
 def test_dvc_repro_builds_everything_then_nothing(project):
