@@ -307,6 +307,7 @@ def run(
         images, labels = merge(merge_from, n_batches)
     artifacts.save_synthetic(images, labels, out / SYNTHETIC, method=label, ipc=ipc, seed=seed)
     save_grid(images, labels, ipc, cfg.distill.grid_max_ipc, out / GRID)
+    tracker.log_artifact(out / GRID)  # the synthetic images, in the run that made them
     return metrics | {"num_images": len(images)}
 
 

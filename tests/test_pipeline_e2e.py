@@ -77,6 +77,8 @@ def check_mlflow_store(project):
         assert run.data.metrics.get("wall_s") is not None
         wall_ms = 1000 * run.data.metrics["wall_s"]
         assert run.info.end_time - run.info.start_time > wall_ms + 500  # the job, not only the stage
+    distill = next(r for r in stages if r.info.run_name == "distill teddy ipc1 s0")
+    assert "grid.png" in {a.path for a in client.list_artifacts(distill.info.run_id)}
     report = next(r for r in stages if r.info.run_name == "report")
     files = {a.path for a in client.list_artifacts(report.info.run_id)}
     assert {"summary_table.json", "summary.csv", "accuracy.png"} <= files
