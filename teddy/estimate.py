@@ -63,6 +63,7 @@ class Row:
     gpu_mem_gb: float = 0.0  # the largest job
     disk_gb: float = 0.0
     job_flops: dict[str, float] = field(default_factory=dict)  # arch → FLOPs of the largest job
+    gpu_h: float = 0.0  # all its jobs, start-up included
     job_h: float = 0.0  # the largest job's hours (GPU; prepare_data: CPU on its cores)
     notes: list[str] = field(default_factory=list)
 
@@ -127,7 +128,7 @@ def dataset_sizes(cfg) -> tuple[int, int, int, str]:
             if listing.val is not None:
                 n_val, n_train = len(listing.val), len(listing.train)
             else:  # prepare_data's stratified split
-                n_val = sum(max(1, round(c * prep["val_fraction"])) for c in listing.per_class() if c)
+                n_val = sum(datasets.val_count(c, prep["val_fraction"]) for c in listing.per_class() if c)
                 n_train = len(listing.train) - n_val
             return n_train, n_val, len(listing.class_ids), f"files under {prep['root']}"
         except datasets.DatasetError:
@@ -259,7 +260,7 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
         "evaluate": hours(by_arch),
     }
     for row in rows:
-        row.notes.insert(0, f"{gpu_hours.get(row.stage, 0.0) + row.jobs * JOB_START_H:.2f}")
+        row.gpu_h = gpu_hours.get(row.stage, 0.0) + row.jobs * JOB_START_H
         if row.job_flops:
             row.job_h = hours(row.job_flops) + JOB_START_H
     info = {
@@ -289,13 +290,13 @@ def table(rows: list[Row], info: dict) -> str:
     ]
     total_h = total_disk = 0.0
     for row in rows:
-        h = float(row.notes[0])
+        h = row.gpu_h
         total_h += h
         total_disk += row.disk_gb
         mem = f"{row.gpu_mem_gb:.1f}" if row.gpu_mem_gb else "–"
         lines.append(
             f"| {row.stage} | {row.jobs} | {h:,.1f} | {row.job_h:,.2f} | {mem} | {row.disk_gb:,.2f} "
-            f"| {'; '.join(row.notes[1:])} |"
+            f"| {'; '.join(row.notes)} |"
         )
     jobs = sum(r.jobs for r in rows)
     peak = max(r.gpu_mem_gb for r in rows)
@@ -316,4 +317,4 @@ def main(args) -> int:
     device = torch.device(args.device) if args.measure else None
     rows, info = estimate(cfg, args.tflops or cfg.resources.gpu_tflops, device)
     print(table(rows, info))
-    return 0 if all(math.isfinite(float(r.notes[0])) for r in rows) else 1
+    return 0 if all(math.isfinite(r.gpu_h) for r in rows) else 1

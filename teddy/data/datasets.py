@@ -76,10 +76,10 @@ class DatasetSpec:
             listing = self.listing(prep)
             counts = listing.per_class("train")
             if listing.val is None:  # the stratified val split takes its share of each class
-                counts = [c - max(1, round(c * prep["val_fraction"])) if c else 0 for c in counts]
+                counts = [c - val_count(c, prep["val_fraction"]) if c else 0 for c in counts]
             n = min(counts)
         elif n is None and self.class_counts:  # counts known: the split without reading any image
-            n = min(c - max(1, round(c * prep["val_fraction"])) for c in self.class_counts)
+            n = min(c - val_count(c, prep["val_fraction"]) for c in self.class_counts)
         elif n is None:
             n = int(np.bincount(self.reader(prep).train_y).min())
         cap = prep.get("max_train_per_class")
@@ -119,12 +119,17 @@ def subsample(split: Split, per_class: int | None, seed: int) -> Split:
     return Split(split.train_x[keep], split.train_y[keep], split.val_x, split.val_y)
 
 
+def val_count(class_count: int, val_fraction: float) -> int:
+    """Images of a class that the stratified split gives to val (at least one)."""
+    return max(1, round(class_count * val_fraction))
+
+
 def stratified_split(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int) -> Split:
     rng = np.random.default_rng(seed)
     val_idx = []
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
-        val_idx.append(idx[: max(1, round(len(idx) * val_fraction))])
+        val_idx.append(idx[: val_count(len(idx), val_fraction)])
     val = np.zeros(len(y), dtype=bool)
     val[np.concatenate(val_idx)] = True
     return Split(x[~val], y[~val], x[val], y[val])
