@@ -46,6 +46,16 @@ def copy_project(dst: Path, **sections) -> Path:
     return dst
 
 
+def relabel_args(p: Path, s: Path) -> list[str]:
+    """``teddy relabel`` inputs for pool ``p`` and synthetic set ``s`` (seed 0)."""
+    return ["--synthetic", str(s), "--pool", str(p), "--seed", "0"]
+
+
+def evaluate_args(d: Path, s: Path, r: Path, arch: str = "convnet") -> list[str]:
+    """``teddy evaluate`` inputs: data ``d``, synthetic set ``s``, soft labels ``r`` (seed 0)."""
+    return ["--data", str(d), "--synthetic", str(s), "--soft-labels", str(r), "--arch", arch, "--seed", "0"]
+
+
 def tiny_synthetic_set(tmp: Path, *extra: str, ipc: int = 2) -> tuple[list[str], Path, Path, Path]:
     """prepare-data → pretrain-pool → distill (random, ``ipc``) under ``tmp`` on the tiny config plus
     ``extra`` CLI args; stages whose output folder is complete are reused. Returns the config args

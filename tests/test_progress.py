@@ -5,7 +5,7 @@ import re
 
 from teddy import cli
 
-from .conftest import tiny_synthetic_set
+from .conftest import evaluate_args, relabel_args, tiny_synthetic_set
 
 
 def test_stages_log_progress_lines_at_the_configured_interval(tmp_path, caplog):
@@ -18,22 +18,8 @@ def test_stages_log_progress_lines_at_the_configured_interval(tmp_path, caplog):
     assert re.fullmatch(r"pretrain_pool seed 0: \d+/\d+ \([\d.]+/s, \d+ s left\)", pool[-1])
     caplog.clear()
     r, e = tmp_path / "soft", tmp_path / "eval"
-    assert (
-        cli.main(["relabel", *cfg, "--synthetic", str(s), "--pool", str(p), "--seed", "0", "--out", str(r)])
-        == 0
-    )
-    args = [
-        "--data",
-        str(d),
-        "--synthetic",
-        str(s),
-        "--soft-labels",
-        str(r),
-        "--arch",
-        "convnet",
-        "--seed",
-        "0",
-    ]
+    assert cli.main(["relabel", *cfg, *relabel_args(p, s), "--out", str(r)]) == 0
+    args = evaluate_args(d, s, r)
     assert cli.main(["evaluate", *cfg, *args, "--out", str(e)]) == 0
     epochs = [re.search(r" epochs: (\d+/\d+) ", r.getMessage()) for r in caplog.records]
     assert [m[1] for m in epochs if m] == ["1/2", "2/2"]

@@ -3,7 +3,7 @@ import torch
 from teddy import artifacts, augment, cli, pool
 from teddy.pool import load_pool
 
-from .conftest import tiny_synthetic_set
+from .conftest import evaluate_args, relabel_args, tiny_synthetic_set
 
 
 def test_replayed_soft_labels_equal_teacher_on_stored_crops(tmp_path):
@@ -134,10 +134,9 @@ def test_topk_sharded_soft_labels_replay_the_teachers_top_classes(tmp_path):
 
     cfg, d, p, s = tiny_synthetic_set(tmp_path, "--set", "evaluate.epochs=5")
     full, top = tmp_path / "full", tmp_path / "top"
-    relabel_args = ["--synthetic", str(s), "--pool", str(p), "--seed", "0"]
-    assert cli.main(["relabel", *cfg, *relabel_args, "--out", str(full)]) == 0
+    assert cli.main(["relabel", *cfg, *relabel_args(p, s), "--out", str(full)]) == 0
     extra = ["--set", "relabel.topk=3", "--set", "relabel.shard_epochs=2"]
-    assert cli.main(["relabel", *cfg, *extra, *relabel_args, "--out", str(top)]) == 0
+    assert cli.main(["relabel", *cfg, *extra, *relabel_args(p, s), "--out", str(top)]) == 0
     dense, sparse = artifacts.load_soft_labels(full), artifacts.load_soft_labels(top)
     assert "logits" not in sparse and [x["start"] for x in sparse["logit_shards"]] == [0, 2, 4]
     assert sorted(x.name for x in top.glob("logits_e*.pt")) == [
@@ -161,16 +160,5 @@ def test_topk_sharded_soft_labels_replay_the_teachers_top_classes(tmp_path):
     shard.write_bytes(shard.read_bytes()[:-7] + b"damaged")
     assert [x.name for x, _ in artifacts.verify_tree(top)[1]] == [shard.name]
     out = tmp_path / "eval"
-    args = [
-        "--data",
-        str(d),
-        "--synthetic",
-        str(s),
-        "--soft-labels",
-        str(top),
-        "--arch",
-        "convnet",
-        "--seed",
-        "0",
-    ]
+    args = evaluate_args(d, s, top)
     assert cli.main(["evaluate", *cfg, *args, "--out", str(out)]) == 1
