@@ -3,14 +3,15 @@
 Methods (``--method``):
   teddy     per iteration draw φ from the pool of weak (prior) models; objective ``distill.matching``:
             ``bn``: CE(φ(A(x̃)), ỹ) + α_bn Σ_l w_l (‖μ_l − μ_l^φ‖₂ + ‖σ²_l − σ²_l^φ‖₂), no real images;
-            ``gradient``: Σ_c 1 − cos(∇θ CE(φ(real_c)), ∇θ CE(φ(A(x̃_c)))), the exact first-order form.
+            ``taylor``: −ηK ⟨∇θ CE(φ(real)), ∇θ CE(φ(A(x̃)))⟩, the paper's first-order term;
+            ``cosine``: Σ_c 1 − cos(∇θ CE(φ(real_c)), ∇θ CE(φ(A(x̃_c)))), DC-style gradient matching.
   sre2l     the ``bn`` objective at the one fully trained base model.
   unrolled  the exact bi-level objective: K SGD steps on x̃ from φ, CE on a real batch (teddy.meta).
   random    IPC real training images per class (the honest baseline).
 
-Batches are fixed up front: batch b holds one image of each class of a class group at one IPC
-slot and is seeded by (seed, b), so its result never depends on which other batches share the job.
-A shard is a union of whole batches (b ≡ shard mod n); ``--merge`` assembles the shards. Each
+Batches are fixed up front: batch b holds one image of each class of a class group at each of
+``distill.slots_per_batch`` IPC slots and is seeded by (seed, b), so its result never depends on
+which other batches share the job. A shard is a union of whole batches (b ≡ shard mod n); ``--merge`` assembles the shards. Each
 shard checkpoints every ``distill.checkpoint_every`` iterations and resumes where it stopped.
 """
 
@@ -29,7 +30,7 @@ from teddy import config as config_mod
 from teddy.artifacts import BATCHES, GRID, SYNTHETIC  # the files this stage writes
 from teddy.data.source import open_source
 from teddy.objectives import make_objective
-from teddy.pool import load_pool, pool_sampler
+from teddy.pool import Teacher, load_pool, pool_sampler
 from teddy.train import to_unit, warmup_cosine
 from teddy.utils import (
     Preempted,
@@ -50,15 +51,29 @@ def pool_of(method: str, cfg) -> str:
 @dataclass(frozen=True)
 class Batch:
     index: int
-    slot: int
+    slots: tuple[int, ...]
     classes: tuple[int, ...]
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """One image per (slot, class), slot-major."""
+        return torch.tensor(self.classes).repeat(len(self.slots))
 
-def plan_batches(num_classes: int, ipc: int, classes_per_batch: int | None) -> list[Batch]:
+
+def plan_batches(
+    num_classes: int, ipc: int, classes_per_batch: int | None, slots_per_batch: int = 1
+) -> list[Batch]:
     """All optimisation batches of a synthetic set, in canonical order (slot-major)."""
     group = classes_per_batch or num_classes
     groups = [tuple(range(s, min(s + group, num_classes))) for s in range(0, num_classes, group)]
-    return [Batch(slot * len(groups) + g, slot, cls) for slot in range(ipc) for g, cls in enumerate(groups)]
+    slots = [tuple(range(s, min(s + slots_per_batch, ipc))) for s in range(0, ipc, slots_per_batch)]
+    return [
+        Batch(k * len(groups) + g, slot, cls) for k, slot in enumerate(slots) for g, cls in enumerate(groups)
+    ]
+
+
+def batches_of(cfg, num_classes: int, ipc: int) -> list[Batch]:
+    return plan_batches(num_classes, ipc, cfg.distill.classes_per_batch, cfg.distill.slots_per_batch)
 
 
 def batch_seed(seed: int, index: int) -> int:
@@ -75,15 +90,72 @@ def random_real(source, ipc: int, seed: int, classes=None) -> tuple[torch.Tensor
     return to_unit(source.images("train", idx)), source.labels("train")[idx].clone()
 
 
-def init_batch(manifest: dict, cfg, source, batch: Batch, seed: int) -> torch.Tensor:
-    """One image per class of the batch: Gaussian noise around the dataset mean, or a real image."""
-    if cfg.distill.init == "real":
-        return random_real(source, 1, seed, batch.classes)[0]
+def candidates(source, batch: Batch, ipc: int, per_image: int, seed: int) -> torch.Tensor:
+    """Training-set indices (slots × classes, n) of real candidates for each image of the batch.
+
+    A class's images are shuffled once per set seed and IPC slot s takes block s of that order, so
+    the slots of a set never share a candidate whichever batch or shard they are in; n shrinks to
+    what the smallest class of the batch can give every slot."""
+    by_class = source.by_class("train")
+    n = min([per_image] + [len(by_class[c]) // ipc for c in batch.classes])
+    rows = []
+    for slot in batch.slots:
+        for c in batch.classes:
+            order = torch.randperm(len(by_class[c]), generator=torch.Generator().manual_seed(seed * 7919 + c))
+            rows.append(by_class[c][order[slot * n : (slot + 1) * n]])
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def teacher_choice(
+    teacher, images: torch.Tensor, labels: torch.Tensor, views: int, cfg, gen, device
+) -> torch.Tensor:
+    """Index into each row of candidate ``images`` (m, n, C, H, W) with the lowest mean teacher CE
+    over ``views`` random-resized crops (distill.crop_scale_min, distill.flip)."""
+    m, n = images.shape[:2]
+    flat = images.reshape(m * n, *images.shape[2:])
+    target = labels.repeat_interleave(n).to(device)
+    loss = torch.zeros(m * n)
+    step = cfg.evaluate.eval_batch_size
+    for _ in range(views):
+        crops = augment.sample_crops(m * n, cfg.distill.crop_scale_min, cfg.distill.flip, gen)
+        for s in range(0, m * n, step):
+            view = augment.apply_crops(flat[s : s + step].to(device), crops[s : s + step])
+            ce = torch.nn.functional.cross_entropy(teacher(view), target[s : s + step], reduction="none")
+            loss[s : s + step] += ce.cpu()
+    return loss.view(m, n).argmin(1)
+
+
+def init_batch(
+    manifest: dict,
+    cfg,
+    source,
+    batch: Batch,
+    seed: int,
+    *,
+    ipc: int = 1,
+    set_seed: int = 0,
+    teacher=None,
+    device="cpu",
+) -> torch.Tensor:
+    """One image per (slot, class) of the batch, batch seed ``seed``: Gaussian noise around the
+    dataset mean, a random real image (``real``), or the real candidate the teacher finds easiest
+    (``teacher``); real candidates come from the set's ``ipc`` and ``set_seed`` (see candidates)."""
+    d = cfg.distill
+    if d.init in ("real", "teacher"):
+        idx = candidates(source, batch, ipc, d.init_candidates if d.init == "teacher" else 1, set_seed)
+        flat = to_unit(source.images("train", idx.flatten()))
+        images = flat.view(*idx.shape, *flat.shape[1:])
+        if d.init == "real":
+            return images[:, 0]
+        gen = torch.Generator().manual_seed(seed)
+        pick = teacher_choice(teacher, images, batch.labels, d.init_views, cfg, gen, device)
+        return images[torch.arange(len(pick)), pick]
     c, s = manifest["channels"], manifest["image_size"]
     gen = torch.Generator().manual_seed(seed)
     mean = torch.tensor(manifest["mean"]).view(1, c, 1, 1)
     std = torch.tensor(manifest["std"]).view(1, c, 1, 1)
-    return (mean + std * torch.randn(len(batch.classes), c, s, s, generator=gen)).clamp(0, 1)
+    return (mean + std * torch.randn(len(batch.labels), c, s, s, generator=gen)).clamp(0, 1)
 
 
 def new_state(x0: torch.Tensor, cfg, device) -> dict:
@@ -133,7 +205,8 @@ def draw_schedule(cfg, n: int, draw, gen: torch.Generator, device) -> Schedule:
         members.append(draw(it, gen))
         shifts.append(augment.sample_shift(d.jitter, gen))
         crops.append(augment.sample_crops(n, d.crop_scale_min, d.flip, gen))
-    return Schedule(members, shifts, torch.stack(crops).to(device))
+    crops = torch.stack(crops) if crops else torch.zeros(0, n, 4)
+    return Schedule(members, shifts, crops.to(device))
 
 
 def synthesize_batch(
@@ -172,12 +245,14 @@ def run_shard(
     """Synthesize the batches of shard ``(i, n)`` into ``out/batches.pt`` (resuming if stopped)."""
     data_dir = Path(inputs["data"])
     manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
-    needs_real = cfg.distill.init == "real" or method == "unrolled" or cfg.distill.matching == "gradient"
+    d = cfg.distill
+    needs_real = d.init != "noise" or method == "unrolled" or (method == "teddy" and d.matching != "bn")
     data = open_source(data_dir, cfg.prepare_data.workers) if needs_real else None
-    pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, cfg.distill.pool_size)
-    draw = pool_sampler(cfg.distill.pool_sampling, pool_manifest)
+    pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, d.pool_size)
+    draw = pool_sampler(d.pool_sampling, pool_manifest)
     objective = make_objective(method, cfg, data, device)
-    batches = plan_batches(manifest["num_classes"], ipc, cfg.distill.classes_per_batch)[shard[0] :: shard[1]]
+    teacher = Teacher(inputs["pool"], cfg.relabel.teacher, device) if d.init == "teacher" else None
+    batches = batches_of(cfg, manifest["num_classes"], ipc)[shard[0] :: shard[1]]
     ckpt_path = out / "checkpoint.pt"
     saved = load_checkpoint(ckpt_path) or {"done": {}, "current": None}
     done, saved_current = saved["done"], saved["current"]
@@ -195,11 +270,14 @@ def run_shard(
             continue
         s = batch_seed(seed, batch.index)
         gen = torch.Generator().manual_seed(s)
-        schedule = draw_schedule(cfg, len(batch.classes), draw, gen, device)
+        schedule = draw_schedule(cfg, len(batch.labels), draw, gen, device)
         if saved_current is not None and saved_current["index"] == batch.index:
             st = load_state(saved_current["state"], cfg, gen, device)
         else:
-            st = new_state(init_batch(manifest, cfg, data, batch, s), cfg, device)
+            x0 = init_batch(
+                manifest, cfg, data, batch, s, ipc=ipc, set_seed=seed, teacher=teacher, device=device
+            )
+            st = new_state(x0, cfg, device)
         start = st["it"]
 
         def save(st, batch=batch, gen=gen):
@@ -207,16 +285,11 @@ def run_shard(
                 {"done": done, "current": {"index": batch.index, "state": state_dict(st, gen)}}, ckpt_path
             )
 
-        st = synthesize_batch(
-            st, torch.tensor(batch.classes), pool, objective, schedule, cfg, gen, device, save
-        )
+        st = synthesize_batch(st, batch.labels, pool, objective, schedule, cfg, gen, device, save)
         iters += st["it"] - start
-        image_iters += (st["it"] - start) * len(batch.classes)
-        done[batch.index] = {
-            "images": st["x"].detach().cpu(),
-            "labels": torch.tensor(batch.classes),
-            "curve": st["curve"].cpu(),
-        }
+        image_iters += (st["it"] - start) * len(batch.labels)
+        curve = st["curve"] if st["curve"] is not None else torch.zeros(0, len(objective.names))
+        done[batch.index] = {"images": st["x"].detach().cpu(), "labels": batch.labels, "curve": curve.cpu()}
         save_checkpoint({"done": done, "current": None}, ckpt_path)
     progress.update(len(batches))
     elapsed = time.perf_counter() - t0
@@ -225,7 +298,7 @@ def run_shard(
     curve = torch.stack([b["curve"] for b in done.values()]).mean(0)
     for it in range(0, len(curve), max(1, len(curve) // 100)):
         tracker.log_metrics({f"loss_{n}": float(curve[it, k]) for k, n in enumerate(objective.names)}, step=it)
-    metrics = {f"final_loss_{n}": float(curve[-1, k]) for k, n in enumerate(objective.names)}
+    metrics = {f"final_loss_{n}": float(curve[-1, k]) for k, n in enumerate(objective.names) if len(curve)}
     return (
         metrics
         | resumed
@@ -296,7 +369,7 @@ def run(
     if method == "random":
         images, labels = random_real(open_source(inputs["data"], cfg.prepare_data.workers), ipc, seed)
     else:
-        n_batches = len(plan_batches(manifest["num_classes"], ipc, cfg.distill.classes_per_batch))
+        n_batches = len(batches_of(cfg, manifest["num_classes"], ipc))
         if merge_from is None:
             metrics |= run_shard(cfg, inputs, out, method, ipc, seed, shard or (0, 1), device, tracker)
             if shard is not None:

@@ -205,14 +205,16 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     optimised = [m for m in methods if m != "random"]
     sets = [(m, ipc) for m in methods for ipc in d.ipcs for _ in cfg.run.seeds]
     dist = Row("distill")
-    per_batch = d.classes_per_batch or classes
+    per_batch = (d.classes_per_batch or classes) * d.slots_per_batch
     for method, ipc in sets:
         if method == "random":
             dist.jobs += 1
             continue
         dist.jobs += d.shards + 1
         images = ipc * classes
-        factor = 2 if d.matching == "gradient" or method == "unrolled" else 1  # + real-batch passes
+        factor = (
+            2 if (method == "teddy" and d.matching != "bn") or method == "unrolled" else 1
+        )  # + real-batch passes
         set_flops = factor * 3 * base.flops * images * d.iterations
         dist.flops += set_flops
         dist.job_flops[p.arch] = max(dist.job_flops.get(p.arch, 0.0), set_flops / d.shards)

@@ -50,10 +50,11 @@ class BNMatching:
         return ce + self.alpha * bn, torch.stack([ce, bn])
 
 
-class GradientMatching:
-    """Σ_c 1 − cos(∇θ CE(φ(real_c), c), ∇θ CE(φ(x̃_c), c)) over the classes of the batch."""
+class CosineMatching:
+    """Σ_c 1 − cos(∇θ CE(φ(real_c), c), ∇θ CE(φ(x̃_c), c)) over the classes of the batch
+    (``distill.matching: cosine``): gradient matching as DC uses it, not the Taylor term."""
 
-    names = ("grad_match",)
+    names = ("grad_cos",)
 
     def __init__(self, cfg, data, device):
         self.real = RealBatches(data, cfg.distill.real_batch, device)
@@ -78,6 +79,24 @@ class GradientMatching:
         return loss, loss.detach()[None]
 
 
+class TaylorMatching:
+    """The paper's first-order objective (``distill.matching: taylor``): the x̃-dependent part of
+    L_real(θ_0) − ηK ⟨∇θ L_real(θ_0), ∇θ L_S(θ_0; x̃)⟩ at the pool model θ_0 = φ, with the real
+    batch drawn from the classes of the synthetic batch (η = distill.inner_lr, K = distill.unroll_steps)."""
+
+    names = ("taylor",)
+
+    def __init__(self, cfg, data, device):
+        self.real = RealBatches(data, cfg.distill.real_batch, device)
+        self.steps, self.inner_lr = cfg.distill.unroll_steps, cfg.distill.inner_lr
+
+    def __call__(self, model, view, labels, gen):
+        x_real, y_real = self.real(torch.unique(labels), gen)
+        g_real = meta.real_gradient(model, x_real, y_real)
+        loss = meta.taylor_surrogate(model, view, labels, g_real, self.steps, self.inner_lr)
+        return loss, loss.detach()[None]
+
+
 class Unrolled:
     """CE on a real batch after K inner SGD steps on the synthetic batch (exact bi-level)."""
 
@@ -96,6 +115,9 @@ class Unrolled:
 def make_objective(method: str, cfg, data, device):
     if method == "unrolled":
         return Unrolled(cfg, data, device)
-    if method == "teddy" and cfg.distill.matching == "gradient":
-        return GradientMatching(cfg, data, device)
+    if method == "teddy" and cfg.distill.matching in MATCHING:
+        return MATCHING[cfg.distill.matching](cfg, data, device)
     return BNMatching(cfg)
+
+
+MATCHING = {"taylor": TaylorMatching, "cosine": CosineMatching}  # teddy's objectives that read real batches

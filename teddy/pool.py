@@ -84,10 +84,10 @@ def pool_sampler(mode: str, entries: list[dict]):
 
 
 class Teacher:
-    """Logits of the base model, or the mean logits of the pool members."""
+    """Logits of the base model, or (``ensemble``) the mean logits of every pool member, prior and post."""
 
     def __init__(self, pool_dir, which: str, device):
-        self.models, _ = load_pool(pool_dir, "base" if which == "base" else "prior", device)
+        self.models, self.entries = load_pool(pool_dir, "base" if which == "base" else "both", device)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,7 @@ def test_synthesis_lowers_the_objective(tmp_path):
     cfg = config.load([BASE, TINY], ["distill.iterations=60", "distill.jitter=0", "distill.crop_scale_min=1.0"])
     pool, _ = load_pool(tmp_path / "pool", "base", "cpu")
     manifest = {"num_classes": 10, "channels": 1, "image_size": 8, "mean": [0.3], "std": [0.3]}
-    batch = distill.Batch(0, 0, tuple(range(10)))
+    batch = distill.Batch(0, (0,), tuple(range(10)))
     st = distill.new_state(distill.init_batch(manifest, cfg, None, batch, 0), cfg, "cpu")
     gen = torch.Generator().manual_seed(0)
     schedule = distill.draw_schedule(cfg, 10, lambda it, g: 0, gen, "cpu")
@@ -70,7 +70,14 @@ def test_synthesis_lowers_the_objective(tmp_path):
 def test_plan_batches_groups_classes():
     batches = distill.plan_batches(num_classes=5, ipc=2, classes_per_batch=2)
     assert [b.classes for b in batches] == [(0, 1), (2, 3), (4,)] * 2
-    assert [b.index for b in batches] == list(range(6)) and [b.slot for b in batches] == [0, 0, 0, 1, 1, 1]
+    assert [b.index for b in batches] == list(range(6)) and [b.slots for b in batches] == [
+        (0,),
+        (0,),
+        (0,),
+        (1,),
+        (1,),
+        (1,),
+    ]
 
 
 def test_same_images_whatever_the_shard_count(tmp_path):

@@ -18,9 +18,11 @@ def test_replayed_soft_labels_equal_teacher_on_stored_crops(tmp_path):
     teacher = load_pool(p, "base", "cpu")[0][0]
     epochs = soft["crops"].shape[0]
     assert soft["logits"].shape == (epochs, len(images), 10) and soft["logits"].dtype == torch.float16
+    views = {k: soft[k] for k in ("crops", "mix", "mix_mode")}
+    assert views["mix_mode"] == "cutmix"  # the default protocol: CutMix views are what the teacher saw
     for e in range(epochs):
         with torch.no_grad():
-            expected = teacher(augment.apply_crops(images, soft["crops"][e]))
+            expected = teacher(augment.render(images, views, e, torch.arange(len(images))))
         assert torch.equal(soft["logits"][e], expected.half())
     # views differ between epochs: the soft labels are per crop, not per image
     assert not torch.equal(soft["crops"][0], soft["crops"][1])
