@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-slurm lint repro report-html plots mlflow-ui bench bench-data gpu-check lock clean
+.PHONY: run test test-slurm lint repro report-html plots mlflow-ui bench bench-fidelity bench-data gpu-check lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ plots: $(STAMP)
 # Benchmarks run on demand (not in CI); each writes benchmarks/results/<name>.json.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/distill.py $(BENCH_ARGS)
+
+# Every distill objective against the exact unrolled meta-gradient → benchmarks/results/fidelity.json.
+bench-fidelity: $(STAMP)
+	$(BIN)/python benchmarks/fidelity.py $(BENCH_ARGS)
 
 # Data loading: teddy's image-file loader vs torchvision ImageFolder+PIL → benchmarks/results/data.json.
 bench-data: $(STAMP)

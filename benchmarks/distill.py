@@ -1,4 +1,4 @@
-"""Distillation cost and fidelity benchmarks → benchmarks/results/distill.json (+ fidelity.png).
+"""Distillation cost benchmarks → benchmarks/results/distill.json (fidelity: benchmarks/fidelity.py).
 
 Run: make bench   (or python benchmarks/distill.py [--device cuda] [--quick] [--out DIR]). CPU by
 default; every figure that is a comparison is a ratio of two measurements taken side by side in this
@@ -8,7 +8,6 @@ one run, on one device.
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,14 +17,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, host, median_time, parse_args, peak_memory_mb, write  # noqa: E402
 
-from teddy import distill, meta, models  # noqa: E402
-from teddy.data.source import ArraySource, open_source  # noqa: E402
+from teddy import distill, models  # noqa: E402
+from teddy.data.source import ArraySource  # noqa: E402
 from teddy.objectives import BNMatching, Unrolled  # noqa: E402
 
 SPEC = models.InputSpec(10, 1, 28, (0.286,), (0.353,))  # Fashion-MNIST-sized
 BATCH, WIDTH, POOL = 100, 128, 5
 SMOKE = {"batch": 20, "width": 32}  # --quick: every code path in seconds, figures not for reporting
-KS_COST, KS_FIDELITY = (1, 5, 10, 20), (1, 2, 5, 10)
+KS_COST = (1, 5, 10, 20)
 
 
 def make_pool(device, n: int = POOL, width: int = WIDTH) -> list[torch.nn.Module]:
@@ -141,102 +140,19 @@ def cost(quick: bool, device) -> dict:
     return out
 
 
-def trained_digits_model(tmp: Path):
-    """A weak (one-epoch) BN ConvNet on embedded digits and the real data it saw."""
-    from teddy import prepare_data, pretrain_pool
-    from teddy.tracking import NullTracker
-
-    cfg = config(
-        "pretrain_pool.epochs=1",
-        "pretrain_pool.width=32",
-        "pretrain_pool.prior_epochs=[]",
-        "pretrain_pool.post_members=1",  # config checks want some pool; train_base ignores it
-        "distill.pool=post",
-    )
-    prepare_data.run(cfg, {}, {"out": tmp}, device="cpu", tracker=NullTracker())
-    data = open_source(tmp)
-    manifest = {"num_classes": 10, "channels": 1, "image_size": 16, "mean": [0.3], "std": [0.32]}
-    spec = models.InputSpec.from_manifest(manifest)
-    model = pretrain_pool.train_base(cfg, data, spec, "cpu", NullTracker())
-    return model.eval().requires_grad_(False), data
-
-
-def fidelity(quick: bool, device) -> dict:
-    """cos(∇x̃ unrolled K-step loss, ∇x̃ Taylor surrogate) on a small ConvNet, mean ± std over draws."""
-    from teddy.objectives import RealBatches
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model, data = trained_digits_model(Path(tmp))
-    model = model.to(device)
-    real = RealBatches(data, 16, device)
-    table = {}
-    for eta in (0.01, 0.1):
-        table[eta] = {}
-        for k in KS_FIDELITY[:2] if quick else KS_FIDELITY:
-            cosines = []
-            for draw in range(1 if quick else 8):
-                gen = torch.Generator().manual_seed(draw)
-                labels = torch.arange(10, device=device)
-                x = torch.rand(10, 1, 16, 16, generator=gen).to(device).requires_grad_(True)
-                xr, yr = real(labels, gen)
-                (exact,) = torch.autograd.grad(meta.unrolled_loss(model, x, labels, xr, yr, k, eta), x)
-                g_real = meta.real_gradient(model, xr, yr)
-                (approx,) = torch.autograd.grad(meta.taylor_surrogate(model, x, labels, g_real, k, eta), x)
-                cosines.append(F.cosine_similarity(exact.flatten(), approx.flatten(), dim=0).item())
-            t = torch.tensor(cosines)
-            spread = t.std().item() if len(t) > 1 else 0.0
-            table[eta][k] = {"mean": t.mean().item(), "std": spread, "draws": len(cosines)}
-    return table
-
-
-def plot_fidelity(table: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    for eta, row in table.items():
-        ks = sorted(row)
-        ax.errorbar(
-            ks,
-            [row[k]["mean"] for k in ks],
-            yerr=[row[k]["std"] for k in ks],
-            marker="o",
-            capsize=3,
-            label=f"inner lr η = {eta}",
-        )
-    ax.set(
-        xlabel="unrolled inner steps K",
-        ylabel="cos(exact, Taylor) of ∇x̃",
-        title="Fidelity of the first-order surrogate",
-    )
-    ax.set_xticks(sorted({k for row in table.values() for k in row}))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     quick, device = args.quick, args.device
     torch.set_num_threads(1)  # one core per measurement: stabler on a shared 2-core machine
-    log(f"fidelity on {device}")
-    fid = fidelity(quick, device)
     dtype = config().run.dtype if device.type == "cuda" else "float32"
     result = {"host": host(), "device": str(device), "dtype": dtype, "quick": quick, **cost(quick, device)}
-    result["fidelity"] = {str(eta): {str(k): v for k, v in row.items()} for eta, row in fid.items()}
-    result["fidelity_cosine"] = {str(k): v["mean"] for k, v in fid[0.01].items()}
     path = write("distill.json", result, args.out)
-    plot_fidelity(fid, path.parent / "fidelity.png")
     print(f"wrote {path}")
     for key in (
         "overhead_vs_fwd_bwd",
         "ensemble_runtime_reduction",
         "unrolled_time_ratio",
         "unrolled_memory_ratio",
-        "fidelity_cosine",
     ):
         print(f"{key}: {result[key]}")
 

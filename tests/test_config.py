@@ -118,3 +118,10 @@ def test_stage_resources_scale_runtime_with_the_dataset():
         config.stage_resources(data, "distill")["runtime"]
         == 60 * data["resources"]["runtime_scale"]["fashion_mnist"]
     )
+
+
+def test_old_matching_name_says_what_it_became():
+    with pytest.raises(
+        config.ConfigError, match=r"distill.matching: 'gradient' is not one of .*was called 'gradient'"
+    ):
+        config.load([BASE], ["distill.matching=gradient"])

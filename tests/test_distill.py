@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -203,3 +205,115 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, sig):
     assert torch.equal(
         artifacts.load_synthetic(killed)["images"], artifacts.load_synthetic(tmp_path / "whole")["images"]
     )
+
+
+def _source(n_per_class: int = 20, classes: int = 3):
+    from teddy.data.source import ArraySource
+
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = torch.arange(len(y), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    tensors = {"train_x": x, "train_y": y, "val_x": x[:classes], "val_y": y[:classes]}
+    return ArraySource({"num_classes": classes}, tensors)
+
+
+def test_candidates_are_disjoint_across_slots_and_independent_of_batching():
+    source = _source()
+    per_slot = {}
+    for slots in (1, 2, 3):
+        for batch in distill.plan_batches(3, ipc=3, classes_per_batch=2, slots_per_batch=slots):
+            idx = distill.candidates(source, batch, ipc=3, per_image=4, seed=7)
+            assert idx.shape == (len(batch.labels), 4)
+            assert torch.equal(source.labels("train")[idx], batch.labels[:, None].expand(-1, 4))
+            for row, slot, c in zip(
+                idx, [s for s in batch.slots for _ in batch.classes], batch.labels.tolist(), strict=True
+            ):
+                assert (
+                    per_slot.setdefault((slot, c), row.tolist()) == row.tolist()
+                )  # same whatever the grouping
+    for c in range(3):
+        picked = [i for s in range(3) for i in per_slot[(s, c)]]
+        assert len(picked) == len(set(picked)) == 12  # no candidate serves two slots of a class
+    # a class too small for ipc × per_image gives every slot what it can (20 // 3 = 6)
+    batch = distill.plan_batches(3, ipc=3, classes_per_batch=None)[0]
+    assert distill.candidates(source, batch, ipc=3, per_image=50, seed=7).shape == (3, 6)
+
+
+def test_teacher_choice_picks_the_lowest_cross_entropy():
+    """A teacher whose class-1 logit grows with brightness: for label 1 the brightest candidate is
+    the easiest, for label 0 the darkest, whatever the crops (constant images)."""
+    from teddy import config
+
+    cfg = config.load([BASE, TINY], [])
+    levels = torch.tensor([0.3, 0.9, 0.1, 0.6])
+    images = levels.view(1, 4, 1, 1, 1).expand(2, 4, 1, 6, 6).contiguous()
+
+    def teacher(x):
+        b = x.mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(b), 10 * (b - 0.5)], dim=1)
+
+    pick = distill.teacher_choice(teacher, images, torch.tensor([1, 0]), 3, cfg, torch.Generator(), "cpu")
+    assert pick.tolist() == [1, 2]
+
+
+def test_selection_only_keeps_distinct_real_training_images(tmp_path):
+    syn = run_distill(tmp_path, "teddy", 3, "--set", "distill.init=teacher", "--set", "distill.iterations=0")
+    from teddy.data.source import open_source
+    from teddy.train import to_unit
+
+    source = open_source(tmp_path / "data")
+    train = to_unit(source.images("train", torch.arange(source.count("train"))))
+    flat = train.flatten(1)
+    match = (syn["images"].flatten(1)[:, None, :] == flat[None]).all(-1)  # (set, train)
+    assert match.any(1).all()  # every image is a training image, untouched
+    rows = match.float().argmax(1)
+    assert len(set(rows.tolist())) == len(rows)  # no image picked twice
+    assert torch.equal(source.labels("train")[rows], syn["labels"])  # of its own class
+
+
+def test_slots_per_batch_puts_several_ipc_slots_in_one_batch(tmp_path):
+    one = run_distill(tmp_path, "teddy", 3, "--set", "distill.slots_per_batch=2")
+    assert torch.bincount(one["labels"]).tolist() == [3] * 10
+    batches = distill.plan_batches(10, ipc=3, classes_per_batch=None, slots_per_batch=2)
+    assert [b.slots for b in batches] == [(0, 1), (2,)]
+    assert batches[0].labels.tolist() == list(range(10)) * 2
+
+
+@pytest.mark.parametrize(("matching", "term"), [("taylor", "taylor"), ("cosine", "grad_cos")])
+def test_real_batch_matchings_run_through_distill_and_lower_their_loss(tmp_path, matching, term):
+    extra = ["--set", f"distill.matching={matching}", "--set", "distill.iterations=30"]
+    extra += ["--set", "distill.jitter=0", "--set", "distill.crop_scale_min=1.0"]
+    syn = run_distill(tmp_path, "teddy", 1, *extra)
+    out = next(p for p in tmp_path.iterdir() if (p / "metrics.json").exists() and p.name.startswith("teddy"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["objective"] == {"taylor": "TaylorMatching", "cosine": "CosineMatching"}[matching]
+    curve = artifacts.load_batches(out)[0]["curve"][:, 0]
+    assert curve[-5:].mean() < curve[:5].mean()  # the objective it names is what it optimises
+    assert syn["images"].shape[0] == 10
+
+
+def test_taylor_matching_is_the_first_order_term_on_the_batch_classes():
+    """TaylorMatching = −ηK ⟨∇θ CE(real of the batch's classes), ∇θ CE(x̃)⟩, computed here by hand
+    on a linear model (∇W CE = (softmax − onehot)ᵀ x / n)."""
+    from types import SimpleNamespace
+
+    from teddy.objectives import TaylorMatching
+
+    source = _source(n_per_class=20, classes=3)
+    cfg = SimpleNamespace(distill=SimpleNamespace(real_batch=5, unroll_steps=4, inner_lr=0.1))
+    obj = TaylorMatching(cfg, source, "cpu")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.rand(2, 1, 4, 4)
+    labels = torch.tensor([2, 0])
+    loss, _ = obj(model, x, labels, torch.Generator().manual_seed(3))
+    x_real, y_real = obj.real(torch.tensor([0, 2]), torch.Generator().manual_seed(3))
+    assert set(y_real.tolist()) == {0, 2}
+
+    def grads(inputs, y):
+        w, b = model[1].weight.detach(), model[1].bias.detach()
+        flat = inputs.flatten(1)
+        err = (torch.softmax(flat @ w.T + b, 1) - torch.nn.functional.one_hot(y, 3)) / len(y)
+        return err.T @ flat, err.sum(0)
+
+    (gw_r, gb_r), (gw_s, gb_s) = grads(x_real, y_real), grads(x, labels)
+    expected = -0.1 * 4 * ((gw_r * gw_s).sum() + (gb_r * gb_s).sum())
+    assert torch.allclose(loss, expected, atol=1e-6)

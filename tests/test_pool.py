@@ -242,3 +242,23 @@ def test_every_pool_architecture_prunes_and_reloads_exactly(arch):
     x = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
         assert torch.allclose(pruned(x), reloaded(x), atol=1e-5)
+
+
+def test_ensemble_teacher_averages_every_member_prior_and_post(pool_dir):
+    """relabel.teacher: ensemble = the mean logits of all pool members (the docs say 'the pool'),
+    each loaded here from its own file, not through load_pool."""
+    from teddy import artifacts
+
+    manifest = json.loads((pool_dir / "pool" / "manifest.json").read_text())
+    teacher = pool.Teacher(pool_dir / "pool", "ensemble", "cpu")
+    assert sorted(e["file"] for e in teacher.entries) == sorted(m["file"] for m in manifest["members"])
+    assert {e["origin"] for e in teacher.entries} == {"prior", "post"}
+    x = torch.rand(5, 1, 8, 8)
+    with torch.no_grad():
+        logits = [
+            models.from_checkpoint(artifacts.load_member(pool_dir / "pool" / m["file"], m["sha256"]))
+            .eval()(x)
+            .float()
+            for m in manifest["members"]
+        ]
+        assert torch.allclose(teacher(x), torch.stack(logits).mean(0), atol=1e-5)
