@@ -11,8 +11,9 @@ Methods (``--method``):
 
 Batches are fixed up front: batch b holds one image of each class of a class group at each of
 ``distill.slots_per_batch`` IPC slots and is seeded by (seed, b), so its result never depends on
-which other batches share the job. A shard is a union of whole batches (b ≡ shard mod n); ``--merge`` assembles the shards. Each
-shard checkpoints every ``distill.checkpoint_every`` iterations and resumes where it stopped.
+which other batches share the job. A shard is a union of whole batches (b ≡ shard mod n);
+``--merge`` assembles the shards. Each shard checkpoints every ``distill.checkpoint_every``
+iterations and resumes where it stopped.
 """
 
 from __future__ import annotations

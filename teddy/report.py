@@ -109,6 +109,48 @@ def mean_std_table(df: pd.DataFrame, value: str) -> pd.DataFrame:
     return pd.Series(cells(stats), index=stats.index).unstack("arch").fillna("").reset_index()
 
 
+def paired_interval(diffs: pd.Series, level: float = 0.95) -> tuple[float, float, float, int]:
+    """Mean of paired differences over seeds and its Student-t ``level`` interval → (mean, low,
+    high, n); one seed has no interval (low = high = NaN)."""
+    from scipy import stats
+
+    values = diffs.dropna().to_numpy(dtype=float)
+    n = len(values)
+    mean = float(values.mean()) if n else float("nan")
+    if n < 2:
+        return mean, float("nan"), float("nan"), n
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1) * values.std(ddof=1) / n**0.5)
+    return mean, mean - half, mean + half, n
+
+
+def ior_interval_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Paired IOR per method/IPC/arch: mean difference to ``baseline`` over the seeds both ran
+    (same seed = same teacher, relabel views and student init) with its 95 % t-interval."""
+    rows = []
+    for (dataset, method, ipc, arch), g in df.dropna(subset=["ior"]).groupby(
+        ["dataset", "method", "ipc", "arch"]
+    ):
+        if method in (baseline, FULL_DATA):
+            continue
+        mean, low, high, n = paired_interval(g.ior)
+        cell = f"{mean:+.2f}" + (f" [{low:+.2f}, {high:+.2f}]" if n > 1 else "") + f" (n={n})"
+        rows.append({"dataset": dataset, "method": method, "ipc": ipc, "arch": arch, "cell": cell})
+    if not rows:
+        return pd.DataFrame()
+    wide = pd.DataFrame(rows).pivot(index=["dataset", "method", "ipc"], columns="arch", values="cell")
+    return wide.fillna("").reset_index()
+
+
+def stage_times(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean wall seconds per stage job of each method/IPC (distill and relabel per set, evaluate per
+    student architecture), so an ablation shows what each variant costs."""
+    sets = df.drop_duplicates(["dataset", "method", "ipc", "seed"])
+    per_set = sets.groupby(["dataset", "method", "ipc"])[["distill_s", "relabel_s"]].mean()
+    per_arch = df.groupby(["dataset", "method", "ipc", "arch"]).evaluate_s.mean().unstack("arch")
+    per_arch.columns = [f"evaluate_{a}_s" for a in per_arch.columns]
+    return per_set.join(per_arch).round(1).reset_index()
+
+
 def plot(df: pd.DataFrame, path: Path) -> None:
     import matplotlib
 
@@ -206,6 +248,12 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         mean_std_table(df, "top1").to_markdown(index=False, disable_numparse=True),
         f"\nIOR: top-1 minus `{cfg.report.baseline_method}` (same dataset/IPC/arch/seed, same protocol).\n",
         mean_std_table(df, "ior").to_markdown(index=False, disable_numparse=True),
+        f"\nPaired IOR: mean difference to `{cfg.report.baseline_method}` over the seeds both ran, "
+        "[95 % Student-t interval] (n = seeds); an interval above 0 is a win, one that holds 0 is not "
+        "a difference.\n",
+        ior_interval_table(df, cfg.report.baseline_method).to_markdown(index=False, disable_numparse=True),
+        "\nMean wall seconds per job (distill, relabel: per synthetic set; evaluate: per student).\n",
+        stage_times(df).to_markdown(index=False, floatfmt=".1f"),
         *([missing_baseline_note(missing, cfg.report.baseline_method)] if len(missing) else []),
         "\nStudent val top-5 (%), mean ± sample std over seeds.\n",
         mean_std_table(df, "top5").to_markdown(index=False, disable_numparse=True),

@@ -123,3 +123,19 @@ def test_a_run_without_its_baseline_is_flagged_not_dropped():
     assert [(r.ipc, r.seed) for r in missing.itertuples()] == [(1, 1), (10, 0)]
     note = report.missing_baseline_note(missing, "random")
     assert "2 run(s) have no `random` evaluation" in note and "teddy ipc10 convnet s0" in note
+
+
+def test_paired_ior_interval_uses_only_paired_seeds_and_the_t_quantile():
+    """teddy − random per seed = 1, 2, 3 on seeds 0–2 (seed 3 has no random run): mean 2, sample
+    std 1, t(0.975, 2) = 4.3027 → half-width 4.3027 / √3 = 2.484."""
+    rows = [("random", s, 70.0 + s) for s in range(3)] + [("teddy", s, 71.0 + 2 * s) for s in range(3)]
+    rows += [("teddy", 3, 99.0)]
+    df = pd.DataFrame(
+        [{"dataset": "d", "method": m, "ipc": 10, "arch": "convnet", "seed": s, "top1": t} for m, s, t in rows]
+    )
+    df = report.add_ior(df, "random")
+    table = report.ior_interval_table(df, "random").set_index("method")
+    assert table.loc["teddy", "convnet"] == "+2.00 [-0.48, +4.48] (n=3)"
+    assert "random" not in table.index  # the baseline against itself is no comparison
+    mean, low, high, n = report.paired_interval(pd.Series([5.0]))
+    assert (mean, n) == (5.0, 1) and np.isnan(low) and np.isnan(high)  # one seed: no interval
