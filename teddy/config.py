@@ -323,6 +323,12 @@ def check(data: Mapping) -> None:
                 f"config key distill.methods: {name!r} is neither a method ({', '.join(METHODS)}) nor "
                 "defined under distill.variants"
             )
+    stray = sorted(set(data["evaluate"]["hard_label_archs"]) - set(data["evaluate"]["archs"]))
+    if stray:
+        problems.append(
+            f"config key evaluate.hard_label_archs: {stray} not in evaluate.archs {data['evaluate']['archs']}; "
+            "a hard-label student trains beside a student of evaluate.archs"
+        )
     if data["evaluate"]["full_data"] and "random" not in data["distill"]["methods"]:
         problems.append(
             "config key evaluate.full_data: the full-data row is method random at the full IPC; "

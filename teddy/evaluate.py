@@ -1,5 +1,9 @@
 """Stage evaluate: train a student from scratch on (synthetic images, replayed soft labels) with
-KL divergence at temperature T; report top-1/top-5 on the real val split."""
+KL divergence at temperature T; report top-1/top-5 on the real val split.
+
+For the students in ``evaluate.hard_label_archs`` the job also trains a second student, same
+initialisation and the very same views, with cross-entropy on the images' own labels (mixed by the
+view's CutMix/Mixup λ): DD-Ranking's hard-label accuracy, from which report computes HLR."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch
 from teddy import artifacts, models
 from teddy.augment import render
 from teddy.data.source import open_source
-from teddy.losses import soft_kl
+from teddy.losses import mixed_cross_entropy, soft_kl
 from teddy.pool import Teacher
 from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
 from teddy.utils import (
@@ -24,12 +28,23 @@ from teddy.utils import (
 
 log = logging.getLogger(__name__)
 STATE = "train_state.pt"  # resumable student state; removed when training completes
+STATE_HARD = "train_state_hard.pt"  # the hard-label student's
 
 
 def train_student(
-    cfg, model, images, soft: dict, seed: int, device, on_epoch, teacher=None, state_path: Path | None = None
+    cfg,
+    model,
+    images,
+    soft: dict,
+    seed: int,
+    device,
+    on_epoch,
+    teacher=None,
+    state_path: Path | None = None,
+    hard_labels: torch.Tensor | None = None,
 ) -> int:
-    """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online.
+    """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online; with
+    ``hard_labels``, cross-entropy to the images' labels on the same views instead.
 
     ``on_epoch(epoch, loss, extra) -> extra`` after every epoch (``extra``: e.g. the accuracy curve,
     None at first). With ``state_path`` the loop state is saved every ``run.checkpoint_minutes``
@@ -45,7 +60,7 @@ def train_student(
             f"evaluate needs {e.epochs} × {n}: rerun relabel with the same evaluate.epochs"
         )
     replay = soft.get("replay")
-    if replay is None and teacher is None:
+    if replay is None and teacher is None and hard_labels is None:
         raise RuntimeError("the soft-label file was made with relabel.mode=online: pass --pool for the teacher")
     batch = min(e.batch_size, n)
     net = data_parallel(model)
@@ -53,6 +68,7 @@ def train_student(
     sched = warmup_cosine(opt, e.epochs * -(-n // batch))
     gen = torch.Generator().manual_seed(seed)
     images = images.to(device)
+    hard = None if hard_labels is None else hard_labels.to(device)
     views = {**soft, "crops": soft["crops"].to(device), "mix": soft["mix"].to(device)}
     st = {"epoch": 0, "start": 0, "perm": None, "total": torch.zeros((), device=device), "extra": None}
     state = TrainState(state_path, model, opt, sched, gen)
@@ -71,8 +87,11 @@ def train_student(
             state.preempt(st, f"in epoch {epoch + 1}")
             idx = local_part(st["perm"][st["start"] : st["start"] + batch])  # this rank's share (DDP)
             view = render(images, views, epoch, idx)
-            target = replay(epoch, idx, device) if replay is not None else teacher(view)
-            loss = soft_kl(net(view), target, e.temperature)
+            if hard is not None:
+                loss = mixed_cross_entropy(net(view), hard, idx, views["mix"][epoch, idx], views["mix_mode"])
+            else:
+                target = replay(epoch, idx, device) if replay is not None else teacher(view)
+                loss = soft_kl(net(view), target, e.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -104,43 +123,53 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
     soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
     teacher = Teacher(inputs["pool"], soft["teacher"], device) if "replay" not in soft else None
-    torch.manual_seed(seed)
-    model = models.create_model(arch, models.InputSpec.from_manifest(manifest), width=cfg.evaluate.width).to(
-        device
-    )
-    every = max(1, cfg.evaluate.epochs // 10)
-    curve = []
     probe = curve_subset(source.count("val"), cfg.evaluate.curve_val_images)
-
-    progress = Progress(
-        f"evaluate {syn['method']} ipc{syn['ipc']} {arch} seed{seed} epochs", cfg.evaluate.epochs
-    )
-
-    def on_epoch(epoch: int, loss: float, extra) -> list:
-        progress.update(epoch)
-        curve[:] = extra or []
-        tracker.log_metrics({"train_kl": loss}, step=epoch)
-        final = epoch == cfg.evaluate.epochs
-        if epoch % every == 0 or final:
-            idx = None if final or probe is None else probe
-            acc = accuracy_of(model, source.batches("val", idx, cfg.evaluate.eval_batch_size), device)
-            tracker.log_metrics({"val_top1": acc["top1"]}, step=epoch)
-            seen = source.count("val") if idx is None else len(idx)
-            curve.append({"epoch": epoch, "train_kl": loss, **acc, "val_images": seen})
-        return list(curve)
-
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
-    resumed = train_student(cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / STATE)
-    final = curve[-1]
-    return {
+    spec = models.InputSpec.from_manifest(manifest)
+    name = f"{syn['method']} ipc{syn['ipc']} {arch} seed{seed}"
+
+    def student(kind: str, state: Path, labels=None) -> tuple[dict, list, int]:
+        """Train one student (same init for both kinds) → (final accuracy, curve, resumed epoch)."""
+        torch.manual_seed(seed)
+        model = models.create_model(arch, spec, width=cfg.evaluate.width).to(device)
+        every = max(1, cfg.evaluate.epochs // 10)
+        curve: list = []
+        prefix = "" if kind == "soft" else "hard_"
+        progress = Progress(f"evaluate {name} {kind}-label epochs", cfg.evaluate.epochs)
+
+        def on_epoch(epoch: int, loss: float, extra) -> list:
+            progress.update(epoch)
+            curve[:] = extra or []
+            tracker.log_metrics({"hard_train_loss" if prefix else "train_kl": loss}, step=epoch)
+            final = epoch == cfg.evaluate.epochs
+            if epoch % every == 0 or final:
+                idx = None if final or probe is None else probe
+                acc = accuracy_of(model, source.batches("val", idx, cfg.evaluate.eval_batch_size), device)
+                tracker.log_metrics({f"{prefix}val_top1": acc["top1"]}, step=epoch)
+                seen = source.count("val") if idx is None else len(idx)
+                key = "train_loss" if prefix else "train_kl"
+                curve.append({"epoch": epoch, key: loss, **acc, "val_images": seen})
+            return list(curve)
+
+        resumed = train_student(
+            cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / state, hard_labels=labels
+        )
+        return {**curve[-1], "params": models.count_params(model)}, curve, resumed
+
+    final, curve, resumed = student("soft", STATE)
+    metrics = {
         "arch": arch,
         "seed": seed,
         "method": syn["method"],
         "ipc": syn["ipc"],
         "top1": final["top1"],
         "top5": final["top5"],
-        "params": models.count_params(model),
+        "params": final["params"],
         "curve": curve,
         "resumed_from_epoch": resumed,
     }
+    if arch in cfg.evaluate.hard_label_archs:
+        hard, hard_curve, _ = student("hard", STATE_HARD, labels=syn["labels"])
+        metrics |= {"hard_top1": hard["top1"], "hard_top5": hard["top5"], "hard_curve": hard_curve}
+    return metrics

@@ -105,6 +105,34 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float
     return F.kl_div(log_p, q, reduction="batchmean") * t * t
 
 
+def kept_fraction(mix: torch.Tensor, mode: str) -> torch.Tensor:
+    """The share of each mixed view that is its own image: λ for mixup; for cutmix 1 − the area of
+    the pasted box (side √(1 − λ), centred at (cx, cy)) left inside the image after clipping, as
+    CutMix adjusts λ."""
+    lam = mix[:, 1]
+    if mode != "cutmix":
+        return lam
+    half = torch.sqrt(1 - lam) / 2
+
+    def inside(c):
+        return (torch.clamp(c + half, max=1) - torch.clamp(c - half, min=0)).clamp(min=0)
+
+    return 1 - inside(mix[:, 2]) * inside(mix[:, 3])
+
+
+def mixed_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, mix: torch.Tensor, mode: str
+) -> torch.Tensor:
+    """Hard-label CE of views of images ``idx`` mixed per ``mix`` (sample_mix rows: partner, λ, …):
+    λ · CE(own label) + (1 − λ) · CE(partner's label), batch-mean; plain CE when nothing is mixed."""
+    own = F.cross_entropy(logits, labels[idx], reduction="none")
+    if mode == "none":
+        return own.mean()
+    lam = kept_fraction(mix, mode).to(logits)
+    partner = F.cross_entropy(logits, labels[mix[:, 0].long()], reduction="none")
+    return (lam * own + (1 - lam) * partner).mean()
+
+
 def gradient_cosine_loss(g_real: Sequence[torch.Tensor], g_syn: Sequence[torch.Tensor]) -> torch.Tensor:
     """1 − cos(g_real, g_syn) of two parameter gradients given as matching lists of tensors.
 

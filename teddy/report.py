@@ -28,6 +28,7 @@ def collect_row(eval_dir: Path) -> dict:
     pool = read_json(Path(soft["inputs"]["pool"]) / "metrics.json")
     walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
     row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
+    row["hard_top1"] = ev.get("hard_top1", float("nan"))  # evaluate.hard_label_archs only
     row["pool_size"] = syn.get("pool_size", 0)  # members distill drew from (0: real images)
     row |= {
         f"{stage}_s": round(walls[stage]["wall_s"] + walls[stage].get("shard_wall_s", 0), 3) for stage in STAGES
@@ -76,6 +77,17 @@ def add_ior(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     base = df[df.method == baseline][keys + ["top1"]].rename(columns={"top1": "baseline_top1"})
     out = df.merge(base, on=keys, how="left")
     out["ior"] = out["top1"] - out.pop("baseline_top1")
+    return out
+
+
+def add_hlr(df: pd.DataFrame) -> pd.DataFrame:
+    """HLR = full data's hard-label top-1 − the set's (same dataset/arch/seed); NaN where either
+    hard-label student was not trained."""
+    keys = ["dataset", "arch", "seed"]
+    full = df[df.method == FULL_DATA][keys + ["hard_top1"]].rename(columns={"hard_top1": "full_hard_top1"})
+    out = df.merge(full, on=keys, how="left")
+    out["hlr"] = out.pop("full_hard_top1") - out["hard_top1"]
+    out.loc[out.method == FULL_DATA, "hlr"] = float("nan")
     return out
 
 
@@ -139,6 +151,24 @@ def ior_interval_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
         return pd.DataFrame()
     wide = pd.DataFrame(rows).pivot(index=["dataset", "method", "ipc"], columns="arch", values="cell")
     return wide.fillna("").reset_index()
+
+
+def hard_label_sections(df: pd.DataFrame) -> list[str]:
+    """Hard-label top-1 and HLR tables (DD-Ranking), when evaluate.hard_label_archs trained any."""
+    if df.hard_top1.isna().all():
+        return []
+    parts = [
+        "\nHard-label top-1 (%): the same students on the same views with cross-entropy to each image's "
+        "own label (evaluate.hard_label_archs).\n",
+        mean_std_table(df, "hard_top1").to_markdown(index=False, disable_numparse=True),
+    ]
+    if df.hlr.notna().any():
+        parts += [
+            "\nHLR: full data's hard-label top-1 minus the set's (same arch/seed; lower = the set recovers "
+            "more of the full data's hard-label accuracy).\n",
+            mean_std_table(df, "hlr").to_markdown(index=False, disable_numparse=True),
+        ]
+    return parts
 
 
 def stage_times(df: pd.DataFrame) -> pd.DataFrame:
@@ -231,7 +261,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     """inputs: ``evaluations`` (list of evaluate dirs); outputs: ``out`` dir."""
     rows = [collect_row(d) for d in find_evaluations(inputs["evaluations"])]
     df = in_config_grid(pd.DataFrame(rows), cfg)
-    df = add_ior(df, cfg.report.baseline_method)
+    df = add_hlr(add_ior(df, cfg.report.baseline_method))
     df = df.sort_values(["dataset", "method", "ipc", "arch", "seed"]).reset_index(drop=True)
     missing = missing_baseline(df, cfg.report.baseline_method)
     if len(missing):
@@ -255,6 +285,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         "\nMean wall seconds per job (distill, relabel: per synthetic set; evaluate: per student).\n",
         stage_times(df).to_markdown(index=False, floatfmt=".1f"),
         *([missing_baseline_note(missing, cfg.report.baseline_method)] if len(missing) else []),
+        *hard_label_sections(df),
         "\nStudent val top-5 (%), mean ± sample std over seeds.\n",
         mean_std_table(df, "top5").to_markdown(index=False, disable_numparse=True),
         "\nAll runs (wall seconds per stage):\n",

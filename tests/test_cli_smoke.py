@@ -30,6 +30,8 @@ def pipeline(tmp_path_factory):
         "tracking.enabled=true",
         "--set",
         f"tracking.uri={uri}",
+        "--set",
+        "evaluate.hard_label_archs=[convnet]",
     ]
 
     def teddy(*args):
@@ -98,7 +100,14 @@ def test_stage_outputs(pipeline):
     assert all((tmp / "pool" / m["file"]).is_file() for m in pool["members"])
     assert (tmp / "syn_teddy" / "grid.png").stat().st_size > 0
     ev = json.loads((tmp / "eval_teddy_convnet" / "metrics.json").read_text())
-    assert 0 <= ev["top1"] <= 100 and ev["wall_s"] > 0 and ev["peak_rss_mb"] > 0
+    assert ev["wall_s"] > 0 and ev["peak_rss_mb"] > 0
+    final = ev["curve"][-1]
+    assert (final["epoch"], final["top1"], final["top5"]) == (2, ev["top1"], ev["top5"])
+    assert final["val_images"] == manifest["val_count"]  # the final point scores the whole val split
+    # the hard-label student ran beside the soft one (evaluate.hard_label_archs), on the same epochs
+    assert [p["epoch"] for p in ev["hard_curve"]] == [p["epoch"] for p in ev["curve"]]
+    assert ev["hard_top1"] == ev["hard_curve"][-1]["top1"]
+    assert "hard_top1" not in json.loads((tmp / "eval_teddy_resnet18" / "metrics.json").read_text())
     assert (tmp / "eval_teddy_convnet" / "config.resolved.yaml").is_file()
 
 
@@ -111,9 +120,20 @@ def test_report_table(pipeline):
     need = {"dataset", "method", "ipc", "arch", "seed", "top1", "ior"}
     need |= {f"{s}_s" for s in ("prepare_data", "pretrain_pool", "distill", "relabel", "evaluate")}
     assert need <= set(df.columns)
-    assert (df[df.method == "random"].ior == 0).all()
+    # every number is the evaluate metric it summarises, and IOR pairs by arch and seed
+    for row in df.itertuples():
+        ev = json.loads((tmp / f"eval_{row.method}_{row.arch}" / "metrics.json").read_text())
+        assert row.top1 == pytest.approx(ev["top1"], abs=1e-4) and row.top5 == pytest.approx(
+            ev["top5"], abs=1e-4
+        )
+        rnd = json.loads((tmp / f"eval_random_{row.arch}" / "metrics.json").read_text())
+        assert row.ior == pytest.approx(ev["top1"] - rnd["top1"], abs=1e-4)
+        assert (row.arch == "convnet") == (row.hard_top1 == row.hard_top1)  # NaN without a hard student
     assert (tmp / "report" / "accuracy.png").stat().st_size > 0
-    assert "± " in (tmp / "report" / "summary.md").read_text()
+    text = (tmp / "report" / "summary.md").read_text()
+    teddy = df[(df.method == "teddy") & (df.arch == "convnet")].iloc[0]
+    assert f"| {teddy.top1:.2f} " in text and f"{teddy.ior:+.2f} (n=1)" in text
+    assert "Hard-label top-1" in text
 
 
 def test_mlflow_has_one_run_per_stage_execution(pipeline):

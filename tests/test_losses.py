@@ -78,3 +78,34 @@ def test_soft_kl_hand_computed():
     expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     assert soft_kl(student, teacher, 1.0).item() == pytest.approx(expected, rel=1e-6)
     assert soft_kl(teacher, teacher, 4.0).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_cutmix_kept_fraction_is_the_pixels_the_image_keeps():
+    """kept_fraction against apply_mix itself: pasting ones into zeros, the mean of the mixed view is
+    the pasted share; a box clipped at a corner keeps more of the image than λ says."""
+    from teddy import augment
+    from teddy.losses import kept_fraction
+
+    mix = torch.tensor([[1.0, 0.75, 0.5, 0.5], [1.0, 0.75, 0.0, 0.0], [0.0, 0.3, 0.9, 0.2]])
+    views = augment.apply_mix(torch.zeros(3, 1, 64, 64), torch.ones(3, 1, 64, 64), mix, "cutmix")
+    pasted = views.mean(dim=(1, 2, 3))
+    assert torch.allclose(kept_fraction(mix, "cutmix"), 1 - pasted, atol=0.02)
+    assert abs(kept_fraction(mix, "cutmix")[1].item() - 0.9375) < 1e-6  # a quarter of the box inside
+    assert torch.equal(kept_fraction(mix, "mixup"), mix[:, 1])
+
+
+def test_mixed_cross_entropy_weights_own_and_partner_labels():
+    from teddy.losses import mixed_cross_entropy
+
+    logits = torch.randn(2, 3)
+    labels = torch.tensor([0, 2, 1])
+    idx = torch.tensor([2, 0])
+    mix = torch.tensor([[1.0, 0.25, 0.0, 0.0], [2.0, 0.5, 0.0, 0.0]])  # partners: images 1 and 2
+    ce = torch.nn.functional.cross_entropy
+    own, partner = (
+        ce(logits, torch.tensor([1, 0]), reduction="none"),
+        ce(logits, torch.tensor([2, 1]), reduction="none"),
+    )
+    expected = ((torch.tensor([0.25, 0.5]) * own) + (torch.tensor([0.75, 0.5]) * partner)).mean()
+    assert torch.allclose(mixed_cross_entropy(logits, labels, idx, mix, "mixup"), expected)
+    assert torch.allclose(mixed_cross_entropy(logits, labels, idx, mix, "none"), own.mean())

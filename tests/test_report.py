@@ -139,3 +139,19 @@ def test_paired_ior_interval_uses_only_paired_seeds_and_the_t_quantile():
     assert "random" not in table.index  # the baseline against itself is no comparison
     mean, low, high, n = report.paired_interval(pd.Series([5.0]))
     assert (mean, n) == (5.0, 1) and np.isnan(low) and np.isnan(high)  # one seed: no interval
+
+
+def test_hlr_is_full_data_hard_top1_minus_the_sets_same_arch_and_seed():
+    rows = [
+        (report.FULL_DATA, "convnet", 0, 90.0),
+        (report.FULL_DATA, "convnet", 1, 92.0),
+        ("teddy", "convnet", 0, 60.0),
+        ("teddy", "convnet", 1, 70.0),
+        ("teddy", "resnet18", 0, float("nan")),  # no hard-label student for this arch
+    ]
+    df = pd.DataFrame(
+        [{"dataset": "d", "method": m, "ipc": 10, "arch": a, "seed": s, "hard_top1": h} for m, a, s, h in rows]
+    )
+    out = report.add_hlr(df).set_index(["method", "arch", "seed"]).hlr
+    assert out[("teddy", "convnet", 0)] == 30.0 and out[("teddy", "convnet", 1)] == 22.0
+    assert np.isnan(out[("teddy", "resnet18", 0)]) and np.isnan(out[(report.FULL_DATA, "convnet", 0)])
