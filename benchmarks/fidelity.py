@@ -129,9 +129,10 @@ def plot(table: dict, path: Path) -> None:
         ax.set(xlabel="unrolled inner steps K", title=f"inner lr η = {eta}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("cos(∇x̃ exact, ∇x̃ objective)")
-    axes[0].legend()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle("Which objectives follow the exact meta-gradient")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=120)
 
 
