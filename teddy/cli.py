@@ -365,7 +365,7 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
             from teddy import pretrain_pool
 
             try:
-                kind, _ = pretrain_pool.parse_member(cfg, options["member"])
+                kind = pretrain_pool.parse_member(cfg, options["member"])[0]
             except ValueError as err:
                 return str(err)
             needs_base = kind == "post" or (kind == "prior" and cfg.pretrain_pool.prior_targets)

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import re
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -323,6 +324,16 @@ def check(data: Mapping) -> None:
                 f"config key distill.methods: {name!r} is neither a method ({', '.join(METHODS)}) nor "
                 "defined under distill.variants"
             )
+    for name in data["pretrain_pool"]["member_archs"]:
+        if not models.known(name):
+            problems.append(f"config key pretrain_pool.member_archs: {models.unknown_message(name)}")
+    in_pool = {data["pretrain_pool"]["arch"], *data["pretrain_pool"]["member_archs"]}
+    for name in data["distill"]["pool_archs"] or []:
+        if name not in in_pool:
+            problems.append(
+                f"config key distill.pool_archs: {name!r} has no members in the pool ({sorted(in_pool)}); "
+                "add it to pretrain_pool.member_archs"
+            )
     stray = sorted(set(data["evaluate"]["hard_label_archs"]) - set(data["evaluate"]["archs"]))
     if stray:
         problems.append(
@@ -420,15 +431,22 @@ def resolve_variant(cfg: Any, name: str) -> tuple[Any, str]:
 def pool_job_names(p) -> list[str]:
     """The pool's jobs for the pretrain_pool config section ``p`` (mapping or dataclass), base first."""
     get = p.get if isinstance(p, dict) else lambda key: getattr(p, key)
-    priors = (
-        [f"prior_s{s}" for s in get("prior_seeds")] if (get("prior_epochs") or get("prior_targets")) else []
-    )
+    has_prior = bool(get("prior_epochs") or get("prior_targets"))
+    priors = [f"prior_s{s}" for s in get("prior_seeds")] if has_prior else []
+    priors += [
+        f"prior_{arch_slug(a)}_s{s}" for a in get("member_archs") for s in get("prior_seeds") if has_prior
+    ]
     return ["base", *priors, *(f"post_{i:03d}" for i in range(get("post_members")))]
+
+
+def arch_slug(arch: str) -> str:
+    """An architecture name as a folder-name part (torchvision:resnet50 → torchvision-resnet50)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", arch).strip("-")
 
 
 POOL_PRIOR_KEYS = {"prior_epochs", "prior_targets"}
 POOL_POST_KEYS = {"prune_ratio", "finetune_epochs", "finetune_lr", "recalib_images"}
-POOL_LIST_KEYS = {"prior_seeds", "post_members"}  # which jobs exist, not what one job computes
+POOL_LIST_KEYS = {"prior_seeds", "post_members", "member_archs"}  # which jobs exist, not what one job computes
 
 
 def pool_job_config(p: dict, kind: str) -> dict:

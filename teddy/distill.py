@@ -249,7 +249,8 @@ def run_shard(
     d = cfg.distill
     needs_real = d.init != "noise" or method == "unrolled" or (method == "teddy" and d.matching != "bn")
     data = open_source(data_dir, cfg.prepare_data.workers) if needs_real else None
-    pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, d.pool_size)
+    archs = None if method == "sre2l" else d.pool_archs
+    pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, d.pool_size, archs)
     draw = pool_sampler(d.pool_sampling, pool_manifest)
     objective = make_objective(method, cfg, data, device)
     teacher = Teacher(inputs["pool"], cfg.relabel.teacher, device) if d.init == "teacher" else None

@@ -159,7 +159,10 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
         raise SystemExit("teddy estimate: set prepare_data.image_size (the side length every stage sees)")
     spec = models.InputSpec(classes, channels, size, (0.5,) * channels, (0.25,) * channels)
     act_bytes = 2 if cfg.run.dtype == "bfloat16" else 4
-    archs = {a: arch_cost(a, spec, e.width if a == "convnet" else p.width) for a in {p.arch, *e.archs}}
+    archs = {
+        a: arch_cost(a, spec, e.width if a == "convnet" else p.width)
+        for a in {p.arch, *p.member_archs, *e.archs}
+    }
     measured = {}
     if device is not None:
         measured = {a: measure_tflops(a, spec, e.width if a == "convnet" else p.width, device) for a in archs}
@@ -196,9 +199,15 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     pool.job_flops = {
         p.arch: max(base_job, prior_job if p.prior_seeds else 0.0, post_job if p.post_members else 0.0)
     }
+    for arch in p.member_archs:  # each other architecture's own prior trajectories
+        other_job = prior_epochs * 3 * archs[arch].flops * n_train
+        pool.jobs += len(p.prior_seeds)
+        pool.flops += len(p.prior_seeds) * other_job
+        pool.job_flops[arch] = max(pool.job_flops.get(arch, 0.0), other_job)
     pool.gpu_mem_gb = gpu_mem_gb(base, p.batch_size, act_bytes)
     members = len(p.prior_epochs) * len(p.prior_seeds) + len(p.prior_targets) + p.post_members + 1
-    pool.disk_gb = members * base.params * 4 / 1e9
+    others = sum(len(p.prior_epochs) * len(p.prior_seeds) * archs[a].params for a in p.member_archs)
+    pool.disk_gb = (members * base.params + others) * 4 / 1e9
     rows.append(pool)
 
     methods = [config_mod.algorithm(config_mod.to_dict(cfg), m) for m in d.methods]

@@ -15,10 +15,13 @@ from teddy.artifacts import POOL_MANIFEST as MANIFEST
 from teddy.utils import read_json
 
 
-def load_pool(pool_dir: str | Path, which: str, device, size: int | None = None) -> tuple[list, list[dict]]:
+def load_pool(
+    pool_dir: str | Path, which: str, device, size: int | None = None, archs=None
+) -> tuple[list, list[dict]]:
     """``which``: 'base' → [base model]; 'prior' / 'post' / 'both' → those members, at most ``size``
-    spread evenly over the manifest's order (prior: by seed, then epoch); 'both' takes half from
-    each and alternates them. Checksums are verified.
+    spread evenly over the manifest's order (prior: by architecture, seed, then epoch); 'both' takes
+    half from each and alternates them; ``archs`` keeps only members of those architectures (None:
+    all). Checksums are verified.
 
     Returns the models (eval mode, frozen, channels_last on CUDA) and their manifest entries.
     """
@@ -27,7 +30,8 @@ def load_pool(pool_dir: str | Path, which: str, device, size: int | None = None)
     if which == "base":
         entries = [manifest["base"]]
     else:
-        by_origin = {o: [m for m in manifest["members"] if m["origin"] == o] for o in ("prior", "post")}
+        kept = [m for m in manifest["members"] if archs is None or m.get("arch", manifest["arch"]) in archs]
+        by_origin = {o: [m for m in kept if m["origin"] == o] for o in ("prior", "post")}
         if which == "both":
             half = None if size is None else (size + 1) // 2
             prior, post = (
@@ -39,9 +43,10 @@ def load_pool(pool_dir: str | Path, which: str, device, size: int | None = None)
         else:
             entries = spread(by_origin[which], size)
     if not entries:
+        among = "" if archs is None else f" of architectures {list(archs)}"
         raise RuntimeError(
-            f"{pool_dir / MANIFEST} lists no {which} members: set pretrain_pool.prior_epochs "
-            "or pretrain_pool.post_members"
+            f"{pool_dir / MANIFEST} lists no {which} members{among}: set pretrain_pool.prior_epochs, "
+            "pretrain_pool.post_members or pretrain_pool.member_archs (and distill.pool_archs)"
         )
     pool = []
     for entry in entries:

@@ -4,6 +4,8 @@ One job per pool member group, so a cluster builds them in parallel:
   base          train the base model with the recipe in config (or load ``pretrain_pool.checkpoint``)
   prior_s<S>    seed S's training trajectory, kept at ``prior_epochs`` and/or the first epochs
                 reaching ``prior_targets`` × the base model's val top-1 (stops after the last one)
+  prior_<A>_s<S>  the same trajectory for each other architecture A of ``member_archs`` (a
+                multi-architecture pool; prior members only)
   post_<III>    the base model pruned (torch-pruning, L1), fine-tuned, BN recalibrated on real data
   (assemble)    ``manifest.json``: every member's origin, epoch/prune ratio, params, FLOPs, val
                 accuracy and checksum
@@ -40,21 +42,28 @@ MEMBERS = "members.json"  # each job's entries (files relative to its folder)
 STATE = "train_state.pt"  # resumable training state, removed when the job completes
 
 
-def parse_member(cfg, text: str) -> tuple[str, int]:
-    """'base' | 'prior:S' | 'post:I' (or the folder names prior_sS / post_III) → (kind, index)."""
+def parse_member(cfg, text: str) -> tuple[str, int, str]:
+    """'base' | 'prior:S' | 'prior:S:ARCH' | 'post:I' (or the folder names prior_sS, prior_<A>_sS,
+    post_III) → (kind, index, architecture)."""
     p = cfg.pretrain_pool
+    by_slug = {config_mod.arch_slug(a): a for a in p.member_archs}
+    for slug, arch in by_slug.items():
+        text = text.replace(f"prior_{slug}_s", f"prior:{arch}:")
     text = text.replace("prior_s", "prior:").replace("post_", "post:")
-    kind, _, index = text.partition(":")
+    kind, _, rest = text.partition(":")
+    arch, _, index = rest.rpartition(":")
     valid = kind == "base" and not index
     if kind in ("prior", "post") and index.isdigit():
         i = int(index)
-        valid = i in p.prior_seeds if kind == "prior" else i < p.post_members
+        valid = i in p.prior_seeds if kind == "prior" else i < p.post_members and not arch
+        valid = valid and (not arch or arch in p.member_archs)
     if not valid:
         raise ValueError(
-            f"--member {text!r}: use base, prior:S with S in pretrain_pool.prior_seeds {list(p.prior_seeds)}, "
+            f"--member {text!r}: use base, prior:S with S in pretrain_pool.prior_seeds {list(p.prior_seeds)} "
+            f"(prior:ARCH:S for ARCH in pretrain_pool.member_archs {list(p.member_archs)}), "
             f"or post:I with I < pretrain_pool.post_members ({p.post_members})"
         )
-    return kind, int(index or 0)
+    return kind, int(index or 0), arch or p.arch
 
 
 def describe(model: torch.nn.Module, spec: models.InputSpec) -> dict:
@@ -73,9 +82,17 @@ def describe(model: torch.nn.Module, spec: models.InputSpec) -> dict:
 
 
 def train_trajectory(
-    cfg, source, spec, seed: int, device, tracker, on_epoch, state_path: Path | None = None
+    cfg,
+    source,
+    spec,
+    seed: int,
+    device,
+    tracker,
+    on_epoch,
+    state_path: Path | None = None,
+    arch: str | None = None,
 ) -> torch.nn.Module:
-    """Train the pretrain_pool recipe from seed ``seed``.
+    """Train the pretrain_pool recipe from seed ``seed`` (architecture ``arch``, default pretrain_pool.arch).
 
     ``on_epoch(epoch, model, extra) -> (stop, extra)`` runs after every epoch; ``extra`` (e.g. the
     members saved so far; None at first) is kept in the resumable state. With ``state_path`` the state is
@@ -85,7 +102,8 @@ def train_trajectory(
     p = cfg.pretrain_pool
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = models.create_model(p.arch, spec, width=p.width).to(device)
+    arch = arch or p.arch
+    model = models.create_model(arch, spec, width=p.width).to(device)
     net = data_parallel(model)  # under torchrun each rank trains on its share of every batch
     n = source.count("train")
     steps_per_epoch = -(-n // p.batch_size)
@@ -96,7 +114,7 @@ def train_trajectory(
     st = state.load(device) or st
     if st["epoch"] > 1 or st["start"]:
         log.info("resuming seed %d's training from %s in epoch %d", seed, state_path, st["epoch"])
-    progress = Progress(f"pretrain_pool seed {seed}", p.epochs * steps_per_epoch)
+    progress = Progress(f"pretrain_pool {arch} seed {seed}", p.epochs * steps_per_epoch)
 
     while st["epoch"] <= p.epochs:
         model.train()
@@ -139,14 +157,15 @@ def val_accuracy(model, source, device) -> dict[str, float]:
     return accuracy_of(model, source.batches("val", batch_size=1024), device)
 
 
-def save_member(model, path: Path, cfg, real, spec, device, **info) -> dict:
+def save_member(model, path: Path, cfg, real, spec, device, arch: str | None = None, **info) -> dict:
     """Write one member (atomically, weights_only-loadable) and return its manifest entry."""
     p = cfg.pretrain_pool
+    arch = arch or p.arch
     acc = val_accuracy(model, real, device)
     keep = {k: info[k] for k in ("origin", "epoch", "seed", "prune_ratio") if info.get(k) is not None}
-    ckpt = models.checkpoint(model, p.arch, spec, p.width, pruned=info["origin"] == "post", **keep)
+    ckpt = models.checkpoint(model, arch, spec, p.width, pruned=info["origin"] == "post", **keep)
     digest = artifacts.save(ckpt, path)
-    entry = {"file": path.name, **info, "val_top1": acc["top1"], "val_top5": acc["top5"]}
+    entry = {"file": path.name, "arch": arch, **info, "val_top1": acc["top1"], "val_top5": acc["top5"]}
     return entry | describe(model, spec) | {"sha256": digest}
 
 
@@ -200,11 +219,14 @@ def build_base(cfg, source, spec, out: Path, device, tracker) -> list[dict]:
 
 
 def build_prior(
-    cfg, source, spec, seed: int, out: Path, device, tracker, base_top1: float | None
+    cfg, source, spec, seed: int, out: Path, device, tracker, base_top1: float | None, arch: str | None = None
 ) -> list[dict]:
-    """Seed ``seed``'s trajectory, kept at prior_epochs and at the first epoch reaching each of
-    prior_targets × ``base_top1``; training stops after the last member is saved."""
+    """Seed ``seed``'s trajectory of ``arch`` (default pretrain_pool.arch), kept at prior_epochs and
+    at the first epoch reaching each of prior_targets × ``base_top1``; training stops after the last
+    member is saved."""
     p = cfg.pretrain_pool
+    arch = arch or p.arch
+    tag = f"prior_s{seed}" if arch == p.arch else f"prior_{config_mod.arch_slug(arch)}_s{seed}"
     targets = sorted(p.prior_targets)
     if targets and base_top1 is None:
         raise ValueError("pretrain_pool.prior_targets need the base model's accuracy: pass --base (its folder)")
@@ -221,8 +243,8 @@ def build_prior(
             reasons["targets"] = met
         if reasons["epoch"] or reasons.get("targets"):
             info = {"origin": "prior", "seed": seed, "epoch": epoch, "targets": reasons.get("targets", [])}
-            entry = save_member(model, out / f"e{epoch:03d}.pt", cfg, source, spec, device, **info)
-            tracker.log_metrics({f"val_top1_prior_s{seed}": entry["val_top1"]}, step=epoch)
+            entry = save_member(model, out / f"e{epoch:03d}.pt", cfg, source, spec, device, arch, **info)
+            tracker.log_metrics({f"val_top1_{tag}": entry["val_top1"]}, step=epoch)
             extra["members"].append(entry)
         stop = epoch >= last_epoch and len(extra["met"]) == len(targets)
         return stop, extra
@@ -234,10 +256,10 @@ def build_prior(
         entries[:] = extra["members"]
         return stop, extra
 
-    train_trajectory(cfg, source, spec, seed, device, tracker, collect, out / STATE)
+    train_trajectory(cfg, source, spec, seed, device, tracker, collect, out / STATE, arch)
     unmet = [t for t in targets if not any(t in e["targets"] for e in entries)]
     if unmet:
-        tracker.set_tags({f"prior_s{seed}_unmet_targets": unmet})
+        tracker.set_tags({f"{tag}_unmet_targets": unmet})
     return entries
 
 
@@ -267,7 +289,14 @@ def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
     if base is None:
         raise ValueError(f"no base model among {[str(j) for j in job_dirs]}: include the base job's folder")
     members.sort(
-        key=lambda e: (e["origin"] != "prior", e.get("seed") or 0, e.get("epoch") or 0, e.get("index") or 0)
+        key=lambda e: (
+            e["origin"] != "prior",
+            e.get("arch", arch) != arch,  # the base architecture's members first, then the others by name
+            e.get("arch", arch),
+            e.get("seed") or 0,
+            e.get("epoch") or 0,
+            e.get("index") or 0,
+        )
     )
     manifest = {"arch": arch, "base": base, "members": members}
     write_json(manifest, out / MANIFEST)
@@ -279,7 +308,9 @@ def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
     if jobs:
         metrics["shard_wall_s"] = sum(read_json(m)["wall_s"] for m in jobs)
     for m in members:
-        name = Path(m["file"]).parent.name + ("" if m["origin"] == "post" else f"_e{m['epoch']:03d}")
+        name = Path(m["file"]).parent.name + (
+            "" if m["origin"] == "post" else f"_e{m['epoch']:03d}"
+        )  # job folder
         metrics |= {
             f"{name}_val_top1": m["val_top1"],
             f"{name}_params": m["params"],
@@ -302,7 +333,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
     jobs = [member] if member else config_mod.pool_job_names(p)
     dirs = []
     for job in jobs:
-        kind, index = parse_member(cfg, job)
+        kind, index, arch = parse_member(cfg, job)
         job_dir = out if member else out / job
         job_dir.mkdir(parents=True, exist_ok=True)
         base_dir = Path(inputs["base"]) if member and inputs.get("base") else out / "base"
@@ -310,7 +341,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
             entries = build_base(cfg, source, spec, job_dir, device, tracker)
         elif kind == "prior":
             base_top1 = read_json(base_dir / MEMBERS)[0]["val_top1"] if p.prior_targets else None
-            entries = build_prior(cfg, source, spec, index, job_dir, device, tracker, base_top1)
+            entries = build_prior(cfg, source, spec, index, job_dir, device, tracker, base_top1, arch)
         else:
             entries = build_post(cfg, source, spec, index, base_dir / "base.pt", job_dir, device)
         write_json(entries, job_dir / MEMBERS)

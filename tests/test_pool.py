@@ -262,3 +262,44 @@ def test_ensemble_teacher_averages_every_member_prior_and_post(pool_dir):
             for m in manifest["members"]
         ]
         assert torch.allclose(teacher(x), torch.stack(logits).mean(0), atol=1e-5)
+
+
+def test_multi_architecture_pool_members_and_selection(tmp_path):
+    """pretrain_pool.member_archs adds each architecture's own prior trajectory; distill.pool_archs
+    draws from the chosen architectures only (e.g. a student's architecture held out)."""
+    cfg = ["--config", str(BASE), "--config", str(TINY), "--set", "pretrain_pool.member_archs=[mobilenetv2]"]
+    assert cli.main(["prepare-data", *cfg, "--out", str(tmp_path / "data")]) == 0
+    assert (
+        cli.main(["pretrain-pool", *cfg, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "pool")])
+        == 0
+    )
+    manifest = json.loads((tmp_path / "pool" / "manifest.json").read_text())
+    got = [(m["job"], m["arch"], m["epoch"]) for m in manifest["members"]]
+    assert got == [("prior_s0", "convnet", 1), ("prior_s0", "convnet", 2)] + [
+        ("prior_mobilenetv2_s0", "mobilenetv2", 1),
+        ("prior_mobilenetv2_s0", "mobilenetv2", 2),
+    ]
+    members, entries = pool.load_pool(tmp_path / "pool", "prior", "cpu", archs=["mobilenetv2"])
+    assert [e["arch"] for e in entries] == ["mobilenetv2"] * 2
+    assert all(type(m[1]).__name__ == "MobileNetV2" for m in members)  # rebuilt as what was trained
+    assert [e["arch"] for e in pool.load_pool(tmp_path / "pool", "prior", "cpu", archs=["convnet"])[1]] == [
+        "convnet"
+    ] * 2
+    with pytest.raises(RuntimeError, match="no post members of architectures"):
+        pool.load_pool(tmp_path / "pool", "post", "cpu", archs=["mobilenetv2"])
+    assert pretrain_pool.parse_member(load_cfg(cfg), "prior_mobilenetv2_s0") == ("prior", 0, "mobilenetv2")
+
+
+def test_pool_archs_must_be_in_the_pool():
+    from teddy import config
+
+    with pytest.raises(config.ConfigError, match=r"distill.pool_archs: 'resnet18' has no members in the pool"):
+        config.load([BASE, TINY], ["distill.pool_archs=[resnet18]"])
+
+
+def load_cfg(args: list[str]):
+    from teddy import config
+
+    paths = [a for a, flag in zip(args[1:], args, strict=False) if flag == "--config"]
+    sets = [a for a, flag in zip(args[1:], args, strict=False) if flag == "--set"]
+    return config.load(paths, sets)

@@ -69,3 +69,22 @@ def test_snakemake_rejects_bad_config_before_any_job(tmp_path, delta, message):
     result = snakemake("-n", "--configfile", str(bad), "--cores", "1")
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+def test_multi_architecture_pool_jobs_are_scheduled_and_named_by_architecture(tmp_path):
+    delta = tmp_path / "multi.yaml"
+    delta.write_text(
+        "pretrain_pool:\n  member_archs: [shufflenetv2, 'torchvision:resnet18']\n  prior_seeds: [0, 1]\n"
+    )
+    result = snakemake("-n", "--forceall", "--cores", "1", "--configfile", "config/config.yaml", str(delta))
+    assert result.returncode == 0, result.stdout + result.stderr
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    assert int(counts["pretrain_pool_prior_arch"]) == 4 and int(counts["pretrain_pool_prior"]) == 2
+    # shufflenetv2's folder must not be taken for prior_s<seed> (prior_s + 'hufflenetv2_s0')
+    assert "prior_shufflenetv2_s1/members.json" in result.stdout
+    assert (
+        "--member prior:torchvision:resnet18:1"
+        in snakemake(
+            "-n", "-p", "--forceall", "--cores", "1", "--configfile", "config/config.yaml", str(delta)
+        ).stdout
+    )

@@ -4,6 +4,7 @@ import sys
 
 from teddy.config import (
     algorithm,
+    arch_slug,
     data_file,
     full_data_ipc,
     method_params,
@@ -18,7 +19,11 @@ TEDDY = f"{sys.executable} -m teddy"
 CONFIG_ARG = f"--config {RESOLVED_CONFIG}"
 
 
+MEMBER_ARCHS = {arch_slug(a): a for a in config["pretrain_pool"]["member_archs"]}
+
+
 wildcard_constraints:
+    member_arch="|".join(map(re.escape, MEMBER_ARCHS)) or "(?!)",
     dataset=DATASET,
     method="|".join(map(re.escape, config["distill"]["methods"])),
     ipc=r"\d+",

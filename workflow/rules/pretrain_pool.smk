@@ -40,6 +40,31 @@ rule pretrain_pool_prior:
         " {params.base} --member prior:{wildcards.seed} --out $(dirname {output.members}) > {log} 2>&1"
 
 
+rule pretrain_pool_prior_arch:
+    # prior members of another architecture (pretrain_pool.member_archs): its own trajectory
+    input:
+        data="results/{dataset}/data/manifest.json",
+        base=prior_base_input,
+    output:
+        members="results/{dataset}/pool/prior_{member_arch}_s{seed}/members.json",
+        metrics="results/{dataset}/pool/prior_{member_arch}_s{seed}/metrics.json",
+    log:
+        "logs/{dataset}/pretrain_pool/prior_{member_arch}_s{seed}.log",
+    threads: stage_threads("pretrain_pool")
+    resources:
+        **stage_resources("pretrain_pool"),
+    params:
+        cfg=pool_params("prior"),
+        arch=lambda wildcards: MEMBER_ARCHS[wildcards.member_arch],
+        base=lambda wildcards, input: (
+            f"--base {os.path.dirname(input.base[0])}" if input.base else ""
+        ),
+    shell:
+        "{TEDDY} pretrain-pool {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
+        " {params.base} --member prior:{params.arch}:{wildcards.seed} --out $(dirname {output.members})"
+        " > {log} 2>&1"
+
+
 rule pretrain_pool_post:
     input:
         data="results/{dataset}/data/manifest.json",
