@@ -247,7 +247,12 @@ def run_shard(
     data_dir = Path(inputs["data"])
     manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
     d = cfg.distill
-    needs_real = d.init != "noise" or method == "unrolled" or (method == "teddy" and d.matching != "bn")
+    needs_real = (
+        d.init != "noise"
+        or method == "unrolled"
+        or (method == "teddy" and d.matching != "bn")
+        or d.class_bn > 0
+    )
     data = open_source(data_dir, cfg.prepare_data.workers) if needs_real else None
     archs = None if method == "sre2l" else d.pool_archs
     pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, d.pool_size, archs)

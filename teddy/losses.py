@@ -72,15 +72,26 @@ class BNStatsRecorder:
             raise ValueError("BN matching needs a model with BatchNorm layers")
         self.means: list[torch.Tensor] = []
         self.vars: list[torch.Tensor] = []
+        self.groups: list[torch.Tensor] = []
+        self.group_means: list[list[torch.Tensor]] = []  # per layer, per group
+        self.group_vars: list[list[torch.Tensor]] = []
 
     def _hook(self, module, inputs, output):
-        mean, var = feature_stats(inputs[0].float())
+        h = inputs[0].float()
+        mean, var = feature_stats(h)
         self.means.append(mean)
         self.vars.append(var)
+        if self.groups:
+            stats = [feature_stats(h[g]) for g in self.groups]
+            self.group_means.append([m for m, _ in stats])
+            self.group_vars.append([v for _, v in stats])
 
     @contextlib.contextmanager
-    def record(self):
+    def record(self, groups: list[torch.Tensor] | None = None):
+        """Record every BN layer's input statistics over the batch and, with ``groups`` (index
+        tensors into the batch, e.g. one per class), over each group too."""
         self.means, self.vars = [], []
+        self.groups, self.group_means, self.group_vars = list(groups or []), [], []
         handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
         try:
             yield self

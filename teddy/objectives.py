@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from teddy import meta
-from teddy.losses import BNStatsRecorder, gradient_cosine_loss
+from teddy.losses import BNStatsRecorder, bn_matching_loss, gradient_cosine_loss, layer_weights
 from teddy.train import to_unit
 
 
@@ -35,19 +35,64 @@ class RealBatches:
 
 
 class BNMatching:
-    names = ("ce", "bn")
+    """CE + α_bn · BN-statistics matching against the model's running statistics; with
+    ``distill.class_bn`` > 0 also + α_bn · class_bn · the same distance between each class's
+    synthetic features and that class's own real feature statistics at the model (class-conditional
+    targets, computed once per model from ``distill.class_stat_images`` real images per class)."""
 
-    def __init__(self, cfg):
-        self.alpha, self.first = cfg.distill.alpha_bn, cfg.distill.first_bn_weight
+    def __init__(self, cfg, data=None, device="cpu"):
+        d = cfg.distill
+        self.alpha, self.first, self.class_bn = d.alpha_bn, d.first_bn_weight, d.class_bn
         self.recorders: dict[int, BNStatsRecorder] = {}
+        self.names = ("ce", "bn", "class_bn") if self.class_bn else ("ce", "bn")
+        self.targets: dict[int, dict] = {}
+        if self.class_bn:
+            if data is None:
+                raise ValueError("distill.class_bn needs real images: the dataset was not opened")
+            self.data, self.per_class, self.device = data, d.class_stat_images, device
 
     def __call__(self, model, view, labels, gen):
         rec = self.recorders.setdefault(id(model), BNStatsRecorder(model))
-        with rec.record():
+        targets = self.class_targets(model, rec) if self.class_bn else None  # before: it records too
+        classes = torch.unique(labels) if self.class_bn else None
+        groups = [torch.nonzero(labels == c).flatten() for c in classes] if self.class_bn else None
+        with rec.record(groups):
             logits = model(view)
         ce = F.cross_entropy(logits.float(), labels)
         bn = rec.loss(self.first)
-        return ce + self.alpha * bn, torch.stack([ce, bn])
+        if not self.class_bn:
+            return ce + self.alpha * bn, torch.stack([ce, bn])
+        weights = layer_weights(len(rec.layers), self.first)
+        per_class = [
+            bn_matching_loss(
+                [m[k] for m in rec.group_means],
+                [v[k] for v in rec.group_vars],
+                [targets["mean"][int(c)][layer] for layer in range(len(rec.layers))],
+                [targets["var"][int(c)][layer] for layer in range(len(rec.layers))],
+                weights,
+            )
+            for k, c in enumerate(classes)
+        ]
+        cls = torch.stack(per_class).mean()
+        return ce + self.alpha * (bn + self.class_bn * cls), torch.stack([ce, bn, cls])
+
+    @torch.no_grad()
+    def class_targets(self, model, rec: BNStatsRecorder) -> dict:
+        """Per class: every BN layer's input mean and biased variance over that class's first
+        ``class_stat_images`` real training images (a fixed draw, so every batch and shard agrees)."""
+        key = id(model)
+        if key not in self.targets:
+            gen = torch.Generator().manual_seed(0)
+            out: dict = {"mean": {}, "var": {}}
+            for c, idx in self.data.by_class("train").items():
+                pick = idx[torch.randperm(len(idx), generator=gen)[: self.per_class]]
+                x = to_unit(self.data.images("train", pick)).to(self.device)
+                with rec.record():
+                    model(x)
+                out["mean"][int(c)] = [m.detach() for m in rec.means]
+                out["var"][int(c)] = [v.detach() for v in rec.vars]
+            self.targets[key] = out
+        return self.targets[key]
 
 
 class CosineMatching:
@@ -117,7 +162,7 @@ def make_objective(method: str, cfg, data, device):
         return Unrolled(cfg, data, device)
     if method == "teddy" and cfg.distill.matching in MATCHING:
         return MATCHING[cfg.distill.matching](cfg, data, device)
-    return BNMatching(cfg)
+    return BNMatching(cfg, data, device)
 
 
 MATCHING = {"taylor": TaylorMatching, "cosine": CosineMatching}  # teddy's objectives that read real batches

@@ -317,3 +317,40 @@ def test_taylor_matching_is_the_first_order_term_on_the_batch_classes():
     (gw_r, gb_r), (gw_s, gb_s) = grads(x_real, y_real), grads(x, labels)
     expected = -0.1 * 4 * ((gw_r * gw_s).sum() + (gb_r * gb_s).sum())
     assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_class_conditional_bn_term_by_hand():
+    """distill.class_bn: with a BN layer right on the pixels, class c's target is the mean / biased
+    variance of its real images' pixels, and the term is the class-mean of
+    w (|μ_syn,c − μ_c| + |σ²_syn,c − σ²_c|) (one channel: the norms are absolute values)."""
+    from types import SimpleNamespace
+
+    from teddy.objectives import BNMatching
+
+    source = _source(n_per_class=5, classes=3)
+    d = SimpleNamespace(alpha_bn=1.0, first_bn_weight=10.0, class_bn=0.5, class_stat_images=100)
+    obj = BNMatching(SimpleNamespace(distill=d), source, "cpu")
+    assert obj.names == ("ce", "bn", "class_bn")
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x = torch.rand(4, 1, 4, 4)
+    labels = torch.tensor([0, 2, 0, 2])
+    loss, terms = obj(model, x, labels, torch.Generator())
+    train = source.images("train", torch.arange(15)).float() / 255
+    expected = []
+    for c in (0, 2):
+        real, syn = train[source.labels("train") == c], x[labels == c]
+        mean_gap = (syn.mean() - real.mean()).abs()
+        var_gap = (syn.var(unbiased=False) - real.var(unbiased=False)).abs()
+        expected.append(10.0 * (mean_gap + var_gap))
+    assert torch.allclose(terms[2], torch.stack(expected).mean(), atol=1e-5)
+    assert torch.allclose(loss, terms[0] + 1.0 * (terms[1] + 0.5 * terms[2]), atol=1e-5)
+
+
+def test_class_bn_runs_through_distill_and_lowers_its_term(tmp_path):
+    extra = ["--set", "distill.class_bn=1.0", "--set", "distill.iterations=40", "--set", "distill.jitter=0"]
+    run_distill(tmp_path, "teddy", 1, *extra)
+    out = next(p for p in tmp_path.iterdir() if p.name.startswith("teddy"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "final_loss_class_bn" in metrics
+    curve = artifacts.load_batches(out)[0]["curve"][:, 2]
+    assert curve[-5:].mean() < curve[:5].mean()
