@@ -268,6 +268,7 @@ def run_shard(
         "resumed_iterations": saved_current["state"]["it"] if saved_current else 0,
     }
     t0, iters, image_iters = time.perf_counter(), 0, 0
+    member_counts = [0] * len(pool)  # iterations each member served in the batches this job synthesizes
     progress = Progress(
         f"distill {method} ipc{ipc} seed{seed} shard {shard[0]}/{shard[1]} batches", len(batches)
     )
@@ -278,6 +279,8 @@ def run_shard(
         s = batch_seed(seed, batch.index)
         gen = torch.Generator().manual_seed(s)
         schedule = draw_schedule(cfg, len(batch.labels), draw, gen, device)
+        for m in schedule.members:
+            member_counts[m] += 1
         if saved_current is not None and saved_current["index"] == batch.index:
             st = load_state(saved_current["state"], cfg, gen, device)
         else:
@@ -312,6 +315,8 @@ def run_shard(
         | {
             "objective": type(objective).__name__,
             "pool_size": len(pool),
+            "pool_members": [e["file"] for e in pool_manifest],  # what it drew from
+            "member_draws": member_counts,
             "batches": len(done),
             "iter_s": elapsed / max(1, iters),
             "images_per_s": image_iters / max(elapsed, 1e-9),
@@ -397,6 +402,7 @@ def merge_metrics(folders: list[str]) -> dict:
     return {
         "shards": len(shards),
         "pool_size": shards[0]["pool_size"],
+        "pool_members": shards[0].get("pool_members", []),
         "objective": shards[0]["objective"],
         "shard_wall_s": sum(s["wall_s"] for s in shards),
         "iter_s": float(np.mean([s["iter_s"] for s in shards])),

@@ -157,13 +157,17 @@ def val_accuracy(model, source, device) -> dict[str, float]:
     return accuracy_of(model, source.batches("val", batch_size=1024), device)
 
 
-def save_member(model, path: Path, cfg, real, spec, device, arch: str | None = None, **info) -> dict:
+def save_member(
+    model, path: Path, cfg, real, spec, device, arch: str | None = None, ckpt_extra: dict | None = None, **info
+) -> dict:
     """Write one member (atomically, weights_only-loadable) and return its manifest entry."""
     p = cfg.pretrain_pool
     arch = arch or p.arch
     acc = val_accuracy(model, real, device)
     keep = {k: info[k] for k in ("origin", "epoch", "seed", "prune_ratio") if info.get(k) is not None}
-    ckpt = models.checkpoint(model, arch, spec, p.width, pruned=info["origin"] == "post", **keep)
+    ckpt = models.checkpoint(
+        model, arch, spec, p.width, pruned=info["origin"] == "post", **keep, **(ckpt_extra or {})
+    )
     digest = artifacts.save(ckpt, path)
     entry = {"file": path.name, "arch": arch, **info, "val_top1": acc["top1"], "val_top5": acc["top5"]}
     return entry | describe(model, spec) | {"sha256": digest}
@@ -265,9 +269,10 @@ def build_prior(
 
 def build_post(cfg, source, spec, index: int, base_path: Path, out: Path, device) -> list[dict]:
     base = models.from_checkpoint(artifacts.load_member(base_path), device)
-    member, ratio = post_member(base, index, cfg, source, spec, device)
+    member, ratio, recalib = post_member(base, index, cfg, source, spec, device)
     info = {"origin": "post", "index": index, "prune_ratio": ratio}
-    return [save_member(member, out / "member.pt", cfg, source, spec, device, **info)]
+    extra = {"recalib_idx": recalib}  # in the checkpoint: which real images its BN statistics are
+    return [save_member(member, out / "member.pt", cfg, source, spec, device, ckpt_extra=extra, **info)]
 
 
 def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
@@ -369,8 +374,11 @@ def finetune(model, source, epochs: int, lr: float, batch: int, gen, device) -> 
             opt.step()
 
 
-def post_member(base: torch.nn.Module, index: int, cfg, source, spec, device) -> tuple[torch.nn.Module, float]:
-    """Post member ``index``: prune at a ratio drawn from pretrain_pool.prune_ratio, fine-tune, recalibrate."""
+def post_member(
+    base: torch.nn.Module, index: int, cfg, source, spec, device
+) -> tuple[torch.nn.Module, float, torch.Tensor]:
+    """Post member ``index``: prune at a ratio drawn from pretrain_pool.prune_ratio, fine-tune,
+    recalibrate → (model, ratio, training-set indices of the recalibration images)."""
     p = cfg.pretrain_pool
     gen = torch.Generator().manual_seed(p.seed * 7919 + index)
     lo, hi = p.prune_ratio
@@ -379,4 +387,4 @@ def post_member(base: torch.nn.Module, index: int, cfg, source, spec, device) ->
     finetune(model, source, p.finetune_epochs, p.finetune_lr, p.batch_size, gen, device)
     idx = torch.randperm(source.count("train"), generator=gen)[: p.recalib_images]
     recalibrate_bn(model, source.images("train", idx), p.batch_size, device)
-    return model.eval(), ratio
+    return model.eval(), ratio, idx

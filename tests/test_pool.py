@@ -54,13 +54,45 @@ def test_pruned_member_loads_weights_only_and_runs(pool_dir):
     assert models.count_params(model) < models.count_params(base)
 
 
-def test_recalibrated_bn_stats_equal_real_statistics(pool_dir):
-    """After recalibration every BN layer caches exactly the statistics of the same real images
-    (features in eval mode; BatchNorm stores the unbiased variance)."""
+def test_stored_post_members_hold_their_recalibration_images_statistics(pool_dir):
+    """Every stored post member's BN layers cache exactly the statistics of the real images its
+    checkpoint says it was recalibrated on (features in eval mode; BatchNorm stores the unbiased
+    variance): checked on the files pretrain_pool wrote, not by recalibrating here."""
+    source = open_source(pool_dir / "data")
+    for member in sorted((pool_dir / "pool").glob("post_*/member.pt")):
+        ckpt = load_torch(member)
+        model = models.from_checkpoint(ckpt).eval()
+        images = source.images("train", ckpt["recalib_idx"])
+        assert len(images) == 200  # pretrain_pool.recalib_images
+        rec = BNStatsRecorder(model)
+        with torch.no_grad(), rec.record():
+            model(images.float() / 255)
+        n = [images.shape[0] * h * w for h, w in _spatial(model, images)]
+        for layer, mean, var, count in zip(rec.layers, rec.means, rec.vars, n, strict=True):
+            assert torch.allclose(layer.running_mean, mean, atol=1e-4)
+            assert torch.allclose(layer.running_var, var * count / (count - 1), rtol=1e-3, atol=1e-5)
+
+
+def _spatial(model, images):
+    """(H, W) of every BN layer's input for these images."""
+    sizes = []
+    hooks = [
+        bn.register_forward_hook(lambda m, i, o: sizes.append(i[0].shape[-2:]))
+        for bn in models.bn_layers(model)
+    ]
+    with torch.no_grad():
+        model(images[:1].float() / 255)
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+def test_recalibrate_bn_sets_exact_statistics_across_batches(pool_dir):
+    """recalibrate_bn itself, with several batches: the same exact statistics as one pass."""
     source = open_source(pool_dir / "data")
     model = models.from_checkpoint(load_torch(pool_dir / "pool" / "post_001" / "member.pt")).eval()
     images = source.images("train", torch.arange(300))
-    prune.recalibrate_bn(model, images, batch=64, device="cpu")  # several batches on purpose
+    prune.recalibrate_bn(model, images, batch=64, device="cpu")
     rec = BNStatsRecorder(model)
     with torch.no_grad(), rec.record():
         model(images.float() / 255)
@@ -71,22 +103,28 @@ def test_recalibrated_bn_stats_equal_real_statistics(pool_dir):
         assert torch.allclose(ratio, expected, atol=1e-3) and 1 <= ratio.median() < 1.01
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "round_robin", "accuracy"])
-def test_distill_draws_from_post_members(pool_dir, sampling):
-    import json
+def test_samplers_draw_the_members_they_name():
+    entries = [{"val_top1": 10.0}, {"val_top1": 30.0}, {"val_top1": 60.0}]
+    gen = torch.Generator().manual_seed(0)
+    robin = pool.pool_sampler("round_robin", entries)
+    assert [robin(it, gen) for it in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    for mode, expected in (("uniform", [1 / 3] * 3), ("accuracy", [0.1, 0.3, 0.6])):
+        draw = pool.pool_sampler(mode, entries)
+        counts = torch.bincount(torch.tensor([draw(it, gen) for it in range(6000)]), minlength=3)
+        assert torch.allclose(counts / 6000, torch.tensor(expected), atol=0.025), (mode, counts)
+    again = pool.pool_sampler("uniform", entries)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert [again(i, g1) for i in range(20)] == [again(i, g2) for i in range(20)]  # seeded, reproducible
+    with pytest.raises(ValueError, match="distill.pool_sampling"):
+        pool.pool_sampler("greedy", entries)
 
-    out = pool_dir / f"syn_{sampling}"
-    argv = [
-        "distill",
-        *CFG,
-        "--set",
-        "distill.pool=both",
-        "--set",
-        "distill.pool_size=3",
-        "--set",
-        f"distill.pool_sampling={sampling}",
-        "--data",
-        str(pool_dir / "data"),
+
+def test_distill_draws_from_prior_and_post_members(pool_dir):
+    """pool: both with M = 3 draws from 2 prior + 1 post member, each serving some iterations."""
+    out = pool_dir / "syn_both3"
+    argv = ["distill", *CFG, "--set", "distill.pool=both", "--set", "distill.pool_size=3"]
+    argv += ["--set", "distill.pool_sampling=round_robin", "--data", str(pool_dir / "data")]
+    argv += [
         "--pool",
         str(pool_dir / "pool"),
         "--method",
@@ -99,7 +137,11 @@ def test_distill_draws_from_post_members(pool_dir, sampling):
         str(out),
     ]
     assert cli.main(argv) == 0
-    assert json.loads((out / "metrics.json").read_text())["pool_size"] == 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    manifest = json.loads((pool_dir / "pool" / "manifest.json").read_text())
+    origin = {m["file"]: m["origin"] for m in manifest["members"]}
+    assert [origin[f] for f in metrics["pool_members"]] == ["prior", "post", "prior"]
+    assert metrics["member_draws"] == [2, 1, 1]  # round robin over 4 iterations (tiny config)
 
 
 def test_post_pool_without_post_members_fails_before_work(capsys):
