@@ -24,6 +24,7 @@ from teddy.utils import (
     data_parallel,
     local_part,
     read_json,
+    share_weight,
 )
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def train_student(
             st["perm"] = torch.randperm(n, generator=gen).to(device)
         while st["start"] < n:
             state.preempt(st, f"in epoch {epoch + 1}")
-            idx = local_part(st["perm"][st["start"] : st["start"] + batch])  # this rank's share (DDP)
+            whole = st["perm"][st["start"] : st["start"] + batch]
+            idx = local_part(whole)  # this rank's share (DDP)
             view = render(images, views, epoch, idx)
             if hard is not None:
                 loss = mixed_cross_entropy(net(view), hard, idx, views["mix"][epoch, idx], views["mix_mode"])
@@ -93,7 +95,7 @@ def train_student(
                 target = replay(epoch, idx, device) if replay is not None else teacher(view)
                 loss = soft_kl(net(view), target, e.temperature)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share_weight(len(idx), len(whole))).backward()  # ranks' unequal shares average right
             opt.step()
             sched.step()
             st["total"] += loss.detach() * len(idx)

@@ -33,6 +33,7 @@ from teddy.utils import (
     data_parallel,
     local_part,
     read_json,
+    share_weight,
     write_json,
 )
 
@@ -130,7 +131,7 @@ def train_trajectory(
                 xb = augment.apply_crops(xb, crops[local_part(torch.arange(len(chunk)))])
             loss = F.cross_entropy(net(xb), yb.to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share_weight(len(yb), len(chunk))).backward()  # ranks' unequal shares average right
             opt.step()
             sched.step()
             st["total"] += loss.item() * len(yb)

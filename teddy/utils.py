@@ -173,6 +173,16 @@ def local_part(idx: torch.Tensor) -> torch.Tensor:
     return idx[rank() :: world] if len(idx) >= world else idx
 
 
+def share_weight(local: int, total: int) -> float:
+    """Factor for a rank's batch-mean loss so that DDP's average over ranks is the mean over the
+    whole global batch: local · world / total (1 outside torchrun; 1 when every rank holds the
+    whole batch because it is smaller than the world size)."""
+    world = world_size()
+    if world == 1 or total < world:
+        return 1.0
+    return local * world / total
+
+
 def write_json(obj: Any, path: str | Path) -> None:
     if not is_main():  # torch.distributed: rank 0 writes
         return

@@ -77,3 +77,23 @@ def test_one_process_under_torchrun_still_runs_ddp(work):
     )
     record = json.loads((out / "metrics.json").read_text())
     assert (record["world_size"], record["backend"]) == (1, "gloo")
+
+
+@pytest.mark.parametrize(
+    "n", [5, 1]
+)  # uneven split (3 + 2: the even case is a special one), fewer images than ranks
+def test_one_step_gradients_equal_one_process_exactly(tmp_path, n):
+    """The gradient DDP applies (mean over ranks of each rank's weighted share) is the gradient of
+    the mean loss over the whole global batch, to float precision — also when the ranks' shares
+    differ in size, which an unweighted average gets wrong."""
+    script = ROOT / "tests" / "helpers" / "ddp_step.py"
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    subprocess.run([sys.executable, str(script), str(n), str(one)], check=True, cwd=ROOT, timeout=120)
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node=2", str(script), str(n), str(two)]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import torch
+
+    a, b = (torch.load(p, weights_only=True)["grads"] for p in (one, two))
+    for ga, gb in zip(a, b, strict=True):
+        assert torch.allclose(ga, gb, atol=1e-7, rtol=1e-5), (ga - gb).abs().max()
