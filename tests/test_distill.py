@@ -255,8 +255,9 @@ def test_teacher_choice_picks_the_lowest_cross_entropy():
     assert pick.tolist() == [1, 2]
 
 
-def test_selection_only_keeps_distinct_real_training_images(tmp_path):
-    syn = run_distill(tmp_path, "teddy", 3, "--set", "distill.init=teacher", "--set", "distill.iterations=0")
+@pytest.mark.parametrize("init", ["teacher", "real"])
+def test_real_inits_keep_distinct_real_training_images(tmp_path, init):
+    syn = run_distill(tmp_path, "teddy", 3, "--set", f"distill.init={init}", "--set", "distill.iterations=0")
     from teddy.data.source import open_source
     from teddy.train import to_unit
 
@@ -353,4 +354,14 @@ def test_class_bn_runs_through_distill_and_lowers_its_term(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert "final_loss_class_bn" in metrics
     curve = artifacts.load_batches(out)[0]["curve"][:, 2]
+    assert curve[-5:].mean() < curve[:5].mean()
+
+
+def test_unrolled_runs_through_distill_and_lowers_the_outer_loss(tmp_path):
+    extra = ["--set", "distill.iterations=30", "--set", "distill.unroll_steps=2", "--set", "distill.jitter=0"]
+    extra += ["--set", "distill.crop_scale_min=1.0", "--set", "distill.inner_lr=0.1"]
+    run_distill(tmp_path, "unrolled", 1, *extra)
+    out = next(p for p in tmp_path.iterdir() if p.name.startswith("unrolled"))
+    assert json.loads((out / "metrics.json").read_text())["objective"] == "Unrolled"
+    curve = artifacts.load_batches(out)[0]["curve"][:, 0]  # real-batch CE after the inner steps
     assert curve[-5:].mean() < curve[:5].mean()
