@@ -28,6 +28,7 @@ CACHE_NPY = {"train": "train_u8.npy", "val": "val_u8.npy"}  # prepare_data, imag
 POOL_MANIFEST, BASE_MODEL, POST_MEMBER = "manifest.json", "base.pt", "member.pt"  # pretrain_pool
 BATCHES, SYNTHETIC, GRID = "batches.pt", "synthetic.pt", "grid.png"  # distill
 SOFT_LABELS = "soft_labels.pt"  # relabel
+CURVE_PNG = "curve.png"  # evaluate: the student's learning curve
 PRODUCERS = {
     CACHE: "prepare_data",
     INDEX: "prepare_data",

@@ -174,4 +174,33 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     if arch in cfg.evaluate.hard_label_archs:
         hard, hard_curve, _ = student("hard", STATE_HARD, labels=syn["labels"])
         metrics |= {"hard_top1": hard["top1"], "hard_top5": hard["top5"], "hard_curve": hard_curve}
+    plot_curve(metrics, name, out / artifacts.CURVE_PNG)
+    tracker.log_artifact(out / artifacts.CURVE_PNG)  # the learning curve, in the run that made it
     return metrics
+
+
+def plot_curve(metrics: dict, title: str, path: Path) -> None:
+    """Val top-1 against epoch (soft-label student, and the hard-label one when trained); the
+    intermediate points score curve_val_images, the last the whole split (marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from teddy.utils import atomic_path
+
+    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    for key, label in (("curve", "soft labels (KL)"), ("hard_curve", "hard labels (CE)")):
+        points = metrics.get(key)
+        if points:
+            line = ax.plot(
+                [p["epoch"] for p in points], [p["top1"] for p in points], marker="o", ms=3, label=label
+            )
+            ax.plot(points[-1]["epoch"], points[-1]["top1"], "*", ms=10, color=line[0].get_color())
+    ax.set(xlabel="student epoch", ylabel="val top-1 (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

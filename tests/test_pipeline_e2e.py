@@ -2,6 +2,7 @@
 Snakemake and DVC each build everything, and a second run with nothing changed does nothing."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,8 @@ def check_mlflow_store(project):
         assert run.info.end_time - run.info.start_time > wall_ms + 500  # the job, not only the stage
     distill = next(r for r in stages if r.info.run_name == "distill teddy ipc1 s0")
     assert "grid.png" in {a.path for a in client.list_artifacts(distill.info.run_id)}
+    evaluate = next(r for r in stages if r.info.run_name == "evaluate teddy ipc1 convnet s0")
+    assert "curve.png" in {a.path for a in client.list_artifacts(evaluate.info.run_id)}
     report = next(r for r in stages if r.info.run_name == "report")
     files = {a.path for a in client.list_artifacts(report.info.run_id)}
     assert {"summary_table.json", "summary.csv", "accuracy.png"} <= files
@@ -91,6 +94,7 @@ def check_mlflow_store(project):
 def test_dvc_repro_builds_everything_then_nothing(project):
     run(["git", "init", "-q"], project)
     run([str(BIN / "dvc"), "init", "-q"], project)
+    shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")  # committed plot templates
     run([str(BIN / "dvc"), "repro"], project)
     assert (project / "results" / "digits" / "report" / "accuracy.json").is_file()
     assert (project / "dvc.lock").is_file()
@@ -106,6 +110,8 @@ def test_dvc_repro_builds_everything_then_nothing(project):
     run([str(BIN / "dvc"), "plots", "show", "--html-template", str(template), "-o", "plots"], project)
     page = (project / "plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in page and "vegaEmbed(" in page and "summary.csv" in page
+    # one line per method, one panel per student (.dvc/plots/top1_by_method.json), not one point cloud
+    assert '"field": "method"' in page and '"column": {"field": "arch"' in page
 
     # an experiment sweep: dvc exp run -S reruns only what the parameter touches
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.org"]
