@@ -125,3 +125,26 @@ def test_old_matching_name_says_what_it_became():
         config.ConfigError, match=r"distill.matching: 'gradient' is not one of .*was called 'gradient'"
     ):
         config.load([BASE], ["distill.matching=gradient"])
+
+
+def test_schema_defaults_are_config_yaml_one_source_of_defaults():
+    """Every key has a schema default equal to config/config.yaml's value, and config.yaml sets
+    every key: a config file that omits a key gets what config.yaml documents (no second set)."""
+    schema = config.load_schema()
+    documented = yaml.safe_load(BASE.read_text())
+    differ = []
+
+    def walk(props: dict, values: dict, where: str) -> None:
+        assert set(values) <= set(props), (
+            f"{where}: config.yaml keys the schema lacks: {set(values) - set(props)}"
+        )
+        for key, sub in props.items():
+            path = f"{where}.{key}".strip(".")
+            assert key in values, f"config/config.yaml does not set {path}"
+            if sub.get("type") == "object" and "properties" in sub:
+                walk(sub["properties"], values[key], path)
+            elif sub.get("default", "<none>") != values[key]:
+                differ.append(f"{path}: schema {sub.get('default', '<none>')!r} vs config.yaml {values[key]!r}")
+
+    walk(schema["properties"], documented, "")
+    assert not differ, "schema defaults differ from config/config.yaml:\n" + "\n".join(differ)
