@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from teddy import config as config_mod
+from teddy import methods
 
 log = logging.getLogger("teddy")
 
@@ -373,13 +374,14 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
                 member = options["member"]
                 return f"--member {member} starts from the base model: pass --base (the base job's --out)"
     algo = config_mod.algorithm(cfg, selection["method"]) if "method" in selection else None
-    if algo in ("teddy", "sre2l", "unrolled") and "pool" not in inputs and not merging:
+    needs_pool = algo in methods.METHODS and methods.get(algo).pool is not None
+    if needs_pool and "pool" not in inputs and not merging:
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
     if "arch" in selection and not models.known(selection["arch"]):
         return f"--arch: {models.unknown_message(selection['arch'])}"
-    methods = [*config_mod.METHODS, *cfg.distill.variants]
-    if "method" in selection and selection["method"] not in methods:
-        return f"--method {selection['method']!r}: use one of {', '.join(methods)} (variants: distill.variants)"
+    known = [*config_mod.METHODS, *cfg.distill.variants]
+    if "method" in selection and selection["method"] not in known:
+        return f"--method {selection['method']!r}: use one of {', '.join(known)} (variants: distill.variants)"
     if "ipc" in selection:
         from teddy.data import datasets
 

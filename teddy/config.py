@@ -21,6 +21,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from teddy import methods
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
 
@@ -31,8 +33,12 @@ class ConfigError(ValueError):
 
 @functools.cache
 def load_schema() -> dict:
+    """The JSON Schema, with the registries' names filled in (teddy.methods: a variant's method)."""
     with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+        schema = yaml.safe_load(f)
+    variant = schema["properties"]["distill"]["properties"]["variants"]["additionalProperties"]
+    variant["properties"]["method"]["enum"] = list(methods.METHODS)
+    return schema
 
 
 def deep_merge(base: Mapping, delta: Mapping) -> dict:
@@ -340,10 +346,10 @@ def check(data: Mapping) -> None:
             f"config key evaluate.hard_label_archs: {stray} not in evaluate.archs {data['evaluate']['archs']}; "
             "a hard-label student trains beside a student of evaluate.archs"
         )
-    if data["evaluate"]["full_data"] and "random" not in data["distill"]["methods"]:
+    if data["evaluate"]["full_data"] and methods.BASELINE not in data["distill"]["methods"]:
         problems.append(
-            "config key evaluate.full_data: the full-data row is method random at the full IPC; "
-            "add random to distill.methods"
+            f"config key evaluate.full_data: the full-data row is method {methods.BASELINE} at the full IPC; "
+            f"add {methods.BASELINE} to distill.methods"
         )
     if data["report"]["baseline_method"] not in data["distill"]["methods"]:
         problems.append(
@@ -386,7 +392,7 @@ GRID_KEYS = {
 }
 
 
-METHODS = ("teddy", "sre2l", "unrolled", "random")
+METHODS = tuple(methods.METHODS)  # teddy.methods is the registry
 
 
 def data_file(dataset: str) -> str:

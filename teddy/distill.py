@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torchvision
 
-from teddy import artifacts, augment
+from teddy import artifacts, augment, methods
 from teddy import config as config_mod
 from teddy.artifacts import BATCHES, GRID, SYNTHETIC  # the files this stage writes
 from teddy.data.source import open_source
@@ -45,8 +45,8 @@ from teddy.utils import (
 )
 
 
-def pool_of(method: str, cfg) -> str:
-    return "base" if method == "sre2l" else cfg.distill.pool
+def pool_of(method: str, cfg) -> str | None:
+    return methods.get(method).pool_kind(cfg)
 
 
 @dataclass(frozen=True)
@@ -246,15 +246,9 @@ def run_shard(
     """Synthesize the batches of shard ``(i, n)`` into ``out/batches.pt`` (resuming if stopped)."""
     data_dir = Path(inputs["data"])
     manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
-    d = cfg.distill
-    needs_real = (
-        d.init != "noise"
-        or method == "unrolled"
-        or (method == "teddy" and d.matching != "bn")
-        or d.class_bn > 0
-    )
-    data = open_source(data_dir, cfg.prepare_data.workers) if needs_real else None
-    archs = None if method == "sre2l" else d.pool_archs
+    d, spec = cfg.distill, methods.get(method)
+    data = open_source(data_dir, cfg.prepare_data.workers) if spec.reads_real(cfg) else None
+    archs = d.pool_archs if spec.pool == "members" else None
     pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, d.pool_size, archs)
     draw = pool_sampler(d.pool_sampling, pool_manifest)
     objective = make_objective(method, cfg, data, device)
@@ -378,7 +372,7 @@ def run(
     label = method  # a distill.variants name labels the results; its method runs
     cfg, method = config_mod.resolve_variant(cfg, method)
     metrics: dict = {"method": label, "algorithm": method, "ipc": ipc, "seed": seed}
-    if method == "random":
+    if not methods.get(method).optimises:  # random: picks real images
         images, labels = random_real(open_source(inputs["data"], cfg.prepare_data.workers), ipc, seed)
     else:
         n_batches = len(batches_of(cfg, manifest["num_classes"], ipc))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from teddy import methods as method_registry
 from teddy import models
 
 # published sizes (train, val, classes) for planning before the files are mounted
@@ -211,19 +212,19 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     rows.append(pool)
 
     methods = [config_mod.algorithm(config_mod.to_dict(cfg), m) for m in d.methods]
-    optimised = [m for m in methods if m != "random"]
+    optimised = [m for m in methods if method_registry.get(m).optimises]
     sets = [(m, ipc) for m in methods for ipc in d.ipcs for _ in cfg.run.seeds]
     dist = Row("distill")
     per_batch = (d.classes_per_batch or classes) * d.slots_per_batch
     for method, ipc in sets:
-        if method == "random":
+        spec = method_registry.get(method)
+        if not spec.optimises:
             dist.jobs += 1
             continue
         dist.jobs += d.shards + 1
         images = ipc * classes
-        factor = (
-            2 if (method == "teddy" and d.matching != "bn") or method == "unrolled" else 1
-        )  # + real-batch passes
+        real_batches = spec.objective_name(cfg) in method_registry.REAL_BATCH_OBJECTIVES
+        factor = 2 if real_batches else 1  # + the real-batch passes
         set_flops = factor * 3 * base.flops * images * d.iterations
         dist.flops += set_flops
         dist.job_flops[p.arch] = max(dist.job_flops.get(p.arch, 0.0), set_flops / d.shards)

@@ -158,11 +158,7 @@ class Unrolled:
 
 
 def make_objective(method: str, cfg, data, device):
-    if method == "unrolled":
-        return Unrolled(cfg, data, device)
-    if method == "teddy" and cfg.distill.matching in MATCHING:
-        return MATCHING[cfg.distill.matching](cfg, data, device)
-    return BNMatching(cfg, data, device)
+    """The objective ``method`` optimises under ``cfg`` (teddy.methods decides which)."""
+    from teddy import methods
 
-
-MATCHING = {"taylor": TaylorMatching, "cosine": CosineMatching}  # teddy's objectives that read real batches
+    return methods.get(method).make_objective(cfg, data, device)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from teddy import methods
 from teddy.utils import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
     full = full_data_ipc(cfg)
     in_grid = df.method.isin(cfg.distill.methods) & df.ipc.isin(cfg.distill.ipcs)
     if full is not None:
-        in_grid |= df.method.eq("random") & df.ipc.eq(full)
+        in_grid |= df.method.eq(methods.BASELINE) & df.ipc.eq(full)
     keep = (
         in_grid
         & df.dataset.eq(cfg.run.dataset)
@@ -68,7 +69,7 @@ def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
         raise ValueError("none of the evaluations found matches the configured methods/ipcs/archs/seeds")
     df = df[keep].copy()
     if full is not None and full not in cfg.distill.ipcs:  # the upper-bound row gets its own name
-        df.loc[df.method.eq("random") & df.ipc.eq(full), "method"] = FULL_DATA
+        df.loc[df.method.eq(methods.BASELINE) & df.ipc.eq(full), "method"] = FULL_DATA
     return df
 
 
@@ -196,7 +197,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
         sub = df[df.arch == arch].groupby(["method", "ipc"]).top1.agg(["mean", "std"]).reset_index()
         if single_ipc:
             sub = sub.sort_values("mean")
-            colors = ["0.55" if m in ("random", FULL_DATA) else "tab:blue" for m in sub.method]
+            colors = ["0.55" if m in (methods.BASELINE, FULL_DATA) else "tab:blue" for m in sub.method]
             ax.barh(sub.method, sub["mean"], xerr=sub["std"].fillna(0), color=colors)
             for y, (value, err) in enumerate(zip(sub["mean"], sub["std"].fillna(0), strict=True)):
                 ax.text(value + err, y, f" {value:.1f}", va="center", fontsize=8)  # past the error bar
@@ -235,10 +236,15 @@ def pool_ablation(df: pd.DataFrame, cfg) -> pd.DataFrame | None:
 
     rows = []
     for name in df.method.unique():
-        variant_cfg, algo = config.resolve_variant(cfg, name)
-        if algo not in ("teddy", "sre2l"):
+        if name == FULL_DATA:
             continue
-        pool = "base" if algo == "sre2l" else variant_cfg.distill.pool
+        variant_cfg, algo = config.resolve_variant(cfg, name)
+        spec = methods.get(algo)
+        if spec.pool is None:  # picks real images: no pool to ablate
+            continue
+        pool = spec.pool_kind(variant_cfg)
+        if spec.objective not in ("matching", "bn"):  # another objective (e.g. unrolled): its own row
+            pool += f" [{algo}]"
         base_distill, own = config.to_dict(cfg.distill), config.to_dict(variant_cfg.distill)
         other = {
             k: v for k, v in own.items() if k not in ("pool", "pool_size", "variants") and v != base_distill[k]

@@ -148,3 +148,11 @@ def test_schema_defaults_are_config_yaml_one_source_of_defaults():
 
     walk(schema["properties"], documented, "")
     assert not differ, "schema defaults differ from config/config.yaml:\n" + "\n".join(differ)
+
+
+def test_schema_method_enum_is_the_registry():
+    from teddy import methods
+
+    variant = config.load_schema()["properties"]["distill"]["properties"]["variants"]["additionalProperties"]
+    assert variant["properties"]["method"]["enum"] == list(methods.METHODS)
+    assert config.METHODS == tuple(methods.METHODS)

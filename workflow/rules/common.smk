@@ -12,6 +12,7 @@ from teddy.config import (
     pool_job_names,
 )
 from teddy.config import stage_resources as config_stage_resources
+from teddy import methods
 
 DATASET = config["run"]["dataset"]
 DATA_FILE = data_file(DATASET)
@@ -60,7 +61,7 @@ def prior_base_input(wildcards):
 
 def get_distill_shards(wildcards):
     """random picks real images in one job; optimised methods run distill.shards shard jobs."""
-    if algorithm(config, wildcards.method) == "random":
+    if not methods.get(algorithm(config, wildcards.method)).optimises:
         return []
     n = config["distill"]["shards"]
     return expand(
@@ -95,7 +96,7 @@ def get_evaluations(wildcards):
     )
     if FULL_IPC is not None and FULL_IPC not in config["distill"]["ipcs"]:
         found += expand(
-            pattern, method="random", ipc=FULL_IPC, **grid
+            pattern, method=methods.BASELINE, ipc=FULL_IPC, **grid
         )  # the upper-bound row
     return found
 

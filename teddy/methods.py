@@ -1,0 +1,83 @@
+"""The distillation methods: one :class:`Method` spec each, consulted by the config checks, the CLI,
+distill, estimate, report and the workflow. Adding a method = one entry here (plus its objective
+class, named by import path, and its tests); nothing else compares method names.
+
+Torch-free on purpose: the Snakefile and config checks import it at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+# objectives by name: "module:Class", imported only when distill builds one
+OBJECTIVES = {
+    "bn": "teddy.objectives:BNMatching",
+    "taylor": "teddy.objectives:TaylorMatching",
+    "cosine": "teddy.objectives:CosineMatching",
+    "unrolled": "teddy.objectives:Unrolled",
+}
+REAL_BATCH_OBJECTIVES = {"taylor", "cosine", "unrolled"}  # read real class batches every step
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    pool: str | None  # "base": the fully trained model alone; "members": distill.pool's; None: no model
+    objective: str | None  # a key of OBJECTIVES, "matching" (= distill.matching), None: selects images
+
+    @property
+    def optimises(self) -> bool:
+        """Synthesizes images by optimisation (False: picks real images, one job, no pool)."""
+        return self.objective is not None
+
+    def pool_kind(self, cfg: Any) -> str | None:
+        """What load_pool draws: 'base', distill.pool ('prior' / 'post' / 'both'), or None."""
+        return cfg.distill.pool if self.pool == "members" else self.pool
+
+    def objective_name(self, cfg: Any) -> str | None:
+        return cfg.distill.matching if self.objective == "matching" else self.objective
+
+    def reads_real(self, cfg: Any) -> bool:
+        """Whether the distill job opens the real training images."""
+        d = cfg.distill
+        return (
+            not self.optimises
+            or self.objective_name(cfg) in REAL_BATCH_OBJECTIVES
+            or d.init != "noise"
+            or d.class_bn > 0
+        )
+
+    def make_objective(self, cfg: Any, data, device):
+        module, _, cls = OBJECTIVES[self.objective_name(cfg)].partition(":")
+        return getattr(importlib.import_module(module), cls)(cfg, data, device)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "teddy",
+            "Taylor-approximated matching at pool models drawn per iteration (distill.matching)",
+            pool="members",
+            objective="matching",
+        ),
+        Method("sre2l", "BN matching at the one fully trained base model", pool="base", objective="bn"),
+        Method(
+            "unrolled",
+            "the exact bi-level objective: K inner SGD steps from a pool model, CE on real images",
+            pool="members",
+            objective="unrolled",
+        ),
+        Method("random", "IPC random real training images per class (the baseline)", pool=None, objective=None),
+    )
+}
+BASELINE = "random"  # the real-image method behind the full-data row
+
+
+def get(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
+    return METHODS[name]
