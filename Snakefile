@@ -5,7 +5,7 @@
 #   snakemake --profile slurm ...                         (SLURM; see README)
 import sys
 
-from teddy.config import ConfigError, job_params, resolve_for_workflow
+from teddy.config import ConfigError, resolve_for_workflow
 
 
 configfile: "config/config.yaml"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from teddy import config as config_mod
-from teddy import methods
+from teddy import jobs, methods
 
 log = logging.getLogger("teddy")
 
@@ -255,7 +255,7 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
         if is_main()
         else nullcontext(NullTracker())
     )
-    params = config_mod.result_params(
+    params = jobs.result_params(
         config_mod.to_dict(cfg), stage.replace("-", "_"), selection, (options or {}).get("member")
     )
     with run_ctx as tracker, resume.job(fingerprint(params, inputs)):
