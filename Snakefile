@@ -3,12 +3,17 @@
 #   snakemake --cores 2                                   (local, config/config.yaml)
 #   snakemake --cores all --configfile config/experiments/fashion_mnist.yaml
 #   snakemake --profile slurm ...                         (SLURM; see README)
+import os
 import sys
 
 from teddy.config import ConfigError, resolve_for_workflow
 
 
 configfile: "config/config.yaml"
+
+
+# every job (local or on a SLURM node, which inherits the environment) records this invocation
+os.environ.setdefault("TEDDY_COMMAND", " ".join(["snakemake", *sys.argv[1:]]))
 
 
 try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -205,6 +206,11 @@ def verify(results: str) -> int:
     if not Path(results).is_dir():
         print(f"teddy verify: {results} is not a folder", file=sys.stderr)
         return 2
+    from teddy import report
+
+    for folder in sorted({p.parent for p in Path(results).rglob(report.PROVENANCE)}):
+        reason = report.stale_report(folder)
+        print(f"teddy verify: {reason}" if reason else f"teddy verify: {folder} matches the installed code")
     checked, bad = artifacts.verify_tree(results)
     for path, problem in bad:
         print(f"BAD {path}: {problem}")
@@ -298,6 +304,8 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    os.environ["TEDDY_CLI_COMMAND"] = " ".join(["python -m teddy", *given])  # utils.run_command records it
     if args.stage in ("verify", "sync-tracking"):
         return {"verify": verify, "sync-tracking": sync_tracking}[args.stage](args.results)
     if args.stage == "make-miniature":

@@ -13,11 +13,56 @@ from teddy.utils import atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
+PROVENANCE = "provenance.json"  # the code, config and command that made the report
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 PLOT = "accuracy.png"
 STAGES = ("prepare_data", "pretrain_pool", "distill", "relabel", "evaluate")
 FULL_DATA = "full data"  # method label of the whole-training-set reference row
+
+
+def provenance_of(cfg) -> dict:
+    """The code (git commit and dirty flag, or why there is none; teddy's sources sha256), the
+    resolved config's sha256 and the command this report comes from."""
+    import hashlib
+    import json
+
+    from teddy.config import to_dict
+    from teddy.utils import git_state, run_command
+
+    config_json = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    return git_state() | {"config_sha256": hashlib.sha256(config_json).hexdigest(), "command": run_command()}
+
+
+def provenance_line(prov: dict) -> str:
+    if prov["git_sha"] == "unknown":
+        code = f"no git commit ({prov['git_note']})"
+    else:
+        code = f"commit `{prov['git_sha'][:12]}`" + (" + uncommitted changes" if prov["git_dirty"] else "")
+    return (
+        f"Made by {code}; teddy sources sha256 `{prov['teddy_sources_sha256'][:12]}`, config sha256 "
+        f"`{prov['config_sha256'][:12]}`; command: `{prov['command']}`. "
+        "`teddy verify` on this folder says whether the current code still matches."
+    )
+
+
+def stale_report(folder: Path) -> str | None:
+    """Why a report folder's numbers come from another version of the code than the one installed
+    (None: same sources, or no provenance recorded)."""
+    from teddy.utils import code_digest, git_sha
+
+    path = folder / PROVENANCE
+    if not path.is_file():
+        return None
+    prov = read_json(path)
+    if prov.get("teddy_sources_sha256") == code_digest():
+        return None
+    now = git_sha()
+    return (
+        f"{folder}: these numbers were made by other code (commit {prov.get('git_sha', 'unknown')[:12]}"
+        f"{', uncommitted changes' if prov.get('git_dirty') else ''}; now {now[:12]}): rerun the pipeline "
+        f"(`{prov.get('command', 'snakemake')}`) to refresh them"
+    )
 
 
 def collect_row(eval_dir: Path) -> dict:
@@ -277,8 +322,10 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     with atomic_path(out / SUMMARY_CSV) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
     seeds = ", ".join(str(s) for s in sorted(df.seed.unique()))
+    prov = provenance_of(cfg)
     md = [
         f"# Results: {', '.join(df.dataset.unique())}\n",
+        provenance_line(prov) + "\n",
         f"Student val top-1 (%), mean ± sample std over seeds {seeds} (a cell without ± is one seed);"
         " rows method/IPC, columns student arch.\n",
         mean_std_table(df, "top1").to_markdown(index=False, disable_numparse=True),
@@ -319,5 +366,6 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     for (method, ipc, arch), value in means.items():
         summary.setdefault(method, {}).setdefault(f"ipc{ipc}", {})[arch] = round(float(value), 3)
     write_json(summary, out / "accuracy.json")
+    write_json(prov, out / PROVENANCE)
     flat = {f"top1.{m}.ipc{i}.{a}": float(v) for (m, i, a), v in means.items()}
     return {"rows": len(df), "missing_baseline_runs": len(missing), **flat}

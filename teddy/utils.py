@@ -10,6 +10,7 @@ import os
 import random
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -220,18 +221,42 @@ def sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def git_sha() -> str:
+def _git(*args: str) -> subprocess.CompletedProcess | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
         )
-        return out.stdout.strip() if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return None
+
+
+def git_sha() -> str:
+    out = _git("rev-parse", "HEAD")
+    return out.stdout.strip() if out is not None and out.returncode == 0 else "unknown"
+
+
+def git_state() -> dict:
+    """The code's version: git commit and whether the tree differs from it (tracked files changed),
+    or, outside a git checkout, why not; the teddy sources' sha256 identifies the code either way."""
+    sha = git_sha()
+    state: dict = {"git_sha": sha, "teddy_sources_sha256": code_digest()}
+    if sha == "unknown":
+        state["git_dirty"] = None
+        state["git_note"] = f"{Path(__file__).resolve().parent} is not in a git checkout (or git is missing)"
+    else:
+        out = _git("status", "--porcelain", "--untracked-files=no")
+        state["git_dirty"] = bool(out.stdout.strip()) if out is not None and out.returncode == 0 else None
+    return state
+
+
+COMMAND_ENV = "TEDDY_COMMAND"  # the workflow command a job belongs to (set by the Snakefile)
+
+
+def run_command() -> str:
+    """The command that produced a result: the Snakemake invocation when a workflow ran the job,
+    else the teddy command line (set by teddy.cli.main)."""
+    fallback = " ".join(["python -m teddy", *sys.argv[1:]])
+    return os.environ.get(COMMAND_ENV) or os.environ.get("TEDDY_CLI_COMMAND") or fallback
 
 
 def provenance() -> dict:
@@ -239,7 +264,8 @@ def provenance() -> dict:
     from importlib.metadata import version
 
     # the installed version, without importing torchvision (seconds per job on a small machine)
-    prov = {"git_sha": git_sha(), "torch": torch.__version__, "torchvision": version("torchvision")}
+    prov = git_state() | {"torch": torch.__version__, "torchvision": version("torchvision")}
+    prov["command"] = run_command()
     prov["host"] = socket.gethostname()
     if os.environ.get("SLURM_JOB_ID"):  # where a cluster job ran and what it was given
         keys = (

@@ -200,3 +200,18 @@ def test_missing_input_folder_is_named(tmp_path, capsys):
     ]
     assert main(argv) == 2
     assert "nope is not a folder" in capsys.readouterr().err
+
+
+def test_report_says_which_code_and_config_made_it(pipeline, capsys):
+    tmp, _ = pipeline
+    prov = json.loads((tmp / "report" / "provenance.json").read_text())
+    assert len(prov["git_sha"]) == 40 and isinstance(prov["git_dirty"], bool)  # this is a git checkout
+    assert len(prov["config_sha256"]) == 64 and prov["command"].startswith("python -m teddy report")
+    text = (tmp / "report" / "summary.md").read_text()
+    assert f"commit `{prov['git_sha'][:12]}`" in text and prov["config_sha256"][:12] in text
+    assert main(["verify", str(tmp / "report")]) == 0
+    assert "matches the installed code" in capsys.readouterr().out
+    prov["teddy_sources_sha256"] = "0" * 64  # as if another version of the code had made it
+    (tmp / "report" / "provenance.json").write_text(json.dumps(prov))
+    main(["verify", str(tmp / "report")])
+    assert "these numbers were made by other code" in capsys.readouterr().out

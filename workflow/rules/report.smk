@@ -15,6 +15,7 @@ rule report:
         ),
         accuracy="results/{dataset}/report/accuracy.json",
         metrics="results/{dataset}/report/metrics.json",
+        provenance="results/{dataset}/report/provenance.json",
     log:
         "logs/{dataset}/report.log",
     threads: stage_threads("report")
