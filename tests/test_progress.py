@@ -13,9 +13,9 @@ def test_stages_log_progress_lines_at_the_configured_interval(tmp_path, caplog):
     often = ["--set", "run.progress_seconds=0.000001"]
     cfg, d, p, s = tiny_synthetic_set(tmp_path, *often)
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("teddy.")]
-    pool = [line for line in lines if line.startswith("pretrain_pool seed 0: ")]
-    assert len(pool) >= 3 and pool[-1].startswith("pretrain_pool seed 0: ")  # every step, with its rate
-    assert re.fullmatch(r"pretrain_pool seed 0: \d+/\d+ \([\d.]+/s, \d+ s left\)", pool[-1])
+    pool = [line for line in lines if line.startswith("pretrain_pool convnet seed 0: ")]
+    assert len(pool) >= 3 and pool[-1].startswith("pretrain_pool convnet seed 0: ")  # every step, with its rate
+    assert re.fullmatch(r"pretrain_pool convnet seed 0: \d+/\d+ \([\d.]+/s, \d+ s left\)", pool[-1])
     caplog.clear()
     r, e = tmp_path / "soft", tmp_path / "eval"
     assert cli.main(["relabel", *cfg, *relabel_args(p, s), "--out", str(r)]) == 0
