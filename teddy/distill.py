@@ -45,10 +45,6 @@ from teddy.utils import (
 )
 
 
-def pool_of(method: str, cfg) -> str | None:
-    return methods.get(method).pool_kind(cfg)
-
-
 @dataclass(frozen=True)
 class Batch:
     index: int
@@ -249,7 +245,7 @@ def run_shard(
     d, spec = cfg.distill, methods.get(method)
     data = open_source(data_dir, cfg.prepare_data.workers) if spec.reads_real(cfg) else None
     archs = d.pool_archs if spec.pool == "members" else None
-    pool, pool_manifest = load_pool(inputs["pool"], pool_of(method, cfg), device, d.pool_size, archs)
+    pool, pool_manifest = load_pool(inputs["pool"], spec.pool_kind(cfg), device, d.pool_size, archs)
     draw = pool_sampler(d.pool_sampling, pool_manifest)
     objective = make_objective(method, cfg, data, device)
     teacher = Teacher(inputs["pool"], cfg.relabel.teacher, device) if d.init == "teacher" else None

@@ -313,9 +313,7 @@ def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
     if job_metrics:
         metrics["shard_wall_s"] = sum(read_json(m)["wall_s"] for m in job_metrics)
     for m in members:
-        name = Path(m["file"]).parent.name + (
-            "" if m["origin"] == "post" else f"_e{m['epoch']:03d}"
-        )  # job folder
+        name = Path(m["file"]).parent.name + ("" if m["origin"] == "post" else f"_e{m['epoch']:03d}")
         metrics |= {
             f"{name}_val_top1": m["val_top1"],
             f"{name}_params": m["params"],

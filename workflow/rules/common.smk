@@ -3,7 +3,13 @@ import re
 import sys
 
 from teddy.config import algorithm, data_file, full_data_ipc
-from teddy.jobs import arch_slug, job_params, method_params, pool_job_config, pool_job_names
+from teddy.jobs import (
+    arch_slug,
+    job_params,
+    method_params,
+    pool_job_config,
+    pool_job_names,
+)
 from teddy.jobs import stage_resources as config_stage_resources
 from teddy import methods
 
