@@ -21,6 +21,7 @@ from teddy.pool import Teacher
 from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
 from teddy.utils import (
     Progress,
+    atomic_path,
     data_parallel,
     local_part,
     read_json,
@@ -186,8 +187,6 @@ def plot_curve(metrics: dict, title: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from teddy.utils import atomic_path
 
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     for key, label in (("curve", "soft labels (KL)"), ("hard_curve", "hard labels (CE)")):

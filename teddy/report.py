@@ -28,10 +28,10 @@ def provenance_of(cfg) -> dict:
     import json
 
     from teddy.config import to_dict
-    from teddy.utils import git_state, run_command
+    from teddy.utils import provenance
 
     config_json = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
-    return git_state() | {"config_sha256": hashlib.sha256(config_json).hexdigest(), "command": run_command()}
+    return provenance() | {"config_sha256": hashlib.sha256(config_json).hexdigest()}
 
 
 def provenance_line(prov: dict) -> str:

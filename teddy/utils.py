@@ -294,8 +294,6 @@ class Progress:
     every = 30.0
 
     def __init__(self, what: str, total: int, every: float | None = None):
-        import sys
-
         self.what, self.total = what, total
         self.every = Progress.every if every is None else every
         self.start = self.last = time.monotonic()
