@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from teddy import config as config_mod
-from teddy import jobs, methods
+from teddy import methods, workflow
 
 log = logging.getLogger("teddy")
 
@@ -261,7 +261,7 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
         if is_main()
         else nullcontext(NullTracker())
     )
-    params = jobs.result_params(
+    params = workflow.result_params(
         config_mod.to_dict(cfg), stage.replace("-", "_"), selection, (options or {}).get("member")
     )
     with run_ctx as tracker, resume.job(fingerprint(params, inputs)):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from teddy import artifacts, augment, jobs, models
+from teddy import artifacts, augment, models, workflow
 from teddy.data.source import open_source
 from teddy.prune import prune, recalibrate_bn
 from teddy.train import TrainState, accuracy_of, make_optimizer, to_unit, warmup_cosine
@@ -46,7 +46,7 @@ def parse_member(cfg, text: str) -> tuple[str, int, str]:
     """'base' | 'prior:S' | 'prior:S:ARCH' | 'post:I' (or the folder names prior_sS, prior_<A>_sS,
     post_III) → (kind, index, architecture)."""
     p = cfg.pretrain_pool
-    by_slug = {jobs.arch_slug(a): a for a in p.member_archs}
+    by_slug = {workflow.arch_slug(a): a for a in p.member_archs}
     for slug, arch in by_slug.items():
         text = text.replace(f"prior_{slug}_s", f"prior:{arch}:")
     text = text.replace("prior_s", "prior:").replace("post_", "post:")
@@ -230,7 +230,7 @@ def build_prior(
     member is saved."""
     p = cfg.pretrain_pool
     arch = arch or p.arch
-    tag = f"prior_s{seed}" if arch == p.arch else f"prior_{jobs.arch_slug(arch)}_s{seed}"
+    tag = f"prior_s{seed}" if arch == p.arch else f"prior_{workflow.arch_slug(arch)}_s{seed}"
     targets = sorted(p.prior_targets)
     if targets and base_top1 is None:
         raise ValueError("pretrain_pool.prior_targets need the base model's accuracy: pass --base (its folder)")
@@ -333,7 +333,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
     data_dir = Path(inputs["data"])
     source = open_source(data_dir, cfg.prepare_data.workers)
     spec = models.InputSpec.from_manifest(read_json(data_dir / artifacts.DATA_MANIFEST))
-    todo = [member] if member else jobs.pool_job_names(p)
+    todo = [member] if member else workflow.pool_job_names(p)
     dirs = []
     for job in todo:
         kind, index, arch = parse_member(cfg, job)

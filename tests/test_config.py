@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from teddy import config, jobs
+from teddy import config, workflow
 
 from .conftest import BASE, TINY
 
@@ -92,7 +92,7 @@ def test_tiny_test_config_is_valid():
 
 def test_job_params_leave_out_grid_keys():
     data = config.validate(config.read_yaml(BASE))
-    params = jobs.job_params(data, "distill", "evaluate")
+    params = workflow.job_params(data, "distill", "evaluate")
     assert "ipcs" not in params["distill"] and "methods" not in params["distill"]
     assert "archs" not in params["evaluate"] and params["evaluate"]["epochs"] == data["evaluate"]["epochs"]
 
@@ -102,20 +102,20 @@ def test_method_params_change_only_for_the_variant_that_changed():
     one = config.validate(config.read_yaml(BASE))
     two = config.deep_merge(one, {"distill": {"variants": {"v": {"method": "teddy", "pool_size": 2}}}})
     three = config.deep_merge(two, {"distill": {"variants": {"w": {"method": "teddy", "iterations": 7}}}})
-    assert jobs.method_params(one, "teddy") == jobs.method_params(three, "teddy")
-    assert jobs.method_params(two, "v") == jobs.method_params(three, "v")
-    assert jobs.method_params(three, "v")["distill"]["pool_size"] == 2
-    assert jobs.method_params(three, "w")["distill"]["iterations"] == 7
-    assert jobs.method_params(three, "w")["algorithm"] == "teddy"
+    assert workflow.method_params(one, "teddy") == workflow.method_params(three, "teddy")
+    assert workflow.method_params(two, "v") == workflow.method_params(three, "v")
+    assert workflow.method_params(three, "v")["distill"]["pool_size"] == 2
+    assert workflow.method_params(three, "w")["distill"]["iterations"] == 7
+    assert workflow.method_params(three, "w")["algorithm"] == "teddy"
 
 
 def test_stage_resources_scale_runtime_with_the_dataset():
     data = config.validate(config.read_yaml(BASE))
-    digits = jobs.stage_resources(data, "distill")
+    digits = workflow.stage_resources(data, "distill")
     assert digits == {"runtime": 60, "mem_mb": 8000, "cpus_per_task": 1}
     data["run"]["dataset"] = "fashion_mnist"
     assert (
-        jobs.stage_resources(data, "distill")["runtime"]
+        workflow.stage_resources(data, "distill")["runtime"]
         == 60 * data["resources"]["runtime_scale"]["fashion_mnist"]
     )
 

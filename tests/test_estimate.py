@@ -2,7 +2,7 @@
 
 import pytest
 
-from teddy import cli, config, estimate, jobs
+from teddy import cli, config, estimate, workflow
 from teddy.data import miniature
 
 from .conftest import BASE, ROOT
@@ -56,19 +56,19 @@ def test_runtime_zero_takes_the_slurm_limit_from_the_estimate():
     rows = {
         r.stage: r for r in estimate.estimate(config.load(IMAGENET, ["distill.ipcs=[10]"], check_data=False))[0]
     }
-    minutes = jobs.stage_resources(data, "evaluate")["runtime"]
+    minutes = workflow.stage_resources(data, "evaluate")["runtime"]
     assert minutes == pytest.approx(2 * rows["evaluate"].job_h * 60 + 10, abs=1)
     longer = config.to_dict(
         config.load(IMAGENET, ["distill.ipcs=[10]", "evaluate.epochs=600"], check_data=False)
     )
-    assert jobs.stage_resources(longer, "evaluate")["runtime"] - 10 == pytest.approx(
+    assert workflow.stage_resources(longer, "evaluate")["runtime"] - 10 == pytest.approx(
         2 * (minutes - 10), rel=0.05
     )
     faster = config.to_dict(
         config.load(IMAGENET, ["distill.ipcs=[10]", "resources.gpu_tflops=60"], check_data=False)
     )
-    assert jobs.stage_resources(faster, "distill")["runtime"] < jobs.stage_resources(data, "distill")["runtime"]
+    assert workflow.stage_resources(faster, "distill")["runtime"] < workflow.stage_resources(data, "distill")["runtime"]
     fixed = config.to_dict(
         config.load(IMAGENET, ["distill.ipcs=[10]", "resources.evaluate.runtime=90"], check_data=False)
     )
-    assert jobs.stage_resources(fixed, "evaluate")["runtime"] == 90
+    assert workflow.stage_resources(fixed, "evaluate")["runtime"] == 90

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from teddy import artifacts, cli, jobs, utils
+from teddy import artifacts, cli, utils, workflow
 
 from ..conftest import ROOT, tiny_synthetic_set
 
@@ -114,13 +114,13 @@ def test_grid_keys_do_not_make_a_checkpoint_stale():
     from teddy import config
 
     data = config.to_dict(config.load([ROOT / "config" / "config.yaml"]))
-    base = jobs.result_params(data, "evaluate", {"arch": "convnet"})
+    base = workflow.result_params(data, "evaluate", {"arch": "convnet"})
     more = json.loads(json.dumps(data))
     more["evaluate"]["archs"].append("mobilenetv2")
     more["run"]["seeds"].append(99)
-    assert jobs.result_params(more, "evaluate", {"arch": "convnet"}) == base
+    assert workflow.result_params(more, "evaluate", {"arch": "convnet"}) == base
     more["evaluate"]["lr"] *= 2
-    assert jobs.result_params(more, "evaluate", {"arch": "convnet"}) != base
-    prior = jobs.result_params(data, "pretrain_pool", {}, "prior:0")
+    assert workflow.result_params(more, "evaluate", {"arch": "convnet"}) != base
+    prior = workflow.result_params(data, "pretrain_pool", {}, "prior:0")
     data["pretrain_pool"]["prune_ratio"] = [0.1, 0.9]  # a post-member key
-    assert jobs.result_params(data, "pretrain_pool", {}, "prior:0") == prior
+    assert workflow.result_params(data, "pretrain_pool", {}, "prior:0") == prior

@@ -3,14 +3,14 @@ import re
 import sys
 
 from teddy.config import algorithm, data_file, full_data_ipc
-from teddy.jobs import (
+from teddy.workflow import (
     arch_slug,
     job_params,
     method_params,
     pool_job_config,
     pool_job_names,
 )
-from teddy.jobs import stage_resources as config_stage_resources
+from teddy.workflow import stage_resources as config_stage_resources
 from teddy import methods
 
 DATASET = config["run"]["dataset"]
