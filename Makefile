@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-slurm lint repro report-html plots mlflow-ui bench bench-fidelity bench-data gpu-check lock clean
+.PHONY: run test test-slurm lint dvc-yaml repro report-html plots mlflow-ui bench bench-fidelity bench-data gpu-check lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ run: $(STAMP)
 # pytest-xdist: one worker per core (2 here), one torch thread per worker (tests/conftest.py)
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slurm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slurm" $(PYTEST_ARGS)
 
 # The digits pipeline through the slurm executor on a real single-node SLURM cluster (root:
 # installs slurmctld/slurmd/munge from Debian if missing, starts them, tears them down after).
@@ -43,7 +43,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check teddy tests benchmarks workflow/scripts
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
-repro: $(STAMP)
+# dvc.yaml is generated from teddy/workflow.py's stage table (the jobs Snakemake runs) and the config;
+# DVC_CONFIG="config/config.yaml config/experiments/x.yaml" layers experiment files.
+DVC_CONFIG ?= config/config.yaml
+dvc-yaml: $(STAMP)
+	$(BIN)/python -m teddy workflow dvc $(addprefix --config ,$(DVC_CONFIG))
+
+repro: dvc-yaml
 	$(BIN)/dvc repro
 
 report-html: $(STAMP)

@@ -151,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--tflops", type=float, default=None, help="effective TFLOP/s of one GPU (default 15)")
     est.add_argument("--measure", action="store_true", help="time each architecture on --device instead")
     est.add_argument("--device", default="cpu", help="the device --measure times (cuda, cpu)")
+    flow = sub.add_parser(
+        "workflow",
+        help="Write dvc.yaml from the stage table (teddy/workflow.py): the jobs Snakemake runs.",
+    )
+    flow.add_argument("tool", choices=["dvc"])
+    flow.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="config files, base first (default: config/config.yaml)",
+    )
+    flow.add_argument("--out", default="dvc.yaml", metavar="FILE", help="where to write it (default: dvc.yaml)")
+    flow.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if --out is not what it would be"
+    )
     mini = sub.add_parser(
         "make-miniature",
         help="Write a small copy of an image-file layout (from Fashion-MNIST or digits) to try a layout on.",
@@ -177,6 +193,33 @@ def make_miniature(args) -> int:
         print(f"teddy make-miniature: {err}", file=sys.stderr)
         return 2
     print(f"teddy make-miniature: {args.layout} miniature in {out}")
+    return 0
+
+
+def write_workflow(args) -> int:
+    """``teddy workflow dvc``: dvc.yaml generated from the stage table, or --check that it is current."""
+    from teddy.utils import atomic_path
+
+    files = args.config or ["config/config.yaml"]
+    try:
+        text = workflow.dvc_yaml(files)
+    except (config_mod.ConfigError, OSError) as err:
+        print(f"teddy workflow: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if args.check:
+        if out.is_file() and out.read_text() == text:
+            print(f"teddy workflow: {out} is current for {' '.join(files)}")
+            return 0
+        print(
+            f"teddy workflow: {out} does not match the stage table and {' '.join(files)}: regenerate it with "
+            f"`python -m teddy workflow dvc {' '.join('--config ' + f for f in files)}` (or `make dvc-yaml`)",
+            file=sys.stderr,
+        )
+        return 1
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    print(f"teddy workflow: wrote {out} ({text.count('cmd:')} stages) for {' '.join(files)}")
     return 0
 
 
@@ -310,10 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         return {"verify": verify, "sync-tracking": sync_tracking}[args.stage](args.results)
     if args.stage == "make-miniature":
         return make_miniature(args)
+    if args.stage == "workflow":
+        return write_workflow(args)
     if args.stage == "estimate":
-        from teddy import estimate
-
-        return estimate.main(args)
+        return run_estimate(args)
     _, ins, sel = STAGES[args.stage]
     try:
         cfg = config_mod.load(args.config, args.overrides)
@@ -361,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_estimate(args) -> int:
+    from teddy import estimate
+
+    return estimate.main(args)
+
+
 def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | None:
     from teddy import models
 
@@ -371,10 +420,8 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
         if "data" not in inputs:
             return "pass --data (prepare-data's --out)"
         if options.get("member"):
-            from teddy import pretrain_pool
-
             try:
-                kind = pretrain_pool.parse_member(cfg, options["member"])[0]
+                kind = workflow.parse_member(cfg.pretrain_pool, options["member"])[0]
             except ValueError as err:
                 return str(err)
             needs_base = kind == "post" or (kind == "prior" and cfg.pretrain_pool.prior_targets)

@@ -319,6 +319,10 @@ def check(data: Mapping) -> None:
             merged["distill"] = {**merged["distill"], **_variant_keys(variant)}
             merged["distill"] |= {"variants": {}, "methods": [variant["method"]]}
             merged["report"] = {**merged["report"], "baseline_method": variant["method"]}
+            merged["evaluate"] = {
+                **merged["evaluate"],
+                "full_data": False,
+            }  # the baseline's row, not the variant's
             try:
                 check(validate(merged))
             except ConfigError as err:

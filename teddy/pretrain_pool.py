@@ -42,30 +42,6 @@ MEMBERS = "members.json"  # each job's entries (files relative to its folder)
 STATE = "train_state.pt"  # resumable training state, removed when the job completes
 
 
-def parse_member(cfg, text: str) -> tuple[str, int, str]:
-    """'base' | 'prior:S' | 'prior:S:ARCH' | 'post:I' (or the folder names prior_sS, prior_<A>_sS,
-    post_III) → (kind, index, architecture)."""
-    p = cfg.pretrain_pool
-    by_slug = {workflow.arch_slug(a): a for a in p.member_archs}
-    for slug, arch in by_slug.items():
-        text = text.replace(f"prior_{slug}_s", f"prior:{arch}:")
-    text = text.replace("prior_s", "prior:").replace("post_", "post:")
-    kind, _, rest = text.partition(":")
-    arch, _, index = rest.rpartition(":")
-    valid = kind == "base" and not index
-    if kind in ("prior", "post") and index.isdigit():
-        i = int(index)
-        valid = i in p.prior_seeds if kind == "prior" else i < p.post_members and not arch
-        valid = valid and (not arch or arch in p.member_archs)
-    if not valid:
-        raise ValueError(
-            f"--member {text!r}: use base, prior:S with S in pretrain_pool.prior_seeds {list(p.prior_seeds)} "
-            f"(prior:ARCH:S for ARCH in pretrain_pool.member_archs {list(p.member_archs)}), "
-            f"or post:I with I < pretrain_pool.post_members ({p.post_members})"
-        )
-    return kind, int(index or 0), arch or p.arch
-
-
 def describe(model: torch.nn.Module, spec: models.InputSpec) -> dict:
     """Parameters, multiply-accumulates and FLOPs (2 × MACs) of one forward pass on one image."""
     import torch_pruning as tp
@@ -336,7 +312,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
     todo = [member] if member else workflow.pool_job_names(p)
     dirs = []
     for job in todo:
-        kind, index, arch = parse_member(cfg, job)
+        kind, index, arch = workflow.parse_member(cfg.pretrain_pool, job)
         job_dir = out if member else out / job
         job_dir.mkdir(parents=True, exist_ok=True)
         base_dir = Path(inputs["base"]) if member and inputs.get("base") else out / "base"

@@ -143,6 +143,28 @@ def missing_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return df.loc[lacking, ["dataset", "method", "ipc", "arch", "seed"]]
 
 
+def missing_runs(df: pd.DataFrame, cfg) -> list[str]:
+    """Runs of the configured grid with no evaluation (a partial run, or a dvc.yaml generated for
+    another grid), as 'method ipcK arch sS'."""
+    from teddy.config import full_data_ipc, to_dict
+    from teddy.workflow import evaluation_grid
+
+    full = full_data_ipc(cfg)
+    have = set(zip(df.method, df.ipc, df.arch, df.seed, strict=True))
+    wanted = [
+        (
+            FULL_DATA
+            if (g["method"], g["ipc"]) == (methods.BASELINE, full) and full not in cfg.distill.ipcs
+            else g["method"],
+            g["ipc"],
+            g["arch"],
+            g["seed"],
+        )
+        for g in evaluation_grid(to_dict(cfg))
+    ]
+    return [f"{m} ipc{i} {a} s{s}" for m, i, a, s in wanted if (m, i, a, s) not in have]
+
+
 def missing_baseline_note(missing: pd.DataFrame, baseline: str) -> str:
     runs = "; ".join(f"{r.method} ipc{r.ipc} {r.arch} s{r.seed}" for r in missing.itertuples())
     return (
@@ -317,6 +339,9 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     missing = missing_baseline(df, cfg.report.baseline_method)
     if len(missing):
         log.warning("%d run(s) have no %s baseline: no IOR for them", len(missing), cfg.report.baseline_method)
+    absent = missing_runs(df, cfg)
+    if absent:
+        log.warning("%d configured run(s) have no evaluation: %s", len(absent), "; ".join(absent))
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / SUMMARY_CSV) as tmp:
@@ -338,6 +363,15 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         "\nMean wall seconds per job (distill, relabel: per synthetic set; evaluate: per student).\n",
         stage_times(df).to_markdown(index=False, floatfmt=".1f"),
         *([missing_baseline_note(missing, cfg.report.baseline_method)] if len(missing) else []),
+        *(
+            [
+                f"\n**Not run:** {len(absent)} configured run(s) have no evaluation here: {'; '.join(absent)}. "
+                "Run the pipeline for them (Snakemake schedules only what is missing; for DVC, "
+                "`make repro` regenerates dvc.yaml for the config first).\n"
+            ]
+            if absent
+            else []
+        ),
         *hard_label_sections(df),
         "\nStudent val top-5 (%), mean ± sample std over seeds.\n",
         mean_std_table(df, "top5").to_markdown(index=False, disable_numparse=True),
@@ -368,4 +402,4 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     write_json(summary, out / "accuracy.json")
     write_json(prov, out / PROVENANCE)
     flat = {f"top1.{m}.ipc{i}.{a}": float(v) for (m, i, a), v in means.items()}
-    return {"rows": len(df), "missing_baseline_runs": len(missing), **flat}
+    return {"rows": len(df), "missing_baseline_runs": len(missing), "missing_runs": len(absent), **flat}

@@ -4,10 +4,17 @@ fingerprints) and pretrain_pool (its job list); teddy.config only loads and chec
 
 from __future__ import annotations
 
+import ast
+import os
 import re
+import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 
-from teddy.config import GRID_KEYS, _variant_keys
+import yaml
+
+from teddy.config import GRID_KEYS
 
 
 def pool_job_names(p) -> list[str]:
@@ -19,6 +26,32 @@ def pool_job_names(p) -> list[str]:
         f"prior_{arch_slug(a)}_s{s}" for a in get("member_archs") for s in get("prior_seeds") if has_prior
     ]
     return ["base", *priors, *(f"post_{i:03d}" for i in range(get("post_members")))]
+
+
+def parse_member(p, text: str) -> tuple[str, int, str]:
+    """A pool job of the pretrain_pool section ``p`` (mapping or dataclass): 'base' | 'prior:S' |
+    'prior:ARCH:S' | 'post:I' (or the folder names prior_sS, prior_<A>_sS, post_III) → (kind,
+    index, architecture)."""
+    get = p.get if isinstance(p, dict) else lambda key: getattr(p, key)
+    by_slug = {arch_slug(a): a for a in get("member_archs")}
+    for slug, arch in by_slug.items():
+        text = text.replace(f"prior_{slug}_s", f"prior:{arch}:")
+    text = text.replace("prior_s", "prior:").replace("post_", "post:")
+    kind, _, rest = text.partition(":")
+    arch, _, index = rest.rpartition(":")
+    valid = kind == "base" and not index
+    if kind in ("prior", "post") and index.isdigit():
+        i = int(index)
+        valid = i in get("prior_seeds") if kind == "prior" else i < get("post_members") and not arch
+        valid = valid and (not arch or arch in get("member_archs"))
+    if not valid:
+        raise ValueError(
+            f"--member {text!r}: use base, prior:S with S in pretrain_pool.prior_seeds "
+            f"{list(get('prior_seeds'))} "
+            f"(prior:ARCH:S for ARCH in pretrain_pool.member_archs {list(get('member_archs'))}), "
+            f"or post:I with I < pretrain_pool.post_members ({get('post_members')})"
+        )
+    return kind, int(index or 0), arch or get("arch")
 
 
 def arch_slug(arch: str) -> str:
@@ -73,30 +106,412 @@ def _estimated_runtimes(data: Mapping) -> dict:
     return _RUNTIMES[key]
 
 
-def method_params(data: Mapping, method: str) -> dict:
-    """The distill config one method's (or variant's) jobs depend on: the variant's keys applied,
-    grid keys left out, so adding or changing one variant reruns only that variant's jobs."""
-    variant = data["distill"]["variants"].get(method)
-    distill = dict(data["distill"]) | (_variant_keys(variant) if variant else {})
-    return job_params({"distill": distill}, "distill") | {"algorithm": variant["method"] if variant else method}
-
-
-def job_params(data: Mapping, *sections: str) -> dict:
-    """The config a job's result depends on: its sections minus grid keys.
-
-    Snakemake reruns a job when these change (params trigger), so adding a seed, an IPC or an
-    architecture schedules only the new jobs.
-    """
-    return {s: {k: v for k, v in data[s].items() if k not in GRID_KEYS.get(s, ())} for s in sections}
+def job_params(data: Mapping, stage: str, method: str | None = None, member: str | None = None) -> dict:
+    """The config one job's result depends on, {dotted key: value} (param_keys): Snakemake's params
+    trigger (a change reruns the job; adding a seed, IPC, architecture or another variant schedules
+    only the new jobs) and, via result_params, the fingerprint of its resumable checkpoints."""
+    return params_of(data, param_keys(data, stage, method, member))
 
 
 def result_params(data: Mapping, stage: str, selection: Mapping, member: str | None = None) -> dict:
-    """The config one job's result depends on: the params its Snakemake rule passes (a change reruns
-    the job), plus the dataset and compute dtype. A resumable checkpoint made under other values
-    is stale (teddy.utils.fingerprint)."""
-    run = {"run": {k: data["run"][k] for k in ("dataset", "dtype")}}
-    if stage == "distill":
-        return run | method_params(data, selection["method"])
-    if stage == "pretrain_pool" and member:
-        return run | {"pretrain_pool": pool_job_config(data["pretrain_pool"], member.split(":")[0])}
-    return run | job_params(data, stage)
+    """The config one job's result depends on: the params its Snakemake rule passes and DVC lists.
+    A resumable checkpoint made under other values is stale (teddy.utils.fingerprint)."""
+    return job_params(data, stage, selection.get("method"), member)
+
+
+# -- the stage table: where every job writes, what it reads, the config it depends on --------------
+# Snakemake's rules take their paths from here (workflow/rules/*.smk) and schedule plan()'s final
+# outputs; dvc.yaml is generated from plan() (`teddy workflow dvc`), so the two cannot drift.
+
+FOLDERS = {
+    "prepare_data": "results/{dataset}/data",
+    "pool_job": "results/{dataset}/pool/{job}",  # base, prior_s<S>, prior_<arch>_s<S>, post_<III>
+    "pretrain_pool": "results/{dataset}/pool",
+    "distill_shard": "results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/shards/{shard}-of-{nshards}",
+    "distill": "results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}",
+    "relabel": "results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}",
+    "evaluate": "results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}",
+    "report": "results/{dataset}/report",
+}
+REPORT_FILES = ("summary.csv", "summary.md", "accuracy.png", "accuracy.json", "metrics.json", "provenance.json")
+SCHEMA = "workflow/schemas/config.schema.yaml"  # its defaults are config too
+DVC_HEADER = (
+    "# Generated by `python -m teddy workflow dvc` from the stage table in teddy/workflow.py and the\n"
+    "# config files below; do not edit. `make repro` regenerates it, then runs `dvc repro`.\n"
+)
+
+
+def path(kind: str, file: str = "", **fields) -> str:
+    """``FOLDERS[kind]`` (+ ``/file``) with the given fields filled; the others stay {wildcards}."""
+    folder = re.sub(r"\{(\w+)\}", lambda m: str(fields.get(m[1], m[0])), FOLDERS[kind])
+    return f"{folder}/{file}" if file else folder
+
+
+# -- code dependencies: the teddy modules a stage's command runs, from the import graph --------------
+
+PACKAGE = Path(__file__).resolve().parent
+CLI_STAGE_PATH = ("main", "execute", "check_selection")  # the functions of cli.py `teddy <stage>` runs
+
+
+def _module_file(name: str) -> Path | None:
+    rel = Path(*name.split("."))
+    for candidate in (PACKAGE.parent / rel.with_suffix(".py"), PACKAGE.parent / rel / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(file: Path, only_functions: tuple[str, ...] | None = None) -> set[str]:
+    """teddy modules ``file`` imports (anywhere; ``only_functions``: at module level and in those
+    functions), including ones named by string, e.g. methods.OBJECTIVES' "teddy.objectives:Class"."""
+    tree = ast.parse(file.read_text())
+    nodes = list(ast.walk(tree))
+    if only_functions is not None:
+        nodes = [n for stmt in tree.body if not isinstance(stmt, ast.FunctionDef) for n in ast.walk(stmt)]
+        nodes += [
+            n
+            for stmt in tree.body
+            if isinstance(stmt, ast.FunctionDef) and stmt.name in only_functions
+            for n in ast.walk(stmt)
+        ]
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            match = re.fullmatch(r"(teddy(?:\.\w+)+)(?::\w+)?", node.value)
+            found |= {match[1]} if match else set()
+    return {name for name in found if name.split(".")[0] == "teddy" and _module_file(name)}
+
+
+def code_files(stage: str) -> list[str]:
+    """The package files ``teddy <stage>`` runs (relative to the project root): cli's stage path,
+    the stage module and everything they import, transitively. A change to any of them reruns the
+    stage's jobs (Snakemake: input files; DVC: deps); a change elsewhere (report.py for distill)
+    does not."""
+    todo = ["teddy.__main__", f"teddy.{stage}"]
+    seen: set[Path] = {_module_file("teddy")}
+    cli = _module_file("teddy.cli")
+    todo += sorted(_imports(cli, CLI_STAGE_PATH))
+    seen.add(cli)
+    while todo:
+        file = _module_file(todo.pop())
+        if file in seen:
+            continue
+        seen.add(file)
+        todo += sorted(_imports(file))
+    return sorted(str(f.relative_to(PACKAGE.parent)) for f in seen)
+
+
+# -- the config keys each job depends on ------------------------------------------------------------
+
+
+def param_keys(data: Mapping, stage: str, method: str | None = None, member: str | None = None) -> list[str]:
+    """Dotted config keys one job's result depends on (grid keys left out): Snakemake's params
+    trigger, DVC's params and the resumable checkpoints' fingerprint all read these. A variant's
+    distill jobs depend on its own entry, so adding or editing one variant reruns only its jobs."""
+    keys = ["run.dataset", "run.dtype"]
+    if stage == "pretrain_pool":
+        section = (
+            pool_job_config(data["pretrain_pool"], member.split(":")[0]) if member else data["pretrain_pool"]
+        )
+        return keys + [f"pretrain_pool.{k}" for k in section]
+    grid = GRID_KEYS.get(stage, set())
+    keys += [f"{stage}.{k}" for k in data[stage] if k not in grid]
+    if stage == "distill" and method in data["distill"]["variants"]:
+        keys.append(f"distill.variants.{method}")
+    if stage == "relabel":
+        keys.append("evaluate.epochs")  # one stored view per student epoch
+    return keys
+
+
+def lookup(data: Mapping, key: str):
+    for part in key.split("."):
+        data = data[part]
+    return data
+
+
+def params_of(data: Mapping, keys: list[str]) -> dict:
+    return {key: lookup(data, key) for key in keys}
+
+
+# -- every job of a config, as both tools run it ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: str  # the Snakemake rule
+    name: str  # the DVC stage name
+    command: tuple[str, ...]  # `teddy` arguments after the config options
+    deps: tuple[str, ...]  # files and folders the job reads (besides its code)
+    outs: tuple[str, ...]  # what it writes: a folder it owns whole, or files
+    params: tuple[str, ...]  # dotted config keys (param_keys)
+    code: str  # the stage whose code_files() it runs
+
+
+def _pool_jobs(data: Mapping, w: dict) -> list[Job]:
+    p = data["pretrain_pool"]
+    data_dir, base = path("prepare_data", **w), path("pool_job", job="base", **w)
+    jobs = []
+    for name in pool_job_names(p):
+        kind, index, arch = parse_member(p, name)
+        member = {"base": "base", "post": f"post:{index:03d}"}.get(kind) or (
+            f"prior:{index}" if arch == p["arch"] else f"prior:{arch}:{index}"
+        )
+        needs_base = kind == "post" or (kind == "prior" and bool(p["prior_targets"]))
+        out = path("pool_job", job=name, **w)
+        jobs.append(
+            Job(
+                stage={"base": "pretrain_pool_base", "post": "pretrain_pool_post"}.get(
+                    kind, "pretrain_pool_prior" if arch == p["arch"] else "pretrain_pool_prior_arch"
+                ),
+                name=f"pretrain_pool_{name}",
+                command=(
+                    "pretrain-pool",
+                    "--data",
+                    data_dir,
+                    *(("--base", base) if needs_base else ()),
+                    "--member",
+                    member,
+                    "--out",
+                    out,
+                ),
+                deps=(data_dir, *((base,) if needs_base else ())),
+                outs=(out,),
+                params=tuple(param_keys(data, "pretrain_pool", member=member)),
+                code="pretrain_pool",
+            )
+        )
+    folders = [j.outs[0] for j in jobs]
+    pool = path("pretrain_pool", **w)
+    jobs.append(
+        Job(
+            stage="pretrain_pool",
+            name="pretrain_pool",
+            command=("pretrain-pool", "--assemble", *folders, "--out", pool),
+            deps=tuple(folders),
+            outs=(f"{pool}/manifest.json", f"{pool}/metrics.json"),
+            params=(),
+            code="pretrain_pool",
+        )
+    )
+    return jobs
+
+
+def evaluation_grid(data: Mapping) -> list[dict]:
+    """(method, ipc, arch, seed) of every evaluation, the full-data row included."""
+    from teddy import methods
+    from teddy.config import full_data_ipc
+
+    d, e = data["distill"], data["evaluate"]
+    sets = [(m, i) for m in d["methods"] for i in d["ipcs"]]
+    full = full_data_ipc(data)
+    if full is not None and full not in d["ipcs"]:
+        sets.append((methods.BASELINE, full))  # the upper-bound row
+    return [
+        {"method": m, "ipc": i, "arch": a, "seed": s}
+        for m, i in sets
+        for a in e["archs"]
+        for s in data["run"]["seeds"]
+    ]
+
+
+def plan(data: Mapping) -> list[Job]:
+    """Every job of the resolved config ``data`` in an order that respects dependencies."""
+    from teddy import methods
+    from teddy.config import algorithm
+
+    w = {"dataset": data["run"]["dataset"]}
+    data_dir, pool = path("prepare_data", **w), path("pretrain_pool", **w)
+    manifest = f"{pool}/manifest.json"
+    jobs = [
+        Job(
+            "prepare_data",
+            "prepare_data",
+            ("prepare-data", "--out", data_dir),
+            (),
+            (data_dir,),
+            tuple(param_keys(data, "prepare_data")),
+            "prepare_data",
+        )
+    ]
+    jobs += _pool_jobs(data, w)
+    grid = evaluation_grid(data)
+    sets = list(dict.fromkeys((g["method"], g["ipc"], g["seed"]) for g in grid))
+    for method, ipc, seed in sets:
+        s = {"method": method, "ipc": ipc, "seed": seed}
+        tag = f"{method}_ipc{ipc}_seed{seed}"
+        syn = path("distill", **w, **s)
+        keys = tuple(param_keys(data, "distill", method=method))
+        selection = ("--method", method, "--ipc", str(ipc), "--seed", str(seed))
+        shards = []
+        if methods.get(algorithm(data, method)).optimises:
+            n = data["distill"]["shards"]
+            for i in range(n):
+                shard = path("distill_shard", **w, **s, shard=i, nshards=n)
+                shards.append(shard)
+                jobs.append(
+                    Job(
+                        "distill_shard",
+                        f"distill_shard_{tag}_{i}-of-{n}",
+                        (
+                            "distill",
+                            "--data",
+                            data_dir,
+                            "--pool",
+                            pool,
+                            *selection,
+                            "--shard",
+                            f"{i}/{n}",
+                            "--out",
+                            shard,
+                        ),
+                        (data_dir, manifest),
+                        (shard,),
+                        keys,
+                        "distill",
+                    )
+                )
+        merge = ("--merge", *shards) if shards else ()
+        jobs.append(
+            Job(
+                "distill",
+                f"distill_{tag}",
+                ("distill", "--data", data_dir, *merge, *selection, "--out", syn),
+                (data_dir, *shards),
+                tuple(f"{syn}/{f}" for f in ("synthetic.pt", "grid.png", "metrics.json")),
+                keys,
+                "distill",
+            )
+        )
+        soft = path("relabel", **w, **s)
+        jobs.append(
+            Job(
+                "relabel",
+                f"relabel_{tag}",
+                ("relabel", "--synthetic", syn, "--pool", pool, "--seed", str(seed), "--out", soft),
+                (f"{syn}/synthetic.pt", manifest),
+                (soft,),
+                tuple(param_keys(data, "relabel")),
+                "relabel",
+            )
+        )
+    evaluations = []
+    for g in grid:
+        s = {k: g[k] for k in ("method", "ipc", "seed")}
+        out = path("evaluate", **w, **g)
+        evaluations.append(out)
+        syn, soft = path("distill", **w, **s), path("relabel", **w, **s)
+        jobs.append(
+            Job(
+                "evaluate",
+                f"evaluate_{g['method']}_ipc{g['ipc']}_{arch_slug(g['arch'])}_seed{g['seed']}",
+                (
+                    "evaluate",
+                    "--data",
+                    data_dir,
+                    "--synthetic",
+                    syn,
+                    "--soft-labels",
+                    soft,
+                    "--pool",
+                    pool,
+                    "--arch",
+                    g["arch"],
+                    "--seed",
+                    str(g["seed"]),
+                    "--out",
+                    out,
+                ),
+                (data_dir, f"{syn}/synthetic.pt", soft, manifest),
+                (out,),
+                tuple(param_keys(data, "evaluate")),
+                "evaluate",
+            )
+        )
+    report = path("report", **w)
+    jobs.append(
+        Job(
+            "report",
+            "report",
+            ("report", "--evaluations", *evaluations, "--out", report),
+            tuple(evaluations),
+            tuple(f"{report}/{f}" for f in REPORT_FILES),
+            tuple(param_keys(data, "report")),
+            "report",
+        )
+    )
+    return jobs
+
+
+def final_outputs(data: Mapping) -> list[str]:
+    """What a whole run builds: every synthetic set's grid and the report (Snakemake's rule all)."""
+    return [
+        o
+        for j in plan(data)
+        if j.stage in ("distill", "report")
+        for o in j.outs
+        if o.endswith((".png", ".csv", ".md"))
+    ]
+
+
+# -- dvc.yaml, generated -----------------------------------------------------------------------------
+
+
+def _key_source(key: str, files: list[str], raws: list[dict]) -> str | None:
+    """The last config file that sets ``key`` (its value wins); None: the schema default."""
+    for file, raw in reversed(list(zip(files, raws, strict=True))):
+        try:
+            lookup(raw, key)
+        except (KeyError, TypeError):
+            continue
+        return file
+    return None
+
+
+def dvc_yaml(config_files: list[str]) -> str:
+    """dvc.yaml for the config ``config_files`` (base first, then deltas): one DVC stage per job of
+    plan(), the same commands, each with its code files, its inputs and the keys it depends on
+    (each read from the file whose value wins) as deps and params."""
+    from teddy import config as config_mod
+
+    data = config_mod.to_dict(config_mod.load(config_files))
+    raws = [config_mod.read_yaml(f) for f in config_files]
+    config_args = [arg for f in config_files for arg in ("--config", f)]
+    stages = {}
+    for job in plan(data):
+        params: dict[str, list[str]] = {}
+        for key in job.params:
+            source = _key_source(key, config_files, raws)
+            if source is not None:
+                params.setdefault(source, []).append(key)
+        argv = ["python", "-m", "teddy", job.command[0], *config_args, *job.command[1:]]
+        stage = {
+            "cmd": " ".join(shlex.quote(a) for a in argv),
+            "deps": [*code_files(job.code), SCHEMA, *job.deps],
+        }
+        if params:
+            stage["params"] = [{file: keys} for file, keys in params.items()]
+        if job.stage == "report":  # small files kept in git; accuracy.json as DVC metrics, the CSV as plots
+            report_dir = os.path.dirname(job.outs[0])
+            stage["outs"] = [
+                {o: {"cache": False}} for o in job.outs if not o.endswith(("accuracy.json", "summary.csv"))
+            ]
+            stage["metrics"] = [{f"{report_dir}/accuracy.json": {"cache": False}}]
+            stage["plots"] = [
+                {
+                    f"{report_dir}/summary.csv": {
+                        "cache": False,
+                        "template": "top1_by_method",  # .dvc/plots/: a line per method, a panel per student
+                        "x": "ipc",
+                        "y": "top1",
+                    }
+                }
+            ]
+        else:
+            stage["outs"] = list(job.outs)
+        stages[job.name] = stage
+    header = DVC_HEADER + f"# Config: {' '.join(config_files)}\n"
+    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=100_000)

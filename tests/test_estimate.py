@@ -67,7 +67,10 @@ def test_runtime_zero_takes_the_slurm_limit_from_the_estimate():
     faster = config.to_dict(
         config.load(IMAGENET, ["distill.ipcs=[10]", "resources.gpu_tflops=60"], check_data=False)
     )
-    assert workflow.stage_resources(faster, "distill")["runtime"] < workflow.stage_resources(data, "distill")["runtime"]
+    assert (
+        workflow.stage_resources(faster, "distill")["runtime"]
+        < workflow.stage_resources(data, "distill")["runtime"]
+    )
     fixed = config.to_dict(
         config.load(IMAGENET, ["distill.ipcs=[10]", "resources.evaluate.runtime=90"], check_data=False)
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy import cli, models, pool, pretrain_pool, prune
+from teddy import cli, models, pool, pretrain_pool, prune, workflow
 from teddy.data.source import open_source
 from teddy.losses import BNStatsRecorder
 from teddy.tracking import NullTracker
@@ -329,7 +329,11 @@ def test_multi_architecture_pool_members_and_selection(tmp_path):
     ] * 2
     with pytest.raises(RuntimeError, match="no post members of architectures"):
         pool.load_pool(tmp_path / "pool", "post", "cpu", archs=["mobilenetv2"])
-    assert pretrain_pool.parse_member(load_cfg(cfg), "prior_mobilenetv2_s0") == ("prior", 0, "mobilenetv2")
+    assert workflow.parse_member(load_cfg(cfg).pretrain_pool, "prior_mobilenetv2_s0") == (
+        "prior",
+        0,
+        "mobilenetv2",
+    )
 
 
 def test_pool_archs_must_be_in_the_pool():

@@ -155,3 +155,15 @@ def test_hlr_is_full_data_hard_top1_minus_the_sets_same_arch_and_seed():
     out = report.add_hlr(df).set_index(["method", "arch", "seed"]).hlr
     assert out[("teddy", "convnet", 0)] == 30.0 and out[("teddy", "convnet", 1)] == 22.0
     assert np.isnan(out[("teddy", "resnet18", 0)]) and np.isnan(out[(report.FULL_DATA, "convnet", 0)])
+
+
+def test_configured_runs_without_an_evaluation_are_listed():
+    """A partial run, or a dvc.yaml generated for another grid, must not shrink the report silently."""
+    cfg = config.load([BASE], ["evaluate.full_data=true", "evaluate.archs=[convnet]", "run.seeds=[0, 1]"])
+    full = config.full_data_ipc(cfg)
+    present = [("random", 1, 0), ("teddy", 1, 0), ("random", 10, 0), ("teddy", 10, 0), ("full data", full, 0)]
+    df = pd.DataFrame(
+        [{"method": m, "ipc": i, "arch": "convnet", "seed": s, "top1": 50.0} for m, i, s in present]
+        + [{"method": m, "ipc": i, "arch": "convnet", "seed": 1, "top1": 50.0} for m, i, _ in present[:3]]
+    )
+    assert report.missing_runs(df, cfg) == ["teddy ipc10 convnet s1", f"full data ipc{full} convnet s1"]

@@ -1,4 +1,6 @@
-"""Snakemake and DVC describe the same pipeline: same stage names, same outputs."""
+"""Snakemake and DVC run the same pipeline: both read teddy/workflow.py's stage table, dvc.yaml is
+generated from it (and committed as generated), and Snakemake schedules exactly its jobs with the
+same commands."""
 
 import re
 import subprocess
@@ -10,7 +12,7 @@ import yaml
 
 from teddy.cli import STAGES
 
-from .conftest import ROOT
+from .conftest import BASE, ROOT
 
 BIN = Path(sys.executable).parent
 STAGE_NAMES = {s.replace("-", "_") for s in STAGES}
@@ -20,31 +22,86 @@ def snakemake(*args, cwd=ROOT):
     return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True)
 
 
+KINDS = sorted(STAGE_NAMES | {"distill_shard"}, key=len, reverse=True)
+
+
 def test_one_name_per_stage_everywhere():
     rules = {p.stem for p in (ROOT / "workflow" / "rules").glob("*.smk")} - {"common"}
-    dvc_stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    dvc_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    kinds = {next(k for k in KINDS if n == k or n.startswith(k + "_")) for n in dvc_stages}
     sections = set(yaml.safe_load((ROOT / "config" / "config.yaml").read_text())) - {
         "run",
         "tracking",
         "resources",
     }
-    assert rules == dvc_stages == sections == STAGE_NAMES
+    assert rules == kinds - {"distill_shard"} == sections == STAGE_NAMES
 
 
-def dvc_outputs() -> set[str]:
-    from dvc.repo import Repo
+def test_committed_dvc_yaml_is_the_generated_one():
+    """dvc.yaml is generated (`make dvc-yaml`); a hand edit or a stage-table change without
+    regenerating fails here, and `teddy workflow dvc --check` says how to fix it."""
+    from teddy import workflow
 
-    repo = Repo(str(ROOT))
-    return {str(Path(out.fs_path).relative_to(ROOT)) for stage in repo.index.stages for out in stage.outs}
+    assert (ROOT / "dvc.yaml").read_text() == workflow.dvc_yaml(["config/config.yaml"])
 
 
-def test_snakemake_dry_run_builds_every_dvc_output(tmp_path):
-    result = snakemake("--forceall", "--summary", "--cores", "1")
+def test_workflow_check_names_the_fix(tmp_path, monkeypatch):
+    from teddy import cli
+
+    monkeypatch.chdir(ROOT)
+    stale = tmp_path / "dvc.yaml"
+    stale.write_text((ROOT / "dvc.yaml").read_text().replace("--ipc 10", "--ipc 11"))
+    assert cli.main(["workflow", "dvc", "--out", str(stale), "--check"]) == 1
+    assert cli.main(["workflow", "dvc", "--out", str(stale)]) == 0
+    assert cli.main(["workflow", "dvc", "--out", str(stale), "--check"]) == 0
+
+
+RICH = (  # every kind of job: shards, post members, another architecture's priors, a variant, full data
+    "pretrain_pool:\n  post_members: 2\n  member_archs: [mobilenetv2]\n"
+    "distill:\n  shards: 2\n  methods: [teddy, sre2l, random, sel]\n"
+    "  variants: {sel: {method: teddy, init: teacher, iterations: 0}}\n"
+    "evaluate:\n  full_data: true\n"
+)
+
+
+def normalise(command: str) -> tuple[str, ...]:
+    """A Snakemake job's printed shell command as teddy arguments: $(dirname X) evaluated, the
+    resolved-config and thread options and the log redirection dropped."""
+    command = re.sub(
+        r"\$\(dirname ([^)]+)\)", lambda m: " ".join(Path(p).parent.as_posix() for p in m[1].split()), command
+    )
+    tokens = command.split(" > ")[0].split()
+    tokens = tokens[tokens.index("teddy") + 1 :]
+    out = []
+    skip = 0
+    for i, token in enumerate(tokens):
+        if skip:
+            skip -= 1
+        elif token == "--config" or (token == "--set" and tokens[i + 1].startswith("run.threads=")):
+            skip = 1
+        else:
+            out.append(token)
+    return tuple(out)
+
+
+def test_snakemake_schedules_exactly_the_stage_tables_jobs_with_the_same_commands(tmp_path):
+    from teddy import config, workflow
+
+    delta = tmp_path / "rich.yaml"
+    delta.write_text(RICH)
+    result = snakemake(
+        "-n", "-p", "--forceall", "--cores", "1", "--configfile", "config/config.yaml", str(delta)
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    planned = {line.split("\t")[0] for line in result.stdout.splitlines() if line.startswith("results/")}
-    # a DVC directory output (the pool) is built by Snakemake as the files under it
-    missing = {o for o in dvc_outputs() - planned if not any(p.startswith(o + "/") for p in planned)}
-    assert not missing, f"DVC outputs Snakemake does not build: {sorted(missing)}"
+    commands = [line.strip() for line in result.stdout.splitlines() if " -m teddy " in line]
+    by_snakemake = sorted(normalise(c) for c in commands)
+    jobs = workflow.plan(config.to_dict(config.load([BASE, delta])))
+    assert sorted(j.command for j in jobs) == by_snakemake
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
+    assert {k: int(v) for k, v in counts.items() if k not in ("all", "total")} == {
+        stage: sum(j.stage == stage for j in jobs) for stage in {j.stage for j in jobs}
+    }
+    assert int(counts["pretrain_pool_post"]) == 2 and int(counts["distill_shard"]) == 2 * 3 * 2
 
 
 def test_snakemake_dry_run_schedules_every_stage():

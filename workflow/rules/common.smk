@@ -2,12 +2,14 @@ import os
 import re
 import sys
 
-from teddy.config import algorithm, data_file, full_data_ipc
+from teddy.config import algorithm, data_file
 from teddy.workflow import (
     arch_slug,
+    code_files,
+    evaluation_grid,
+    final_outputs,
     job_params,
-    method_params,
-    pool_job_config,
+    path,
     pool_job_names,
 )
 from teddy.workflow import stage_resources as config_stage_resources
@@ -34,9 +36,9 @@ wildcard_constraints:
     nshards=r"\d+",
 
 
-def stage_params(*sections):
-    """Config a rule's result depends on (grid keys excluded); a change reruns the rule."""
-    return job_params(config, *sections)
+def stage_params(stage, method=None, member=None):
+    """Config a job's result depends on (teddy.workflow.param_keys); a change reruns the job."""
+    return job_params(config, stage, method, member)
 
 
 def stage_resources(stage):
@@ -47,14 +49,10 @@ def stage_threads(stage):
     return config["resources"][stage]["cpus"]
 
 
-def pool_params(kind):
-    return {"pretrain_pool": pool_job_config(config["pretrain_pool"], kind)}
-
-
 def prior_base_input(wildcards):
     """Prior trajectories wait for the base model only when they target a fraction of its accuracy."""
     if config["pretrain_pool"]["prior_targets"]:
-        return [f"results/{wildcards.dataset}/pool/base/members.json"]
+        return [path("pool_job", "members.json", dataset=wildcards.dataset, job="base")]
     return []
 
 
@@ -64,10 +62,7 @@ def get_distill_shards(wildcards):
         return []
     n = config["distill"]["shards"]
     return expand(
-        "results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/shards/{shard}-of-{n}/batches.pt",
-        **wildcards,
-        shard=range(n),
-        n=n,
+        path("distill_shard", "batches.pt"), **wildcards, shard=range(n), nshards=n
     )
 
 
@@ -75,42 +70,13 @@ def merge_args(shards):
     return "--merge " + " ".join(os.path.dirname(f) for f in shards) if shards else ""
 
 
-FULL_IPC = full_data_ipc(config)  # None unless evaluate.full_data
-
-
 def get_evaluations(wildcards):
-    pattern = (
-        "results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json"
-    )
-    grid = dict(
-        dataset=wildcards.dataset,
-        arch=config["evaluate"]["archs"],
-        seed=config["run"]["seeds"],
-    )
-    found = expand(
-        pattern,
-        method=config["distill"]["methods"],
-        ipc=config["distill"]["ipcs"],
-        **grid,
-    )
-    if FULL_IPC is not None and FULL_IPC not in config["distill"]["ipcs"]:
-        found += expand(
-            pattern, method=methods.BASELINE, ipc=FULL_IPC, **grid
-        )  # the upper-bound row
-    return found
+    """Every evaluation of the config (the full-data row included): teddy.workflow's plan."""
+    return [
+        path("evaluate", "metrics.json", **g, dataset=wildcards.dataset)
+        for g in evaluation_grid(config)
+    ]
 
 
 def get_final_outputs():
-    grids = expand(
-        "results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/grid.png",
-        dataset=DATASET,
-        method=config["distill"]["methods"],
-        ipc=config["distill"]["ipcs"],
-        seed=config["run"]["seeds"],
-    )
-    tables = expand(
-        "results/{dataset}/report/{name}",
-        dataset=DATASET,
-        name=["summary.csv", "summary.md", "accuracy.png"],
-    )
-    return grids + tables
+    return final_outputs(config)

@@ -1,17 +1,18 @@
 rule distill_shard:
     input:
-        data="results/{dataset}/data/manifest.json",
-        pool="results/{dataset}/pool/manifest.json",
+        code=code_files("distill"),
+        data=path("prepare_data", "manifest.json"),
+        pool=path("pretrain_pool", "manifest.json"),
     output:
-        batches="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/shards/{shard}-of-{nshards}/batches.pt",
-        metrics="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/shards/{shard}-of-{nshards}/metrics.json",
+        batches=path("distill_shard", "batches.pt"),
+        metrics=path("distill_shard", "metrics.json"),
     log:
         "logs/{dataset}/distill/{method}_ipc{ipc}_seed{seed}_shard{shard}-of-{nshards}.log",
     threads: stage_threads("distill")
     resources:
         **stage_resources("distill"),
     params:
-        cfg=lambda wildcards: method_params(config, wildcards.method),
+        cfg=lambda wildcards: stage_params("distill", wildcards.method),
     shell:
         "{TEDDY} distill {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
         " --pool $(dirname {input.pool}) --method {wildcards.method} --ipc {wildcards.ipc}"
@@ -21,24 +22,25 @@ rule distill_shard:
 
 rule distill:
     input:
-        data="results/{dataset}/data/manifest.json",
+        code=code_files("distill"),
+        data=path("prepare_data", "manifest.json"),
         shards=get_distill_shards,
     output:
-        synthetic="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/synthetic.pt",
+        synthetic=path("distill", "synthetic.pt"),
         grid=report(
-            "results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/grid.png",
+            path("distill", "grid.png"),
             caption="../report/grid.rst",
             category="Synthetic images",
             subcategory="{method}",
         ),
-        metrics="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/metrics.json",
+        metrics=path("distill", "metrics.json"),
     log:
         "logs/{dataset}/distill/{method}_ipc{ipc}_seed{seed}.log",
     threads: stage_threads("distill")
     resources:
         **stage_resources("distill"),
     params:
-        cfg=lambda wildcards: method_params(config, wildcards.method),
+        cfg=lambda wildcards: stage_params("distill", wildcards.method),
         merge=lambda w, input: merge_args(input.shards),
     shell:
         "{TEDDY} distill {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"

@@ -1,11 +1,12 @@
 rule evaluate:
     input:
-        data="results/{dataset}/data/manifest.json",
-        synthetic="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/synthetic.pt",
-        soft="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/soft_labels.pt",
-        pool="results/{dataset}/pool/manifest.json",
+        code=code_files("evaluate"),
+        data=path("prepare_data", "manifest.json"),
+        synthetic=path("distill", "synthetic.pt"),
+        soft=path("relabel", "soft_labels.pt"),
+        pool=path("pretrain_pool", "manifest.json"),
     output:
-        metrics="results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}/metrics.json",
+        metrics=path("evaluate", "metrics.json"),
     log:
         "logs/{dataset}/evaluate/{method}_ipc{ipc}_{arch}_seed{seed}.log",
     threads: stage_threads("evaluate")

@@ -1,8 +1,10 @@
 rule prepare_data:
+    input:
+        code=code_files("prepare_data"),
     output:
-        data=f"results/{{dataset}}/data/{DATA_FILE}",  # cache.pt, or index.json of image files
-        manifest="results/{dataset}/data/manifest.json",
-        metrics="results/{dataset}/data/metrics.json",
+        data=path("prepare_data", DATA_FILE),  # cache.pt, or index.json of image files
+        manifest=path("prepare_data", "manifest.json"),
+        metrics=path("prepare_data", "metrics.json"),
     log:
         "logs/{dataset}/prepare_data.log",
     threads: stage_threads("prepare_data")

@@ -1,18 +1,19 @@
 # One job per pool member group (a cluster builds them in parallel), then the manifest.
 rule pretrain_pool_base:
     input:
-        data="results/{dataset}/data/manifest.json",
+        code=code_files("pretrain_pool"),
+        data=path("prepare_data", "manifest.json"),
     output:
-        model="results/{dataset}/pool/base/base.pt",
-        members="results/{dataset}/pool/base/members.json",
-        metrics="results/{dataset}/pool/base/metrics.json",
+        model=path("pool_job", "base.pt", job="base"),
+        members=path("pool_job", "members.json", job="base"),
+        metrics=path("pool_job", "metrics.json", job="base"),
     log:
         "logs/{dataset}/pretrain_pool/base.log",
     threads: stage_threads("pretrain_pool")
     resources:
         **stage_resources("pretrain_pool"),
     params:
-        cfg=pool_params("base"),
+        cfg=stage_params("pretrain_pool", member="base"),
     shell:
         "{TEDDY} pretrain-pool {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
         " --member base --out $(dirname {output.members}) > {log} 2>&1"
@@ -20,18 +21,19 @@ rule pretrain_pool_base:
 
 rule pretrain_pool_prior:
     input:
-        data="results/{dataset}/data/manifest.json",
+        code=code_files("pretrain_pool"),
+        data=path("prepare_data", "manifest.json"),
         base=prior_base_input,
     output:
-        members="results/{dataset}/pool/prior_s{seed}/members.json",
-        metrics="results/{dataset}/pool/prior_s{seed}/metrics.json",
+        members=path("pool_job", "members.json", job="prior_s{seed}"),
+        metrics=path("pool_job", "metrics.json", job="prior_s{seed}"),
     log:
         "logs/{dataset}/pretrain_pool/prior_s{seed}.log",
     threads: stage_threads("pretrain_pool")
     resources:
         **stage_resources("pretrain_pool"),
     params:
-        cfg=pool_params("prior"),
+        cfg=stage_params("pretrain_pool", member="prior"),
         base=lambda wildcards, input: (
             f"--base {os.path.dirname(input.base[0])}" if input.base else ""
         ),
@@ -43,18 +45,19 @@ rule pretrain_pool_prior:
 rule pretrain_pool_prior_arch:
     # prior members of another architecture (pretrain_pool.member_archs): its own trajectory
     input:
-        data="results/{dataset}/data/manifest.json",
+        code=code_files("pretrain_pool"),
+        data=path("prepare_data", "manifest.json"),
         base=prior_base_input,
     output:
-        members="results/{dataset}/pool/prior_{member_arch}_s{seed}/members.json",
-        metrics="results/{dataset}/pool/prior_{member_arch}_s{seed}/metrics.json",
+        members=path("pool_job", "members.json", job="prior_{member_arch}_s{seed}"),
+        metrics=path("pool_job", "metrics.json", job="prior_{member_arch}_s{seed}"),
     log:
         "logs/{dataset}/pretrain_pool/prior_{member_arch}_s{seed}.log",
     threads: stage_threads("pretrain_pool")
     resources:
         **stage_resources("pretrain_pool"),
     params:
-        cfg=pool_params("prior"),
+        cfg=stage_params("pretrain_pool", member="prior"),
         arch=lambda wildcards: MEMBER_ARCHS[wildcards.member_arch],
         base=lambda wildcards, input: (
             f"--base {os.path.dirname(input.base[0])}" if input.base else ""
@@ -67,19 +70,20 @@ rule pretrain_pool_prior_arch:
 
 rule pretrain_pool_post:
     input:
-        data="results/{dataset}/data/manifest.json",
-        base="results/{dataset}/pool/base/members.json",
+        code=code_files("pretrain_pool"),
+        data=path("prepare_data", "manifest.json"),
+        base=path("pool_job", "members.json", job="base"),
     output:
-        model="results/{dataset}/pool/post_{index}/member.pt",
-        members="results/{dataset}/pool/post_{index}/members.json",
-        metrics="results/{dataset}/pool/post_{index}/metrics.json",
+        model=path("pool_job", "member.pt", job="post_{index}"),
+        members=path("pool_job", "members.json", job="post_{index}"),
+        metrics=path("pool_job", "metrics.json", job="post_{index}"),
     log:
         "logs/{dataset}/pretrain_pool/post_{index}.log",
     threads: stage_threads("pretrain_pool")
     resources:
         **stage_resources("pretrain_pool"),
     params:
-        cfg=pool_params("post"),
+        cfg=stage_params("pretrain_pool", member="post"),
     shell:
         "{TEDDY} pretrain-pool {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
         " --base $(dirname {input.base}) --member post:{wildcards.index} --out $(dirname {output.members})"
@@ -88,17 +92,18 @@ rule pretrain_pool_post:
 
 rule pretrain_pool:
     input:
+        code=code_files("pretrain_pool"),
         jobs=expand(
-            "results/{{dataset}}/pool/{job}/members.json",
+            path("pool_job", "members.json", dataset="{{dataset}}"),
             job=pool_job_names(config["pretrain_pool"]),
         ),
     output:
         manifest=report(
-            "results/{dataset}/pool/manifest.json",
+            path("pretrain_pool", "manifest.json"),
             caption="../report/pool.rst",
             category="Pool",
         ),
-        metrics="results/{dataset}/pool/metrics.json",
+        metrics=path("pretrain_pool", "metrics.json"),
     log:
         "logs/{dataset}/pretrain_pool/manifest.log",
     localrule: True

@@ -1,18 +1,18 @@
 rule relabel:
     input:
-        synthetic="results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/synthetic.pt",
-        pool="results/{dataset}/pool/manifest.json",
+        code=code_files("relabel"),
+        synthetic=path("distill", "synthetic.pt"),
+        pool=path("pretrain_pool", "manifest.json"),
     output:
-        soft="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/soft_labels.pt",
-        metrics="results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}/metrics.json",
+        soft=path("relabel", "soft_labels.pt"),
+        metrics=path("relabel", "metrics.json"),
     log:
         "logs/{dataset}/relabel/{method}_ipc{ipc}_seed{seed}.log",
     threads: stage_threads("relabel")
     resources:
         **stage_resources("relabel"),
     params:
-        cfg=stage_params("relabel"),
-        epochs=config["evaluate"]["epochs"],  # one stored view per student epoch
+        cfg=stage_params("relabel"),  # with evaluate.epochs: one stored view per student epoch
     shell:
         "{TEDDY} relabel {CONFIG_ARG} --set run.threads={threads} --synthetic $(dirname {input.synthetic})"
         " --pool $(dirname {input.pool}) --seed {wildcards.seed}"

@@ -1,21 +1,22 @@
 rule report:
     input:
-        get_evaluations,
+        code=code_files("report"),
+        evaluations=get_evaluations,
     output:
         csv=report(
-            "results/{dataset}/report/summary.csv",
+            path("report", "summary.csv"),
             caption="../report/summary.rst",
             category="Accuracy",
         ),
-        md="results/{dataset}/report/summary.md",
+        md=path("report", "summary.md"),
         plot=report(
-            "results/{dataset}/report/accuracy.png",
+            path("report", "accuracy.png"),
             caption="../report/accuracy.rst",
             category="Accuracy",
         ),
-        accuracy="results/{dataset}/report/accuracy.json",
-        metrics="results/{dataset}/report/metrics.json",
-        provenance="results/{dataset}/report/provenance.json",
+        accuracy=path("report", "accuracy.json"),
+        metrics=path("report", "metrics.json"),
+        provenance=path("report", "provenance.json"),
     log:
         "logs/{dataset}/report.log",
     threads: stage_threads("report")
@@ -23,7 +24,9 @@ rule report:
         **stage_resources("report"),
     params:
         cfg=stage_params("report"),
-        evaluations=lambda w, input: " ".join(os.path.dirname(f) for f in input),
+        evaluations=lambda w, input: " ".join(
+            os.path.dirname(f) for f in input.evaluations
+        ),
     shell:
         "{TEDDY} report {CONFIG_ARG} --set run.threads={threads} --evaluations {params.evaluations}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"
