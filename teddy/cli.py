@@ -297,6 +297,8 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
     # relabel and evaluate name their set by folder (distill/<method>/ipc<K>/seed<S>): tag and name by it
     from_set = artifacts.folder_selection(Path(inputs["synthetic"]) / "x") if "synthetic" in inputs else {}
     tags = {"stage": stage, "dataset": cfg.run.dataset, **from_set, **selection, "git_sha": prov["git_sha"]}
+    if {"ipc", "arch", "method"} <= set(tags):  # the MLflow UI's "Group by: setting": a method's seeds
+        tags["setting"] = f"ipc{tags['ipc']} {tags['arch']} {tags['method']}"
     out.mkdir(parents=True, exist_ok=True)
     name = tracking.run_name(stage.replace("-", "_"), {**from_set, **selection, **(options or {})})
     run_ctx = (

@@ -402,4 +402,6 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     write_json(summary, out / "accuracy.json")
     write_json(prov, out / PROVENANCE)
     flat = {f"top1.{m}.ipc{i}.{a}": float(v) for (m, i, a), v in means.items()}
+    ior = df.dropna(subset=["ior"]).groupby(["method", "ipc", "arch"]).ior.mean()
+    flat |= {f"ior.{m}.ipc{i}.{a}": float(v) for (m, i, a), v in ior.items()}  # the pipeline run shows them
     return {"rows": len(df), "missing_baseline_runs": len(missing), "missing_runs": len(absent), **flat}

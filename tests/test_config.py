@@ -92,9 +92,10 @@ def test_tiny_test_config_is_valid():
 
 def test_job_params_leave_out_grid_keys():
     data = config.validate(config.read_yaml(BASE))
-    params = workflow.job_params(data, "distill", "evaluate")
-    assert "ipcs" not in params["distill"] and "methods" not in params["distill"]
-    assert "archs" not in params["evaluate"] and params["evaluate"]["epochs"] == data["evaluate"]["epochs"]
+    distill, evaluate = workflow.job_params(data, "distill", "teddy"), workflow.job_params(data, "evaluate")
+    assert "distill.iterations" in distill and not {"distill.ipcs", "distill.methods"} & set(distill)
+    assert "evaluate.archs" not in evaluate and evaluate["evaluate.epochs"] == data["evaluate"]["epochs"]
+    assert workflow.job_params(data, "relabel")["evaluate.epochs"] == data["evaluate"]["epochs"]  # views
 
 
 def test_method_params_change_only_for_the_variant_that_changed():
@@ -102,11 +103,14 @@ def test_method_params_change_only_for_the_variant_that_changed():
     one = config.validate(config.read_yaml(BASE))
     two = config.deep_merge(one, {"distill": {"variants": {"v": {"method": "teddy", "pool_size": 2}}}})
     three = config.deep_merge(two, {"distill": {"variants": {"w": {"method": "teddy", "iterations": 7}}}})
-    assert workflow.method_params(one, "teddy") == workflow.method_params(three, "teddy")
-    assert workflow.method_params(two, "v") == workflow.method_params(three, "v")
-    assert workflow.method_params(three, "v")["distill"]["pool_size"] == 2
-    assert workflow.method_params(three, "w")["distill"]["iterations"] == 7
-    assert workflow.method_params(three, "w")["algorithm"] == "teddy"
+    assert workflow.job_params(one, "distill", "teddy") == workflow.job_params(three, "distill", "teddy")
+    assert workflow.job_params(two, "distill", "v") == workflow.job_params(three, "distill", "v")
+    assert workflow.job_params(three, "distill", "v")["distill.variants.v"]["pool_size"] == 2
+    assert workflow.job_params(three, "distill", "w")["distill.variants.w"] == {
+        "method": "teddy",
+        "iterations": 7,
+    }
+    assert workflow.job_params(three, "distill", "w") != workflow.job_params(three, "distill", "v")
 
 
 def test_stage_resources_scale_runtime_with_the_dataset():

@@ -47,11 +47,20 @@ GIT = ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.org"]
 
 
 @pytest.fixture(scope="module")
-def snakemake_project(tmp_path_factory):
-    """Built by Snakemake with no network at all (as root) and MLflow tracking on."""
-    project = copy_project(
+def copies(tmp_path_factory):
+    """Two copies of the project made at once (the code under test is the same in both)."""
+    snakemake_dir = copy_project(
         tmp_path_factory.mktemp("snakemake"), tracking={"enabled": True, "uri": "sqlite:///mlflow.db"}, **GRID
     )
+    dvc_dir = tmp_path_factory.mktemp("dvc") / "project"  # its parent holds the default DVC remote
+    dvc_dir.mkdir()
+    return snakemake_dir, copy_project(dvc_dir, **GRID)
+
+
+@pytest.fixture(scope="module")
+def snakemake_project(copies):
+    """Built by Snakemake with no network at all (as root) and MLflow tracking on."""
+    project = copies[0]
     offline = offline_prefix()
     assert offline or os.geteuid() != 0, "root could not make a network namespace: unshare -n failed"
     run([*offline, str(BIN / "snakemake"), "--cores", "2"], project)
@@ -59,10 +68,10 @@ def snakemake_project(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def dvc_project(tmp_path_factory):
+def dvc_project(copies):
     """Built by `dvc repro` from dvc.yaml generated for the same config, the committed DVC config
     (its default remote) and plot templates in place."""
-    project = copy_project(tmp_path_factory.mktemp("dvc") / "project", **GRID)
+    project = copies[1]
     run(["git", "init", "-q"], project)
     run([str(BIN / "dvc"), "init", "-q"], project)
     shutil.copy(ROOT / ".dvc" / "config", project / ".dvc" / "config")
@@ -128,8 +137,13 @@ def check_mlflow_store(project):
     distill = next(r for r in stages if r.info.run_name == "distill teddy ipc1 s0")
     assert "grid.png" in {a.path for a in client.list_artifacts(distill.info.run_id)}
     evaluate = next(r for r in stages if r.info.run_name == "evaluate teddy ipc1 convnet s0")
+    # the UI's "Group by: setting" puts the seeds of one method/IPC/student in one group, flat
+    settings = {r.data.tags.get("setting") for r in stages if r.info.run_name.startswith("evaluate ")}
+    (full,) = settings - {f"ipc1 convnet {m}" for m in ("teddy", "random", "teddy_sel")}
+    assert re.fullmatch(r"ipc\d+ convnet random", full) and len(settings) == 4  # + the full-data row
     assert "curve.png" in {a.path for a in client.list_artifacts(evaluate.info.run_id)}
     report = next(r for r in stages if r.info.run_name == "report")
+    assert {"top1.teddy.ipc1.convnet", "ior.teddy_sel.ipc1.convnet"} <= set(report.data.metrics)
     files = {a.path for a in client.list_artifacts(report.info.run_id)}
     assert {"summary_table.json", "summary.csv", "accuracy.png"} <= files
     table = json.loads(open(client.download_artifacts(report.info.run_id, "summary_table.json")).read())
@@ -219,7 +233,7 @@ def test_a_finished_pipeline_goes_to_the_default_remote_and_comes_back(dvc_proje
     assert remote.is_dir() and any(remote.rglob("*"))
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
-    assert not (clone / "results" / "digits" / "distill").exists()
+    assert not built_files(clone, "synthetic.pt")  # git holds only DVC's pointers (dvc.lock, .gitignore)
     run([str(BIN / "dvc"), "remote", "modify", "--local", "shared", "url", str(remote)], clone)
     run([str(BIN / "dvc"), "pull"], clone)
     assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], clone)
