@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-slurm lint dvc-yaml repro report-html plots mlflow-ui bench bench-fidelity bench-data gpu-check lock clean
+.PHONY: run test test-quick test-slurm lint dvc-yaml repro mutation report-html plots mlflow-ui bench bench-fidelity bench-data gpu-check lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ run: $(STAMP)
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slurm" $(PYTEST_ARGS)
+
+# The suite without the whole-pipeline tests (marked slow): a few minutes, for iterating.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "not slurm and not slow" $(PYTEST_ARGS)
 
 # The digits pipeline through the slurm executor on a real single-node SLURM cluster (root:
 # installs slurmctld/slurmd/munge from Debian if missing, starts them, tears them down after).
@@ -77,6 +81,13 @@ bench-data: $(STAMP)
 # benchmarks/results/gpu_check.{json,md}. Smoke run on CPU: GPU_CHECK_ARGS="--device cpu --quick".
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# Mutation testing of the core modules (mutmut, in a scratch copy) → benchmarks/results/mutation.json.
+# On demand, not in CI: tens of minutes. MUTATION_ARGS="--modules report --tests test_report --diffs".
+MUTATION_PINS := mutmut==3.8.1 libcst==1.9.0 textual==8.2.8 setproctitle==1.3.8 coverage==7.17.5
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(MUTATION_PINS)
+	$(BIN)/python benchmarks/mutation.py $(MUTATION_ARGS)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

@@ -235,16 +235,22 @@ def git_sha() -> str:
     return out.stdout.strip() if out is not None and out.returncode == 0 else "unknown"
 
 
+# what "uncommitted changes" means: tracked files other than the pipeline's own outputs (a committed
+# report, DVC's lock file), which a run rewrites while it runs
+CODE_PATHSPEC = (":(top)", ":(top,exclude)results", ":(top,exclude)dvc.lock")
+
+
 def git_state() -> dict:
-    """The code's version: git commit and whether the tree differs from it (tracked files changed),
-    or, outside a git checkout, why not; the teddy sources' sha256 identifies the code either way."""
+    """The code's version: git commit and whether the tree differs from it (tracked files changed,
+    results/ and dvc.lock aside), or, outside a git checkout, why not; the teddy sources' sha256
+    identifies the code either way."""
     sha = git_sha()
     state: dict = {"git_sha": sha, "teddy_sources_sha256": code_digest()}
     if sha == "unknown":
         state["git_dirty"] = None
         state["git_note"] = f"{Path(__file__).resolve().parent} is not in a git checkout (or git is missing)"
     else:
-        out = _git("status", "--porcelain", "--untracked-files=no")
+        out = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHSPEC)
         state["git_dirty"] = bool(out.stdout.strip()) if out is not None and out.returncode == 0 else None
     return state
 

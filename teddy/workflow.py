@@ -5,6 +5,7 @@ fingerprints) and pretrain_pool (its job list); teddy.config only loads and chec
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import shlex
@@ -191,6 +192,11 @@ def code_files(stage: str) -> list[str]:
     the stage module and everything they import, transitively. A change to any of them reruns the
     stage's jobs (Snakemake: input files; DVC: deps); a change elsewhere (report.py for distill)
     does not."""
+    return list(_closure(stage))
+
+
+@functools.cache
+def _closure(stage: str) -> tuple[str, ...]:
     todo = ["teddy.__main__", f"teddy.{stage}"]
     seen: set[Path] = {_module_file("teddy")}
     cli = _module_file("teddy.cli")
@@ -202,7 +208,7 @@ def code_files(stage: str) -> list[str]:
             continue
         seen.add(file)
         todo += sorted(_imports(file))
-    return sorted(str(f.relative_to(PACKAGE.parent)) for f in seen)
+    return tuple(sorted(str(f.relative_to(PACKAGE.parent)) for f in seen))
 
 
 # -- the config keys each job depends on ------------------------------------------------------------

@@ -10,6 +10,8 @@ import pytest
 from .conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+# the smoke run once, on one worker, for the tests that read it (make test: --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gpu_check")]
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,15 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 
 from teddy.data import miniature
 
 from .conftest import ROOT, copy_project
 from .test_pipeline_e2e import BIN, run
+
+pytestmark = pytest.mark.slow
 
 SHRINK = {  # the paper recipe, shrunk to minutes on 2 CPU cores
     "run": {"seeds": [0], "threads": 1, "dtype": "float32"},

@@ -18,7 +18,7 @@ from .conftest import ROOT, copy_project
 
 BIN = Path(sys.executable).parent
 # one worker builds the two projects once for every test here (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("pipeline_e2e")
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline_e2e")]
 GRID = {
     "distill": {
         "ipcs": [1],

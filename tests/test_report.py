@@ -167,3 +167,35 @@ def test_configured_runs_without_an_evaluation_are_listed():
         + [{"method": m, "ipc": i, "arch": "convnet", "seed": 1, "top1": 50.0} for m, i, _ in present[:3]]
     )
     assert report.missing_runs(df, cfg) == ["teddy ipc10 convnet s1", f"full data ipc{full} convnet s1"]
+
+
+def test_a_run_rewriting_its_committed_outputs_is_not_uncommitted_code(tmp_path):
+    """A committed report and dvc.lock are rewritten by the run that refreshes them: the report must
+    still name its commit as clean; an edited code or config file is 'uncommitted changes'."""
+    import shutil
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "teddy", repo / "teddy", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "results" / "digits" / "report").mkdir(parents=True)
+    (repo / "results" / "digits" / "report" / "summary.md").write_text("old\n")
+    (repo / "dvc.lock").write_text("old\n")
+    (repo / "config.yaml").write_text("a: 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run([*git, *cmd], cwd=repo, check=True)
+
+    def dirty():
+        probe = "from teddy.utils import git_state; print(git_state()['git_dirty'])"
+        return subprocess.run(
+            [sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+
+    (repo / "results" / "digits" / "report" / "summary.md").write_text("new\n")
+    (repo / "dvc.lock").write_text("new\n")
+    assert dirty() == "False"
+    (repo / "config.yaml").write_text("a: 2\n")
+    assert dirty() == "True"

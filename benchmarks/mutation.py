@@ -1,0 +1,157 @@
+"""Mutation testing of the core modules with mutmut → benchmarks/results/mutation.json.
+
+mutmut changes one thing at a time in the code (an operator, a constant, a condition, a returned
+value) and runs the tests that reach the changed function; a mutant the tests do not catch
+("survived") marks behaviour no test pins down. This runs mutmut in a scratch copy of the project
+(benchmarks/out/mutation/: the repository never holds mutants), on the modules given, with the test
+files given, and writes per module: killed, survived, timed out, not reached by any selected test,
+the kill rate over the mutants the tests reach, and every survivor (function and mutant number;
+``--diffs`` adds each survivor's diff).
+
+Run on demand, not in CI (tens of minutes on 2 cores per module group):
+    make mutation                                            (the default groups below)
+    python benchmarks/mutation.py --modules losses augment --tests test_losses test_augment
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# core modules and the test files that pin them down (fast, in-process); distill and relabel are
+# reached mostly through CLI runs of whole stages, minutes per mutant on CPU: left to a GPU box
+DEFAULT_MODULES = ["losses", "augment", "meta"]
+DEFAULT_TESTS = ["test_losses", "test_augment", "test_meta", "test_relabel"]
+
+
+def mutmut_config(modules: list[str], tests: list[str]) -> str:
+    def toml_list(items):
+        return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+    return "\n".join(
+        [
+            "[tool.mutmut]",
+            'source_paths = ["teddy"]',
+            f"only_mutate = {toml_list(f'teddy/{m}.py' for m in modules)}",
+            f"pytest_add_cli_args_test_selection = {toml_list(f'tests/{t}.py' for t in tests)}",
+            'pytest_add_cli_args = ["-p", "no:xdist", "-p", "no:cacheprovider", "-q", "-x"]',
+            'also_copy = ["workflow", "config", "tests", "benchmarks"]',
+            "",
+        ]
+    )
+
+
+def scratch_project(work: Path, modules: list[str], tests: list[str]) -> Path:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for item in ("teddy", "tests", "workflow", "config", "benchmarks"):
+        shutil.copytree(
+            ROOT / item, work / item, ignore=shutil.ignore_patterns("__pycache__", "out", "results")
+        )
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (work / "pyproject.toml").write_text(pyproject + "\n" + mutmut_config(modules, tests))
+    return work
+
+
+def summarise(work: Path, modules: list[str], diffs: bool) -> dict:
+    from mutmut.stats import status_by_exit_code
+
+    out = {}
+    for module in modules:
+        meta = work / "mutants" / "teddy" / f"{module}.py.meta"
+        codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+        status = {n: status_by_exit_code[c] if c is not None else "not run" for n, c in codes.items()}
+        counts = Counter(status.values())
+        reached = counts["killed"] + counts["survived"] + counts["timeout"]
+        survivors = sorted(n for n, s in status.items() if s == "survived")
+        entry = {
+            "mutants": len(codes),
+            "killed": counts["killed"],
+            "survived": counts["survived"],
+            "timeout": counts["timeout"],
+            "no_tests": counts["no tests"],
+            "not_run": counts["not run"],
+            "kill_rate_reached": round(counts["killed"] / reached, 3) if reached else None,
+            "survivors": {},
+        }
+        for name in survivors:
+            function = re.sub(r"__mutmut_\d+$", "", name.split(".")[-1]).removeprefix("x")
+            location = {"function": function.replace("ǁ", ".").strip("_."), "mutant": name}
+            if diffs:
+                shown = subprocess.run(
+                    [sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True
+                )
+                changed = [line for line in shown.stdout.splitlines() if line.startswith(("+", "-"))]
+                location["diff"] = changed[2:]  # without the ---/+++ file header
+            entry["survivors"][name] = location
+        out[module] = entry
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modules", nargs="+", default=DEFAULT_MODULES, help="teddy/<module>.py to mutate")
+    parser.add_argument("--tests", nargs="+", default=DEFAULT_TESTS, help="tests/<file>.py mutmut may run")
+    parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--minutes", type=float, default=0, help="stop mutmut after this long (0 = no limit)")
+    parser.add_argument("--diffs", action="store_true", help="record each survivor's diff")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "mutation")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
+    args = parser.parse_args()
+
+    work = scratch_project(args.work, args.modules, args.tests)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    t0 = time.time()
+    log = (work / "mutmut.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        proc.wait(timeout=args.minutes * 60 or None)
+        finished = proc.returncode == 0
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait()
+        finished = False
+    result = {
+        "tool": "mutmut 3.8.1",
+        "modules": summarise(work, args.modules, args.diffs),
+        "tests": [f"tests/{t}.py" for t in args.tests],
+        "finished": finished,
+        "wall_s": round(time.time() - t0, 1),
+        "cpus": os.cpu_count(),
+        "command": " ".join(["python benchmarks/mutation.py", *sys.argv[1:]]),
+        "status_meaning": {
+            "killed": "a selected test failed on the mutant",
+            "survived": "every selected test passed on the mutant: behaviour no test pins down",
+            "timeout": "the tests ran past mutmut's limit on the mutant (counted as caught by mutmut)",
+            "no_tests": "no selected test reaches the mutated function",
+            "not_run": "the run stopped (--minutes) before this mutant",
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for module, entry in result["modules"].items():
+        print(
+            f"{module}: {entry['killed']} killed, {entry['survived']} survived, {entry['timeout']} timeout, "
+            f"{entry['no_tests']} no tests, {entry['not_run']} not run; kill rate {entry['kill_rate_reached']}"
+        )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
