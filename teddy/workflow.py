@@ -187,12 +187,12 @@ def _imports(file: Path, only_functions: tuple[str, ...] | None = None) -> set[s
     return {name for name in found if name.split(".")[0] == "teddy" and _module_file(name)}
 
 
-def code_files(stage: str) -> list[str]:
-    """The package files ``teddy <stage>`` runs (relative to the project root): cli's stage path,
-    the stage module and everything they import, transitively. A change to any of them reruns the
-    stage's jobs (Snakemake: input files; DVC: deps); a change elsewhere (report.py for distill)
-    does not."""
-    return list(_closure(stage))
+def code_files(stage: str, absolute: bool = False) -> list[str]:
+    """The package files ``teddy <stage>`` runs: cli's stage path, the stage module and everything
+    they import, transitively; relative to the project root (DVC), or ``absolute`` (Snakemake, whose
+    working directory need not hold the package). A change to any of them reruns the stage's jobs
+    (Snakemake: input files; DVC: deps); a change elsewhere (report.py for distill) does not."""
+    return [str(PACKAGE.parent / f) if absolute else f for f in _closure(stage)]
 
 
 @functools.cache

@@ -1,6 +1,6 @@
 rule distill_shard:
     input:
-        code=code_files("distill"),
+        code=code_files("distill", absolute=True),
         data=path("prepare_data", "manifest.json"),
         pool=path("pretrain_pool", "manifest.json"),
     output:
@@ -22,7 +22,7 @@ rule distill_shard:
 
 rule distill:
     input:
-        code=code_files("distill"),
+        code=code_files("distill", absolute=True),
         data=path("prepare_data", "manifest.json"),
         shards=get_distill_shards,
     output:

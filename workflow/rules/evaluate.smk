@@ -1,6 +1,6 @@
 rule evaluate:
     input:
-        code=code_files("evaluate"),
+        code=code_files("evaluate", absolute=True),
         data=path("prepare_data", "manifest.json"),
         synthetic=path("distill", "synthetic.pt"),
         soft=path("relabel", "soft_labels.pt"),

@@ -1,6 +1,6 @@
 rule prepare_data:
     input:
-        code=code_files("prepare_data"),
+        code=code_files("prepare_data", absolute=True),
     output:
         data=path("prepare_data", DATA_FILE),  # cache.pt, or index.json of image files
         manifest=path("prepare_data", "manifest.json"),

@@ -1,7 +1,7 @@
 # One job per pool member group (a cluster builds them in parallel), then the manifest.
 rule pretrain_pool_base:
     input:
-        code=code_files("pretrain_pool"),
+        code=code_files("pretrain_pool", absolute=True),
         data=path("prepare_data", "manifest.json"),
     output:
         model=path("pool_job", "base.pt", job="base"),
@@ -21,7 +21,7 @@ rule pretrain_pool_base:
 
 rule pretrain_pool_prior:
     input:
-        code=code_files("pretrain_pool"),
+        code=code_files("pretrain_pool", absolute=True),
         data=path("prepare_data", "manifest.json"),
         base=prior_base_input,
     output:
@@ -45,7 +45,7 @@ rule pretrain_pool_prior:
 rule pretrain_pool_prior_arch:
     # prior members of another architecture (pretrain_pool.member_archs): its own trajectory
     input:
-        code=code_files("pretrain_pool"),
+        code=code_files("pretrain_pool", absolute=True),
         data=path("prepare_data", "manifest.json"),
         base=prior_base_input,
     output:
@@ -70,7 +70,7 @@ rule pretrain_pool_prior_arch:
 
 rule pretrain_pool_post:
     input:
-        code=code_files("pretrain_pool"),
+        code=code_files("pretrain_pool", absolute=True),
         data=path("prepare_data", "manifest.json"),
         base=path("pool_job", "members.json", job="base"),
     output:
@@ -92,7 +92,7 @@ rule pretrain_pool_post:
 
 rule pretrain_pool:
     input:
-        code=code_files("pretrain_pool"),
+        code=code_files("pretrain_pool", absolute=True),
         jobs=expand(
             path("pool_job", "members.json", dataset="{{dataset}}"),
             job=pool_job_names(config["pretrain_pool"]),

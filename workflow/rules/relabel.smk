@@ -1,6 +1,6 @@
 rule relabel:
     input:
-        code=code_files("relabel"),
+        code=code_files("relabel", absolute=True),
         synthetic=path("distill", "synthetic.pt"),
         pool=path("pretrain_pool", "manifest.json"),
     output:

@@ -1,6 +1,6 @@
 rule report:
     input:
-        code=code_files("report"),
+        code=code_files("report", absolute=True),
         evaluations=get_evaluations,
     output:
         csv=report(
