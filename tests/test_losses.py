@@ -109,3 +109,22 @@ def test_mixed_cross_entropy_weights_own_and_partner_labels():
     expected = ((torch.tensor([0.25, 0.5]) * own) + (torch.tensor([0.75, 0.5]) * partner)).mean()
     assert torch.allclose(mixed_cross_entropy(logits, labels, idx, mix, "mixup"), expected)
     assert torch.allclose(mixed_cross_entropy(logits, labels, idx, mix, "none"), own.mean())
+
+
+def test_soft_kl_is_t_squared_times_the_kl_of_the_tempered_distributions():
+    """By hand at T = 4 (mutation testing found the temperature unpinned: T = 1 hides / ↔ *)."""
+    torch.manual_seed(0)
+    s, t_logits, temperature = torch.randn(6, 7), torch.randn(6, 7), 4.0
+    p = torch.softmax(s / temperature, dim=1)
+    q = torch.softmax(t_logits / temperature, dim=1)
+    expected = temperature**2 * (q * (q.log() - p.log())).sum(dim=1).mean()
+    assert soft_kl(s, t_logits, temperature).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (1, 5, 1, 1)])
+def test_feature_stats_of_one_value_per_channel(shape):
+    """One value per channel (a batch of one after global pooling): the mean is that value, the
+    biased variance 0 — not NaN, and not an error from the fused kernel."""
+    h = torch.randn(*shape)
+    mean, var = feature_stats(h)
+    assert torch.equal(mean, h.reshape(5)) and torch.equal(var, torch.zeros(5))
