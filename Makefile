@@ -83,7 +83,7 @@ gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # Mutation testing of the core modules (mutmut, in a scratch copy) → benchmarks/results/mutation.json.
-# On demand, not in CI: tens of minutes. MUTATION_ARGS="--modules report --tests test_report --diffs".
+# On demand, not in CI: tens of minutes. MUTATION_ARGS="--modules report --tests test_report".
 MUTATION_PINS := mutmut==3.8.1 libcst==1.9.0 textual==8.2.8 setproctitle==1.3.8 coverage==7.17.5
 mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(MUTATION_PINS)

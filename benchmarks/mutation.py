@@ -5,8 +5,9 @@ value) and runs the tests that reach the changed function; a mutant the tests do
 ("survived") marks behaviour no test pins down. This runs mutmut in a scratch copy of the project
 (benchmarks/out/mutation/: the repository never holds mutants), on the modules given, with the test
 files given, and writes per module: killed, survived, timed out, not reached by any selected test,
-the kill rate over the mutants the tests reach, and every survivor (function and mutant number;
-``--diffs`` adds each survivor's diff).
+the kill rate over the mutants the tests reach, and every survivor (function, mutant
+number and diff). Each module's entry says which run produced it (tests,
+command, wall time); a run over other modules keeps the entries already in the file.
 
 Run on demand, not in CI (tens of minutes on 2 cores per module group):
     make mutation                                            (the default groups below)
@@ -27,6 +28,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# survivors judged equivalent (no behaviour changes), each with its diff and the reason
+EQUIVALENT = Path(__file__).resolve().parent / "mutation_equivalent.json"
 # core modules and the test files that pin them down (fast, in-process); distill and relabel are
 # reached mostly through CLI runs of whole stages, minutes per mutant on CPU: left to a GPU box
 DEFAULT_MODULES = ["losses", "augment", "meta"]
@@ -62,7 +65,7 @@ def scratch_project(work: Path, modules: list[str], tests: list[str]) -> Path:
     return work
 
 
-def summarise(work: Path, modules: list[str], diffs: bool) -> dict:
+def summarise(work: Path, modules: list[str]) -> dict:
     from mutmut.stats import status_by_exit_code
 
     out = {}
@@ -86,15 +89,45 @@ def summarise(work: Path, modules: list[str], diffs: bool) -> dict:
         for name in survivors:
             function = re.sub(r"__mutmut_\d+$", "", name.split(".")[-1]).removeprefix("x")
             location = {"function": function.replace("ǁ", ".").strip("_."), "mutant": name}
-            if diffs:
-                shown = subprocess.run(
-                    [sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True
-                )
-                changed = [line for line in shown.stdout.splitlines() if line.startswith(("+", "-"))]
-                location["diff"] = changed[2:]  # without the ---/+++ file header
+            shown = subprocess.run(
+                [sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True
+            )
+            changed = [line for line in shown.stdout.splitlines() if line.startswith(("+", "-"))]
+            location["diff"] = changed[2:]  # without the ---/+++ file header
             entry["survivors"][name] = location
         out[module] = entry
     return out
+
+
+def report(modules: dict, out: Path) -> None:
+    for module, entry in modules.items():
+        print(
+            f"{module}: {entry['killed']} killed, {entry['survived']} survived "
+            f"({entry.get('equivalent', 0)} equivalent), {entry['timeout']} timeout, "
+            f"{entry['no_tests']} no tests, {entry['not_run']} not run; "
+            f"kill rate {entry['kill_rate_reached']}, "
+            f"without equivalents {entry.get('kill_rate_non_equivalent')}"
+        )
+    print(f"wrote {out}")
+
+
+def classify(modules: dict, equivalent_file: Path = EQUIVALENT) -> dict:
+    """Mark each survivor listed in ``equivalent_file`` (same mutant, same diff) as equivalent, with
+    the reason; the kill rate then counts killed over reached mutants that are not equivalent."""
+    listed = json.loads(equivalent_file.read_text()) if equivalent_file.is_file() else {}
+    for entry in modules.values():
+        survivors = entry["survivors"]
+        for name, location in survivors.items():
+            known = listed.get(name)
+            if known and known["diff"] == location.get("diff"):
+                location["equivalent"] = known["reason"]
+            else:
+                location.pop("equivalent", None)
+        equivalent = sum("equivalent" in loc for loc in survivors.values())
+        reached = entry["killed"] + entry["survived"] + entry["timeout"] - equivalent
+        entry["equivalent"] = equivalent
+        entry["kill_rate_non_equivalent"] = round(entry["killed"] / reached, 3) if reached else None
+    return modules
 
 
 def main() -> int:
@@ -103,10 +136,18 @@ def main() -> int:
     parser.add_argument("--tests", nargs="+", default=DEFAULT_TESTS, help="tests/<file>.py mutmut may run")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--minutes", type=float, default=0, help="stop mutmut after this long (0 = no limit)")
-    parser.add_argument("--diffs", action="store_true", help="record each survivor's diff")
+    parser.add_argument(
+        "--reclassify", action="store_true", help="only re-apply mutation_equivalent.json to --out (no run)"
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "mutation")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
     args = parser.parse_args()
+    if args.reclassify:
+        result = json.loads(args.out.read_text())
+        classify(result["modules"])
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        report(result["modules"], args.out)
+        return 0
 
     work = scratch_project(args.work, args.modules, args.tests)
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
@@ -126,30 +167,36 @@ def main() -> int:
         proc.terminate()
         proc.wait()
         finished = False
-    result = {
-        "tool": "mutmut 3.8.1",
-        "modules": summarise(work, args.modules, args.diffs),
+    run = {
         "tests": [f"tests/{t}.py" for t in args.tests],
         "finished": finished,
         "wall_s": round(time.time() - t0, 1),
         "cpus": os.cpu_count(),
+        "max_children": args.max_children,
         "command": " ".join(["python benchmarks/mutation.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    modules = classify(summarise(work, args.modules))
+    for entry in modules.values():
+        entry["run"] = run
+    # modules mutated by earlier runs keep their entries: one file covers every group run so far
+    earlier = json.loads(args.out.read_text()).get("modules", {}) if args.out.is_file() else {}
+    kept = {m: e for m, e in earlier.items() if m not in modules and "run" in e}
+    result = {
+        "tool": "mutmut 3.8.1",
+        "modules": {**kept, **modules},
         "status_meaning": {
             "killed": "a selected test failed on the mutant",
             "survived": "every selected test passed on the mutant: behaviour no test pins down",
             "timeout": "the tests ran past mutmut's limit on the mutant (counted as caught by mutmut)",
             "no_tests": "no selected test reaches the mutated function",
             "not_run": "the run stopped (--minutes) before this mutant",
+            "equivalent": "a survivor listed in benchmarks/mutation_equivalent.json: changes no behaviour",
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for module, entry in result["modules"].items():
-        print(
-            f"{module}: {entry['killed']} killed, {entry['survived']} survived, {entry['timeout']} timeout, "
-            f"{entry['no_tests']} no tests, {entry['not_run']} not run; kill rate {entry['kill_rate_reached']}"
-        )
-    print(f"wrote {args.out}")
+    report(modules, args.out)
     return 0
 
 

@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from teddy import augment
@@ -24,3 +27,60 @@ def test_sampled_crops_stay_inside_and_are_seeded():
     assert (tx + w <= 1 + 1e-6).all() and (ty + h <= 1 + 1e-6).all()
     assert (a[:, 0] < 0).any() and (a[:, 0] > 0).any()
     assert not (augment.sample_crops(50, 0.3, False, torch.Generator()).T[0] < 0).any()
+
+
+def test_crop_offsets_move_the_image_along_their_own_axis():
+    """tx = 0.25 on an 8-pixel-wide image samples one pixel to the right, ty one pixel down; each
+    offset moves only its own axis (bilinear at exact pixel centres is exact)."""
+    x = torch.rand(2, 1, 8, 8)
+    right = augment.apply_crops(x, torch.tensor([[1.0, 1.0, 0.25, 0.0]]).repeat(2, 1))
+    down = augment.apply_crops(x, torch.tensor([[1.0, 1.0, 0.0, 0.25]]).repeat(2, 1))
+    assert torch.allclose(right[..., :-1], x[..., 1:], atol=1e-6)
+    assert torch.allclose(down[..., :-1, :], x[..., 1:, :], atol=1e-6)
+
+
+def test_crops_keep_double_precision():
+    """Images in float64 (gradient checks, CPU reference runs) are cropped in float64."""
+    x = torch.rand(3, 2, 8, 8, dtype=torch.float64)
+    crops = augment.sample_crops(3, 0.3, True, torch.Generator().manual_seed(0))
+    out = augment.apply_crops(x, crops)
+    assert out.dtype == torch.float64
+    assert torch.allclose(out.float(), augment.apply_crops(x.float(), crops), atol=1e-6)
+
+
+def test_sampled_crops_follow_the_random_resized_crop_distribution():
+    """Area uniform on [scale_min, 1], log aspect ratio uniform on [log r0, log r1] (width/height),
+    centres spread over the whole room the crop leaves on both sides."""
+    n, scale_min = 20000, 0.3
+    c = augment.sample_crops(n, scale_min, False, torch.Generator().manual_seed(0), ratio=(1.0, 2.0))
+    w, h, tx, ty = c.T
+    # an area below 0.5 is never clamped with ratios ≤ 2 (and a clamped crop keeps w·h > 0.5)
+    small = w * h < 0.5
+    assert abs(small.float().mean().item() - (0.5 - scale_min) / (1 - scale_min)) < 0.02
+    assert abs((w * h).min().item() - scale_min) < 0.01
+    ratio = (w / h)[small]
+    assert ratio.min() >= 1 - 1e-5 and ratio.max() <= 2 + 1e-5
+    assert abs(ratio.log().median().item() - math.log(2) / 2) < 0.03
+    for offset, side in ((tx, w), (ty, h)):
+        room = offset[side < 0.9] / (1 - side[side < 0.9])  # uniform on [-1, 1]
+        assert room.min() < -0.95 and room.max() > 0.95 and abs(room.mean().item()) < 0.03
+
+
+@pytest.mark.parametrize("mode", ["cutmix", "mixup"])
+def test_render_mixes_each_view_with_its_partners_view(mode):
+    """render = crop the images, crop their partners with the partners' own crops, mix per mode."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 8, 8)
+    crops = augment.sample_crops(4, 0.3, True, g)[None]
+    mix = torch.tensor(
+        [[[2.0, 0.5, 0.3, 0.6], [3.0, 0.7, 0.5, 0.5], [0.0, 0.2, 0.8, 0.1], [1.0, 0.9, 0.4, 0.4]]]
+    )
+    views = {"crops": crops, "mix": mix, "mix_mode": mode}
+    idx = torch.tensor([1, 3])
+    own = augment.apply_crops(images[idx], crops[0, idx])
+    partner = augment.apply_crops(images[[3, 1]], crops[0, [3, 1]])
+    expected = augment.apply_mix(own, partner, mix[0, idx], mode)
+    got = augment.render(images, views, 0, idx)
+    assert torch.allclose(got, expected) and not torch.allclose(got, own)
+    plain = augment.render(images, {**views, "mix_mode": "none"}, 0, idx)
+    assert torch.allclose(plain, own)

@@ -128,3 +128,62 @@ def test_feature_stats_of_one_value_per_channel(shape):
     h = torch.randn(*shape)
     mean, var = feature_stats(h)
     assert torch.equal(mean, h.reshape(5)) and torch.equal(var, torch.zeros(5))
+
+
+@pytest.mark.parametrize("used", ["mean", "var"])
+def test_feature_stats_gradient_through_one_statistic_only(used):
+    """A loss that uses only the mean (or only the variance): autograd hands the fused backward None
+    for the other; the gradient must still equal the reference's."""
+    h = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    mean, var = feature_stats(h)
+    ref_mean, ref_var = h.mean(dim=(0, 2, 3)), h.var(dim=(0, 2, 3), unbiased=False)
+    out, ref = (mean, ref_mean) if used == "mean" else (var, ref_var)
+    weights = torch.arange(1.0, 4.0, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((out * weights).sum(), h)
+    (expected,) = torch.autograd.grad((ref * weights).sum(), h)
+    assert torch.allclose(grad, expected, atol=1e-12)
+
+
+def test_recorder_records_each_groups_own_statistics():
+    """record(groups=...) (class-conditional BN targets): per layer, per group, the statistics of that
+    group's rows of the layer's input alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3))
+    x = torch.randn(6, 1, 5, 5)
+    groups = [torch.tensor([0, 2, 3]), torch.tensor([1, 4, 5])]
+    rec = BNStatsRecorder(model)
+    with rec.record(groups):
+        model(x)
+    h = model[0](x)
+    assert len(rec.group_means) == 1 and len(rec.group_means[0]) == 2
+    for g, m, v in zip(groups, rec.group_means[0], rec.group_vars[0], strict=True):
+        assert torch.allclose(m, h[g].mean((0, 2, 3)), atol=1e-6)
+        assert torch.allclose(v, h[g].var((0, 2, 3), unbiased=False), atol=1e-6)
+    assert not torch.allclose(rec.group_means[0][0], rec.group_means[0][1])
+    with rec.record():  # no groups: nothing per group
+        model(x)
+    assert rec.group_means == [] and len(rec.means) == 1
+
+
+def test_bn_matching_loss_refuses_lists_of_different_lengths():
+    """A model whose recorded layers and running statistics disagree in number must fail, not be
+    truncated to the shorter list."""
+    one = [torch.zeros(2)]
+    with pytest.raises(ValueError):
+        bn_matching_loss(one * 2, one * 2, one, one, [1.0, 1.0])
+
+
+def test_mixed_cross_entropy_uses_the_clipped_cutmix_share():
+    """CutMix's label weight is the share of pixels the image keeps, not λ: a box at a corner is a
+    quarter inside, so λ = 0.75 keeps 1 − 0.25 · 0.25 = 0.9375 of the image."""
+    from teddy.losses import mixed_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 3)
+    labels = torch.tensor([0, 2])
+    mix = torch.tensor([[1.0, 0.75, 0.0, 0.0]])
+    ce = torch.nn.functional.cross_entropy
+    own, partner = ce(logits, torch.tensor([0])), ce(logits, torch.tensor([2]))
+    expected = 0.9375 * own + 0.0625 * partner
+    got = mixed_cross_entropy(logits, labels, torch.tensor([0]), mix, "cutmix")
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)

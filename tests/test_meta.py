@@ -57,3 +57,25 @@ def test_taylor_surrogate_agrees_with_unrolled_for_small_steps():
     (approx,) = torch.autograd.grad(meta.taylor_surrogate(model, x_syn, y_syn, g_real, 2, 1e-3), x_syn)
     cos = F.cosine_similarity(exact.flatten(), approx.flatten(), dim=0)
     assert cos > 0.999
+
+
+def test_gradient_cosine_loss_of_tiny_gradients():
+    """Cosine is scale-free: gradients of norm ~1e-10 (a converged teacher) give the same loss as at
+    norm 1 — no eps large enough to swamp them."""
+    a = [torch.tensor([1.0, 0.0]), torch.tensor([0.0])]
+    b = [torch.tensor([1.0, 1.0]), torch.tensor([0.0])]
+    tiny = 1e-10
+    loss = gradient_cosine_loss([t * tiny for t in a], [t * tiny for t in b])
+    assert loss.item() == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-5)
+
+
+def test_taylor_surrogate_is_minus_eta_k_times_the_inner_product():
+    """The surrogate's value by hand at K = 3, η = 0.1: −ηK ⟨∇θ L_real, ∇θ L_S⟩."""
+    model = linear_model()
+    x_syn, y_syn = torch.randn(3, 1, 2, 2), torch.tensor([0, 1, 2])
+    x_real, y_real = torch.randn(6, 1, 2, 2), torch.tensor([0, 0, 1, 1, 2, 2])
+    g_real = meta.real_gradient(model, x_real, y_real)
+    g_syn = torch.autograd.grad(F.cross_entropy(model(x_syn), y_syn), list(model.parameters()))
+    dot = sum((a * b).sum() for a, b in zip(g_real, g_syn, strict=True))
+    value = meta.taylor_surrogate(model, x_syn, y_syn, g_real, 3, 0.1)
+    assert value.item() == pytest.approx(-0.1 * 3 * dot.item(), rel=1e-5)
