@@ -58,7 +58,7 @@ onerror:
 rule all:
     default_target: True
     input:
-        get_final_outputs(),
+        final_outputs(config),
 
 
 report: "workflow/report/workflow.rst"

@@ -96,6 +96,15 @@ def find_evaluations(folders: list[str]) -> list[Path]:
     return found
 
 
+def renamed_full_data_ipc(cfg) -> int | None:
+    """The IPC of the random-real run that the report names full data: set when evaluate.full_data
+    is on and its IPC is not one of distill.ipcs (else that run is random's own row); None otherwise."""
+    from teddy.config import full_data_ipc
+
+    full = full_data_ipc(cfg)
+    return full if full is not None and full not in cfg.distill.ipcs else None
+
+
 def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
     """Keep rows of the configured grid (a searched tree may hold runs of older configs)."""
     from teddy.config import full_data_ipc
@@ -113,8 +122,8 @@ def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
     if not keep.any():
         raise ValueError("none of the evaluations found matches the configured methods/ipcs/archs/seeds")
     df = df[keep].copy()
-    if full is not None and full not in cfg.distill.ipcs:  # the upper-bound row gets its own name
-        df.loc[df.method.eq(methods.BASELINE) & df.ipc.eq(full), "method"] = FULL_DATA
+    renamed = renamed_full_data_ipc(cfg)
+    df.loc[df.method.eq(methods.BASELINE) & df.ipc.eq(renamed), "method"] = FULL_DATA
     return df
 
 
@@ -146,16 +155,14 @@ def missing_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
 def missing_runs(df: pd.DataFrame, cfg) -> list[str]:
     """Runs of the configured grid with no evaluation (a partial run, or a dvc.yaml generated for
     another grid), as 'method ipcK arch sS'."""
-    from teddy.config import full_data_ipc, to_dict
+    from teddy.config import to_dict
     from teddy.workflow import evaluation_grid
 
-    full = full_data_ipc(cfg)
+    renamed = renamed_full_data_ipc(cfg)
     have = set(zip(df.method, df.ipc, df.arch, df.seed, strict=True))
     wanted = [
         (
-            FULL_DATA
-            if (g["method"], g["ipc"]) == (methods.BASELINE, full) and full not in cfg.distill.ipcs
-            else g["method"],
+            FULL_DATA if (g["method"], g["ipc"]) == (methods.BASELINE, renamed) else g["method"],
             g["ipc"],
             g["arch"],
             g["seed"],

@@ -1,6 +1,13 @@
-"""What the workflow schedules: job names, the config each job's result depends on, and job
-resources. Called by the Snakefile (workflow/rules/common.smk), the CLI (stale-checkpoint
-fingerprints) and pretrain_pool (its job list); teddy.config only loads and checks configs."""
+"""The stage table: every job the pipeline runs, described once.
+
+``plan(config)`` lists each job (rule, DVC stage name, ``teddy`` command, input and output folders
+under ``FOLDERS``, the dotted config keys its result depends on); ``code_files(stage)`` gives the
+package files a stage's command runs (from the import graph), so a code change reruns exactly the
+jobs downstream of it; ``job_params``/``result_params`` the config a job's checkpoint fingerprint
+covers; ``stage_resources`` its SLURM resources. Readers: the Snakefile (workflow/rules/common.smk
+builds every rule's paths, params and code inputs from it), ``dvc_yaml`` (``python -m teddy workflow
+dvc`` writes dvc.yaml from the same plan), the CLI (stale-checkpoint fingerprints) and pretrain_pool
+(its job list). teddy.config only loads and checks configs."""
 
 from __future__ import annotations
 

@@ -76,7 +76,3 @@ def get_evaluations(wildcards):
         path("evaluate", "metrics.json", **g, dataset=wildcards.dataset)
         for g in evaluation_grid(config)
     ]
-
-
-def get_final_outputs():
-    return final_outputs(config)
