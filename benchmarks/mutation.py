@@ -17,6 +17,7 @@ Run on demand, not in CI (tens of minutes on 2 cores per module group):
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -65,13 +66,15 @@ def scratch_project(work: Path, modules: list[str], tests: list[str]) -> Path:
     return work
 
 
-def summarise(work: Path, modules: list[str]) -> dict:
+def summarise(work: Path, modules: list[str], only: list[str] | None = None) -> dict:
     from mutmut.stats import status_by_exit_code
 
     out = {}
     for module in modules:
         meta = work / "mutants" / "teddy" / f"{module}.py.meta"
         codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+        if only:  # the functions selected: other functions' mutants were never meant to run
+            codes = {n: c for n, c in codes.items() if any(fnmatch.fnmatch(n, p) for p in only)}
         status = {n: status_by_exit_code[c] if c is not None else "not run" for n, c in codes.items()}
         counts = Counter(status.values())
         reached = counts["killed"] + counts["survived"] + counts["timeout"]
@@ -134,6 +137,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", nargs="+", default=DEFAULT_MODULES, help="teddy/<module>.py to mutate")
     parser.add_argument("--tests", nargs="+", default=DEFAULT_TESTS, help="tests/<file>.py mutmut may run")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        help="mutant-name patterns (fnmatch), e.g. 'teddy.report.x_add_ior__mutmut_*': only these mutants",
+    )
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--minutes", type=float, default=0, help="stop mutmut after this long (0 = no limit)")
     parser.add_argument(
@@ -154,7 +163,7 @@ def main() -> int:
     t0 = time.time()
     log = (work / "mutmut.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *args.only],
         cwd=work,
         env=env,
         stdout=log,
@@ -169,6 +178,7 @@ def main() -> int:
         finished = False
     run = {
         "tests": [f"tests/{t}.py" for t in args.tests],
+        "only": args.only,
         "finished": finished,
         "wall_s": round(time.time() - t0, 1),
         "cpus": os.cpu_count(),
@@ -176,7 +186,7 @@ def main() -> int:
         "command": " ".join(["python benchmarks/mutation.py", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d"),
     }
-    modules = classify(summarise(work, args.modules))
+    modules = classify(summarise(work, args.modules, args.only))
     for entry in modules.values():
         entry["run"] = run
     # modules mutated by earlier runs keep their entries: one file covers every group run so far
