@@ -333,8 +333,10 @@ def test_class_conditional_bn_term_by_hand():
     obj = BNMatching(SimpleNamespace(distill=d), source, "cpu")
     assert obj.names == ("ce", "bn", "class_bn")
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
-    x = torch.rand(4, 1, 4, 4)
     labels = torch.tensor([0, 2, 0, 2])
+    # each class's synthetic pixels near its own real pixels (class c's real images hold 5c … 5c + 4):
+    # matching a class against another class's images would show as a large gap
+    x = (labels.view(-1, 1, 1, 1) * 5 + 4 * torch.rand(4, 1, 4, 4)) / 255
     loss, terms = obj(model, x, labels, torch.Generator())
     train = source.images("train", torch.arange(15)).float() / 255
     expected = []
@@ -365,3 +367,89 @@ def test_unrolled_runs_through_distill_and_lowers_the_outer_loss(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["objective"] == "Unrolled"
     curve = artifacts.load_batches(out)[0]["curve"][:, 0]  # real-batch CE after the inner steps
     assert curve[-5:].mean() < curve[:5].mean()
+
+
+def _linear_grads(model, inputs, y):
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    flat = inputs.flatten(1)
+    err = (torch.softmax(flat @ w.T + b, 1) - torch.nn.functional.one_hot(y, 3)) / len(y)
+    return torch.cat([(err.T @ flat).flatten(), err.sum(0)])
+
+
+def test_cosine_matching_is_one_minus_the_gradient_cosine_per_synthetic_image():
+    """CosineMatching = Σ_i 1 − cos(∇θ CE(real batch of class y_i), ∇θ CE(x̃_i, y_i)), by hand on a
+    linear model; the logged term is the loss."""
+    from types import SimpleNamespace
+
+    from teddy.objectives import CosineMatching
+
+    source = _source(n_per_class=20, classes=3)
+    obj = CosineMatching(SimpleNamespace(distill=SimpleNamespace(real_batch=4)), source, "cpu")
+    assert obj.names == ("grad_cos",)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, labels = torch.rand(2, 1, 4, 4), torch.tensor([2, 0])
+    loss, terms = obj(model, x, labels, torch.Generator().manual_seed(3))
+    x_real, y_real = obj.real(labels, torch.Generator().manual_seed(3))
+    expected = sum(
+        1
+        - torch.nn.functional.cosine_similarity(
+            _linear_grads(model, x_real[4 * i : 4 * i + 4], y_real[4 * i : 4 * i + 4]),
+            _linear_grads(model, x[i : i + 1], labels[i : i + 1]),
+            dim=0,
+        )
+        for i in range(2)
+    )
+    assert torch.allclose(loss, expected, atol=1e-6) and torch.equal(terms, loss.detach()[None])
+
+
+@pytest.mark.parametrize("kind", ["CosineMatching", "TaylorMatching", "Unrolled"])
+def test_real_batch_objectives_follow_the_batch_generator_alone(kind):
+    """The real batch an objective draws depends on the generator distill hands it, never on the
+    global RNG: a rerun or another shard draws the same images."""
+    from types import SimpleNamespace
+
+    from teddy import objectives
+
+    cfg = SimpleNamespace(distill=SimpleNamespace(real_batch=3, unroll_steps=1, inner_lr=0.1))
+    obj = getattr(objectives, kind)(cfg, _source(n_per_class=20, classes=3), "cpu")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, labels = torch.rand(2, 1, 4, 4), torch.tensor([2, 0])
+
+    def loss(seed, global_seed):
+        torch.manual_seed(global_seed)
+        return obj(model, x, labels, torch.Generator().manual_seed(seed))[0].item()
+
+    assert loss(3, 0) == loss(3, 1) != loss(4, 0)
+
+
+def test_objectives_without_real_images_say_so():
+    from types import SimpleNamespace
+
+    from teddy.objectives import BNMatching, CosineMatching
+
+    d = SimpleNamespace(alpha_bn=1.0, first_bn_weight=1.0, class_bn=0.5, class_stat_images=3, real_batch=2)
+    with pytest.raises(ValueError, match="this objective needs real images"):
+        CosineMatching(SimpleNamespace(distill=d), None, "cpu")
+    with pytest.raises(ValueError, match="distill.class_bn needs real images"):
+        BNMatching(SimpleNamespace(distill=d), None, "cpu")
+
+
+def test_bn_matching_is_ce_plus_alpha_times_the_bn_term():
+    """Without class_bn: terms (ce, bn), loss ce + α_bn · bn, bn by hand for a BN layer on the pixels."""
+    from types import SimpleNamespace
+
+    from teddy.objectives import BNMatching
+
+    d = SimpleNamespace(alpha_bn=0.3, first_bn_weight=10.0, class_bn=0.0, class_stat_images=3)
+    obj = BNMatching(SimpleNamespace(distill=d), None, "cpu")
+    assert obj.names == ("ce", "bn")
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    model[0].running_mean.fill_(0.2)
+    model[0].running_var.fill_(0.5)
+    x, labels = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    loss, terms = obj(model, x, labels, torch.Generator())
+    bn = 10.0 * ((x.mean() - 0.2).abs() + (x.var(unbiased=False) - 0.5).abs())
+    assert torch.allclose(terms[1], bn, atol=1e-5)
+    assert torch.allclose(terms[0], torch.nn.functional.cross_entropy(model(x), labels), atol=1e-6)
+    assert torch.allclose(loss, terms[0] + 0.3 * terms[1], atol=1e-6)

@@ -112,11 +112,25 @@ def test_samplers_draw_the_members_they_name():
         draw = pool.pool_sampler(mode, entries)
         counts = torch.bincount(torch.tensor([draw(it, gen) for it in range(6000)]), minlength=3)
         assert torch.allclose(counts / 6000, torch.tensor(expected), atol=0.025), (mode, counts)
-    again = pool.pool_sampler("uniform", entries)
-    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    assert [again(i, g1) for i in range(20)] == [again(i, g2) for i in range(20)]  # seeded, reproducible
+    for mode in ("uniform", "accuracy"):  # seeded by the generator alone, whatever the global RNG does
+        again = pool.pool_sampler(mode, entries)
+
+        def draws(seed, again=again):
+            g = torch.Generator().manual_seed(seed)
+            return [(torch.manual_seed(i), again(i, g))[1] for i in range(30)]
+
+        assert draws(5) == draws(5) != draws(6), mode
     with pytest.raises(ValueError, match="distill.pool_sampling"):
         pool.pool_sampler("greedy", entries)
+
+
+def test_spread_picks_evenly_from_early_to_late():
+    entries = [{"epoch": e} for e in range(5)]
+    assert pool.spread(entries, 3) == [entries[0], entries[2], entries[4]]
+    assert pool.spread(entries, 1) == [entries[2]]  # one member: the middle one
+    assert pool.spread(entries, 5) == entries and pool.spread(entries, 9) == entries
+    assert pool.spread(entries, None) == entries and pool.spread(entries, 0) == []
+    assert pool.spread(entries, 2) == [entries[0], entries[4]]
 
 
 def test_distill_draws_from_prior_and_post_members(pool_dir):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from teddy import config, report
 from teddy.data import datasets
@@ -199,3 +200,132 @@ def test_a_run_rewriting_its_committed_outputs_is_not_uncommitted_code(tmp_path)
     assert dirty() == "False"
     (repo / "config.yaml").write_text("a: 2\n")
     assert dirty() == "True"
+
+
+def _rows(rows, **fixed):
+    return pd.DataFrame([fixed | r for r in rows])
+
+
+def test_collect_row_reads_hard_top1_pool_size_and_stage_seconds(tmp_path):
+    """collect_row follows an evaluation's inputs: hard_top1 when a hard-label student ran (NaN
+    otherwise), the pool size distill recorded (0 for a real-image set, which records none), each
+    stage's wall seconds to the millisecond."""
+    from teddy.utils import write_json
+
+    d, p, r = tmp_path / "data", tmp_path / "pool", tmp_path / "soft"
+    write_json({"wall_s": 1.23456}, d / "metrics.json")
+    write_json({"wall_s": 2.0}, p / "metrics.json")
+    write_json({"wall_s": 3.0, "inputs": {"pool": str(p)}}, r / "metrics.json")
+    ev = {"dataset": "d", "method": "m", "ipc": 1, "arch": "convnet", "seed": 0, "top1": 50.0, "top5": 90.0}
+    rows = {}
+    for name, syn_metrics, extra in (
+        ("hard", {"wall_s": 0.5, "pool_size": 3}, {"hard_top1": 41.5}),
+        ("soft_only", {"wall_s": 0.5}, {}),
+    ):
+        s, e = tmp_path / f"syn_{name}", tmp_path / f"eval_{name}"
+        write_json(syn_metrics, s / "metrics.json")
+        inputs = {"synthetic": str(s), "soft_labels": str(r), "data": str(d)}
+        write_json(ev | extra | {"wall_s": 7.0, "inputs": inputs}, e / "metrics.json")
+        rows[name] = report.collect_row(e)
+    assert rows["hard"]["hard_top1"] == 41.5 and rows["hard"]["pool_size"] == 3
+    assert np.isnan(rows["soft_only"]["hard_top1"]) and rows["soft_only"]["pool_size"] == 0
+    assert rows["hard"]["prepare_data_s"] == 1.235
+
+
+def test_full_data_keeps_random_s_name_when_its_ipc_is_configured():
+    """With full data's IPC among distill.ipcs, that random run is random's own row (not renamed);
+    random runs at IPCs outside the grid stay out whatever evaluate.full_data says."""
+    cfg = config.load([BASE], ["evaluate.full_data=true", "evaluate.archs=[convnet]"])
+    full = config.full_data_ipc(cfg)
+    same = config.load(
+        [BASE], ["evaluate.full_data=true", "evaluate.archs=[convnet]", f"distill.ipcs=[1, {full}]"]
+    )
+    assert report.renamed_full_data_ipc(cfg) == full and report.renamed_full_data_ipc(same) is None
+    rows = [{"method": "random", "ipc": i, "top1": 50.0} for i in (1, 7, full)] + [
+        {"method": "teddy", "ipc": full, "top1": 40.0}
+    ]
+    df = _rows(rows, dataset="digits", arch="convnet", seed=0)
+    kept = report.in_config_grid(df, same)
+    assert sorted(zip(kept.method, kept.ipc, strict=True)) == [
+        ("random", 1),
+        ("random", full),
+        ("teddy", full),
+    ]
+    kept = report.in_config_grid(df, cfg)  # IPC 7 is in neither grid; teddy at the full IPC neither
+    assert sorted(zip(kept.method, kept.ipc, strict=True)) == [("full data", full), ("random", 1)]
+    with pytest.raises(ValueError, match="none of the evaluations found matches"):
+        report.in_config_grid(df.assign(dataset="other"), cfg)
+
+
+def test_tables_keep_rows_whose_other_columns_are_empty():
+    """A row with no hard-label student (hard_top1 NaN) still has its top-1 and IOR cells; a method
+    without a student shows an empty cell."""
+    rows = [
+        {"method": "random", "arch": "convnet", "seed": 0, "top1": 70.0, "hard_top1": 60.0},
+        {"method": "random", "arch": "resnet18", "seed": 0, "top1": 72.0, "hard_top1": float("nan")},
+        {"method": "teddy", "arch": "convnet", "seed": 0, "top1": 71.0, "hard_top1": 61.0},
+        {"method": "teddy", "arch": "resnet18", "seed": 0, "top1": 69.0, "hard_top1": float("nan")},
+        {"method": "sre2l", "arch": "convnet", "seed": 0, "top1": 65.0, "hard_top1": float("nan")},
+    ]
+    df = report.add_ior(_rows(rows, dataset="d", ipc=10), "random")
+    top1 = report.mean_std_table(df, "top1").set_index("method")
+    assert top1.loc["random", "resnet18"] == "72.00" and top1.loc["sre2l", "resnet18"] == ""
+    ior = report.ior_interval_table(df, "random").set_index("method")
+    assert ior.loc["teddy", "resnet18"] == "-3.00 (n=1)"  # one seed: the value, no interval
+    assert ior.loc["sre2l", "convnet"] == "-5.00 (n=1)" and ior.loc["sre2l", "resnet18"] == ""
+
+
+def test_paired_interval_scales_with_the_spread_and_starts_at_two_seeds():
+    """diffs 2, 6: mean 4, sample std 2√2, t(0.975, 1) = 12.706 → half-width 12.706 · 2√2 / √2 = 25.41;
+    no seeds: NaN mean, no interval."""
+    mean, low, high, n = report.paired_interval(pd.Series([2.0, 6.0]))
+    assert (mean, n) == (4.0, 2) and high - mean == pytest.approx(25.412, abs=1e-3) and low == 2 * mean - high
+    empty = report.paired_interval(pd.Series([], dtype=float))
+    assert empty[3] == 0 and all(np.isnan(v) for v in empty[:3])
+    df = _rows(
+        [{"method": m, "seed": s, "top1": t} for m, s, t in [("random", 0, 70.0), ("random", 1, 70.0)]]
+        + [{"method": "teddy", "seed": 0, "top1": 72.0}, {"method": "teddy", "seed": 1, "top1": 76.0}],
+        dataset="d",
+        ipc=10,
+        arch="convnet",
+    )
+    cell = (
+        report.ior_interval_table(report.add_ior(df, "random"), "random")
+        .set_index("method")
+        .loc["teddy", "convnet"]
+    )
+    assert cell == "+4.00 [-21.41, +29.41] (n=2)"
+
+
+def test_stage_times_per_set_and_per_student():
+    """distill/relabel seconds once per set (seed), averaged over seeds; evaluate per student."""
+    rows = [
+        {"seed": 0, "arch": "convnet", "distill_s": 10.0, "relabel_s": 2.0, "evaluate_s": 5.0},
+        {"seed": 0, "arch": "resnet18", "distill_s": 10.0, "relabel_s": 2.0, "evaluate_s": 50.0},
+        {"seed": 1, "arch": "convnet", "distill_s": 20.0, "relabel_s": 4.0, "evaluate_s": 7.0},
+        {"seed": 1, "arch": "resnet18", "distill_s": 20.0, "relabel_s": 4.0, "evaluate_s": 70.0},
+    ]
+    table = report.stage_times(_rows(rows, dataset="d", method="teddy", ipc=10)).iloc[0]
+    assert (table.distill_s, table.relabel_s) == (15.0, 3.0)
+    assert (table.evaluate_convnet_s, table.evaluate_resnet18_s) == (6.0, 60.0)
+
+
+def test_pool_ablation_rows_for_other_objectives_changed_keys_and_full_data():
+    """An unrolled variant gets its own row ('… [unrolled]'); a variant changing two keys lists both;
+    the full-data row is skipped wherever it comes; two (pool, M) cells already make a table."""
+    variants = (
+        "distill.variants={t_post3: {method: teddy, pool: post, pool_size: 3},"
+        " u_post3: {method: unrolled, pool: post, pool_size: 3},"
+        " t_two: {method: teddy, pool: post, pool_size: 3, init: real, iterations: 7}}"
+    )
+    methods = "distill.methods=[random, sre2l, t_post3, u_post3, t_two]"
+    cfg = config.load([BASE], [variants, methods, "pretrain_pool.post_members=3"])
+    rows = [("full data", 0, 99.0), ("sre2l", 1, 60.0), ("t_post3", 3, 70.0), ("u_post3", 3, 66.0)]
+    rows += [("t_two", 3, 75.0)]
+    df = _rows([{"method": m, "pool_size": p, "top1": t} for m, p, t in rows], seed=0, ipc=10, arch="convnet")
+    table = report.pool_ablation(df, cfg).set_index("pool")
+    assert table.loc["post", "M=3"] == "70.00" and table.loc["post [unrolled]", "M=3"] == "66.00"
+    assert table.loc["post (init=real, iterations=7)", "M=3"] == "75.00"
+    assert table.loc["base", "M=1"] == "60.00"
+    two = report.pool_ablation(df[df.method.isin(["sre2l", "t_post3"])], cfg)
+    assert two is not None and len(two) == 2
