@@ -1,3 +1,6 @@
+import json
+
+import pytest
 import torch
 
 from teddy import artifacts, augment, cli
@@ -26,6 +29,31 @@ def test_replayed_soft_labels_equal_teacher_on_stored_crops(tmp_path):
         assert torch.equal(soft["logits"][e], expected.half())
     # views differ between epochs: the soft labels are per crop, not per image
     assert not torch.equal(soft["crops"][0], soft["crops"][1])
+    # the record names what it labels, and the agreement metric is the teacher's top-1 on those views
+    syn = artifacts.load_synthetic(s)
+    assert torch.equal(soft["labels"], syn["labels"]) and soft["synthetic_sha256"] == syn["sha256"]
+    assert (soft["seed"], soft["method"], soft["ipc"]) == (0, syn["method"], syn["ipc"])
+    assert (soft["mode"], soft["teacher"]) == ("precomputed", "base")
+    metrics = json.loads((r / "metrics.json").read_text())
+    agree = (soft["logits"].float().argmax(-1) == syn["labels"][None]).float().mean().item() * 100
+    assert metrics["teacher_agreement"] == pytest.approx(agree) and metrics["views"] == epochs * len(images)
+
+
+def test_draw_views_follow_the_relabel_config():
+    """Per epoch: crops with the configured scale floor and flips, mixing rows for the configured mode."""
+    from types import SimpleNamespace
+
+    from teddy.relabel import draw_views
+
+    r = SimpleNamespace(crop_scale_min=0.5, flip=True, mix="cutmix", mix_alpha=1.0)
+    views = draw_views(200, 3, r, torch.Generator().manual_seed(0))
+    assert views["crops"].shape == (3, 200, 4) and views["mix"].shape == (3, 200, 4)
+    assert views["mix_mode"] == "cutmix"
+    assert (views["crops"][..., 0] < 0).any()  # flipped views
+    assert ((views["crops"][..., 0].abs() * views["crops"][..., 1]) >= 0.5 - 1e-5).all()  # area ≥ 0.5
+    assert not torch.equal(views["mix"][0, :, 0], torch.arange(200).float())  # partners drawn
+    plain = draw_views(200, 2, SimpleNamespace(**{**vars(r), "flip": False, "mix": "none"}), torch.Generator())
+    assert not (plain["crops"][..., 0] < 0).any() and (plain["mix"][..., 1] == 1).all()
 
 
 def test_online_relabel_trains_like_replay(tmp_path):
