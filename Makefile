@@ -29,7 +29,7 @@ run: $(STAMP)
 # pytest-xdist: one worker per core (2 here), one torch thread per worker (tests/conftest.py)
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slurm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slurm" $(PYTEST_ARGS)
 
 # The suite without the whole-pipeline tests (marked slow): a few minutes, for iterating.
 test-quick: $(STAMP)

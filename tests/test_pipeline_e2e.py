@@ -17,8 +17,8 @@ import pytest
 from .conftest import ROOT, copy_project
 
 BIN = Path(sys.executable).parent
-# one worker builds the two projects once for every test here (make test: --dist loadgroup)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline_e2e")]
+# one worker builds the two projects once for every test here (make test: --dist loadscope)
+pytestmark = pytest.mark.slow
 GRID = {
     "distill": {
         "ipcs": [1],
