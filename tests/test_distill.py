@@ -309,14 +309,7 @@ def test_taylor_matching_is_the_first_order_term_on_the_batch_classes():
     x_real, y_real = obj.real(torch.tensor([0, 2]), torch.Generator().manual_seed(3))
     assert set(y_real.tolist()) == {0, 2}
 
-    def grads(inputs, y):
-        w, b = model[1].weight.detach(), model[1].bias.detach()
-        flat = inputs.flatten(1)
-        err = (torch.softmax(flat @ w.T + b, 1) - torch.nn.functional.one_hot(y, 3)) / len(y)
-        return err.T @ flat, err.sum(0)
-
-    (gw_r, gb_r), (gw_s, gb_s) = grads(x_real, y_real), grads(x, labels)
-    expected = -0.1 * 4 * ((gw_r * gw_s).sum() + (gb_r * gb_s).sum())
+    expected = -0.1 * 4 * (_linear_grads(model, x_real, y_real) * _linear_grads(model, x, labels)).sum()
     assert torch.allclose(loss, expected, atol=1e-6)
 
 
@@ -370,6 +363,7 @@ def test_unrolled_runs_through_distill_and_lowers_the_outer_loss(tmp_path):
 
 
 def _linear_grads(model, inputs, y):
+    """∇(W, b) CE of a Flatten + Linear model, flattened: ∇W = (softmax − onehot)ᵀ x / n, ∇b = Σ."""
     w, b = model[1].weight.detach(), model[1].bias.detach()
     flat = inputs.flatten(1)
     err = (torch.softmax(flat @ w.T + b, 1) - torch.nn.functional.one_hot(y, 3)) / len(y)
