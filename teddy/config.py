@@ -416,6 +416,17 @@ def full_data_ipc(data: Any) -> int | None:
     return datasets.get(plain["run"]["dataset"]).min_train_per_class(plain["prepare_data"])
 
 
+def student_epochs(data: Any, method: str, ipc: int) -> int:
+    """Student epochs of the set (``method``, ``ipc``), which are also the relabel views stored per
+    image: evaluate.full_data_epochs for the full-data row when set (its epochs are the whole
+    training set), else evaluate.epochs."""
+    plain = data if isinstance(data, Mapping) else to_dict(data)
+    e = plain["evaluate"]
+    if e["full_data_epochs"] is None or method != methods.BASELINE or ipc in plain["distill"]["ipcs"]:
+        return e["epochs"]
+    return e["full_data_epochs"] if ipc == full_data_ipc(plain) else e["epochs"]
+
+
 def algorithm(data: Mapping, name: str) -> str:
     """The method behind a method or variant name (``data``: config mapping or frozen config)."""
     variants = data["distill"]["variants"] if isinstance(data, Mapping) else data.distill.variants

@@ -232,14 +232,23 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     dist.disk_gb = sum(ipc * classes * image_bytes * 4 for _, ipc in sets) / 1e9
     rows.append(dist)
 
-    rel = Row("relabel", jobs=len(sets))
+    # the full-data row: random real images at the whole training set, relabelled and evaluated per seed
+    full_ipc = n_train // classes if e.full_data else None
+    full_sets = [("random", full_ipc)] * len(cfg.run.seeds) if full_ipc and full_ipc not in d.ipcs else []
+    full_epochs = e.full_data_epochs or e.epochs
+
+    def epochs_of(ipc: int) -> int:
+        return full_epochs if full_sets and ipc == full_ipc else e.epochs
+
+    labelled = [*sets, *full_sets]
+    rel = Row("relabel", jobs=len(labelled))
     teachers = 1 if r.teacher == "base" else len(p.prior_epochs) * len(p.prior_seeds) + p.post_members
     view_bytes = 32  # crop + mix parameters, float32
     logit_bytes = 2 * classes if r.topk is None else 4 * min(r.topk, classes)
     if r.mode == "precomputed":
-        rel.flops = sum(teachers * base.flops * e.epochs * ipc * classes for _, ipc in sets)
-        rel.job_flops = {p.arch: teachers * base.flops * e.epochs * max(d.ipcs) * classes}
-    rel.disk_gb = sum(e.epochs * ipc * classes for _, ipc in sets) * (view_bytes + logit_bytes) / 1e9
+        rel.flops = sum(teachers * base.flops * epochs_of(ipc) * ipc * classes for _, ipc in labelled)
+        rel.job_flops = {p.arch: max(teachers * base.flops * epochs_of(i) * i * classes for _, i in labelled)}
+    rel.disk_gb = sum(epochs_of(ipc) * ipc * classes for _, ipc in labelled) * (view_bytes + logit_bytes) / 1e9
     rel.gpu_mem_gb = gpu_mem_gb(base, e.eval_batch_size, act_bytes, optimizer_bytes=4) / 2
     rel.notes.append(
         f"{view_bytes + logit_bytes} B per image-epoch ({f'top-{r.topk}' if r.topk else 'all logits'})"
@@ -248,14 +257,15 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
 
     ev = Row("evaluate")
     by_arch: dict[str, float] = {}
-    full_ipc = n_train // classes if e.full_data else None
-    for _, ipc in [*sets, *([("random", full_ipc)] if full_ipc else [])]:
+    for _, ipc in labelled:
         for arch in e.archs:
             ev.jobs += 1
             cost = archs[arch]
-            train = 3 * cost.flops * ipc * classes * e.epochs
-            val = cost.flops * n_val * (min(e.epochs, 10) + 1)
-            online = base.flops * ipc * classes * e.epochs if r.mode == "online" else 0.0
+            students = 2 if arch in e.hard_label_archs else 1  # + the hard-label student, same views
+            epochs = epochs_of(ipc)
+            train = students * 3 * cost.flops * ipc * classes * epochs
+            val = students * cost.flops * n_val * (min(epochs, 10) + 1)
+            online = base.flops * ipc * classes * epochs if r.mode == "online" else 0.0
             by_arch[arch] = by_arch.get(arch, 0.0) + train + val + online
             if (train + val + online) / speed[arch] > sum(f / speed[a] for a, f in ev.job_flops.items()):
                 ev.job_flops = {arch: train + val + online}

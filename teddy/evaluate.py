@@ -15,6 +15,7 @@ import torch
 
 from teddy import artifacts, models
 from teddy.augment import render
+from teddy.config import student_epochs
 from teddy.data.source import open_source
 from teddy.losses import mixed_cross_entropy, soft_kl
 from teddy.pool import Teacher
@@ -44,9 +45,11 @@ def train_student(
     teacher=None,
     state_path: Path | None = None,
     hard_labels: torch.Tensor | None = None,
+    epochs: int | None = None,
 ) -> int:
     """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online; with
-    ``hard_labels``, cross-entropy to the images' labels on the same views instead.
+    ``hard_labels``, cross-entropy to the images' labels on the same views instead. ``epochs``:
+    evaluate.epochs unless given (the full-data row's, config.student_epochs).
 
     ``on_epoch(epoch, loss, extra) -> extra`` after every epoch (``extra``: e.g. the accuracy curve,
     None at first). With ``state_path`` the loop state is saved every ``run.checkpoint_minutes``
@@ -54,12 +57,14 @@ def train_student(
     Returns the epoch it resumed from (0: a fresh start).
     """
     e = cfg.evaluate
+    epochs = e.epochs if epochs is None else epochs
     n = len(images)
     stored_epochs = soft["crops"].shape[0]
-    if stored_epochs < e.epochs or soft["crops"].shape[1] != n:
+    if stored_epochs < epochs or soft["crops"].shape[1] != n:
         raise RuntimeError(
             f"soft-label file holds {stored_epochs} epochs × {soft['crops'].shape[1]} images but "
-            f"evaluate needs {e.epochs} × {n}: rerun relabel with the same evaluate.epochs"
+            f"evaluate needs {epochs} × {n}: rerun relabel with the same evaluate.epochs "
+            "(evaluate.full_data_epochs for the full-data row)"
         )
     replay = soft.get("replay")
     if replay is None and teacher is None and hard_labels is None:
@@ -67,7 +72,7 @@ def train_student(
     batch = min(e.batch_size, n)
     net = data_parallel(model)
     opt = make_optimizer(model, e.optimizer, e.lr, e.weight_decay)
-    sched = warmup_cosine(opt, e.epochs * -(-n // batch))
+    sched = warmup_cosine(opt, epochs * -(-n // batch))
     gen = torch.Generator().manual_seed(seed)
     images = images.to(device)
     hard = None if hard_labels is None else hard_labels.to(device)
@@ -80,7 +85,7 @@ def train_student(
         log.info("resuming student training from %s at epoch %d", state_path, st["epoch"] + 1)
     last_save = time.monotonic()
 
-    while st["epoch"] < e.epochs:
+    while st["epoch"] < epochs:
         model.train()
         epoch = st["epoch"]
         if st["perm"] is None:
@@ -131,21 +136,22 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     out.mkdir(parents=True, exist_ok=True)
     spec = models.InputSpec.from_manifest(manifest)
     name = f"{syn['method']} ipc{syn['ipc']} {arch} seed{seed}"
+    epochs = student_epochs(cfg, syn["method"], syn["ipc"])
 
     def student(kind: str, state: Path, labels=None) -> tuple[dict, list, int]:
         """Train one student (same init for both kinds) → (final accuracy, curve, resumed epoch)."""
         torch.manual_seed(seed)
         model = models.create_model(arch, spec, width=cfg.evaluate.width).to(device)
-        every = max(1, cfg.evaluate.epochs // 10)
+        every = max(1, epochs // 10)
         curve: list = []
         prefix = "" if kind == "soft" else "hard_"
-        progress = Progress(f"evaluate {name} {kind}-label epochs", cfg.evaluate.epochs)
+        progress = Progress(f"evaluate {name} {kind}-label epochs", epochs)
 
         def on_epoch(epoch: int, loss: float, extra) -> list:
             progress.update(epoch)
             curve[:] = extra or []
             tracker.log_metrics({"hard_train_loss" if prefix else "train_kl": loss}, step=epoch)
-            final = epoch == cfg.evaluate.epochs
+            final = epoch == epochs
             if epoch % every == 0 or final:
                 idx = None if final or probe is None else probe
                 acc = accuracy_of(model, source.batches("val", idx, cfg.evaluate.eval_batch_size), device)
@@ -156,7 +162,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
             return list(curve)
 
         resumed = train_student(
-            cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / state, hard_labels=labels
+            cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / state, labels, epochs
         )
         return {**curve[-1], "params": models.count_params(model)}, curve, resumed
 
@@ -169,6 +175,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
         "top1": final["top1"],
         "top5": final["top5"],
         "params": final["params"],
+        "epochs": epochs,
         "curve": curve,
         "resumed_from_epoch": resumed,
     }

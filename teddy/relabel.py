@@ -17,6 +17,7 @@ import torch
 from teddy import artifacts, augment
 from teddy.artifacts import SOFT_LABELS
 from teddy.augment import render
+from teddy.config import student_epochs
 from teddy.pool import Teacher
 from teddy.utils import Progress
 
@@ -42,16 +43,17 @@ def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict
     syn = artifacts.load_synthetic(inputs["synthetic"])
     images, labels = syn["images"].to(device), syn["labels"]
     r = cfg.relabel
-    views = draw_views(len(images), cfg.evaluate.epochs, r, torch.Generator().manual_seed(seed))
+    epochs = student_epochs(cfg, syn["method"], syn["ipc"])  # one stored view per student epoch
+    views = draw_views(len(images), epochs, r, torch.Generator().manual_seed(seed))
     record = {**views, "labels": labels, "seed": seed, "mode": r.mode, "teacher": r.teacher}
     record |= {"method": syn["method"], "ipc": syn["ipc"], "synthetic_sha256": syn["sha256"]}
-    metrics = {"method": syn["method"], "ipc": syn["ipc"], "views": cfg.evaluate.epochs * len(images)}
+    metrics = {"method": syn["method"], "ipc": syn["ipc"], "views": epochs * len(images)}
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
     if r.mode == "precomputed":
         teacher = Teacher(inputs["pool"], r.teacher, device)
         dev_views = {**views, "crops": views["crops"].to(device), "mix": views["mix"].to(device)}
-        epochs, agree = cfg.evaluate.epochs, 0.0
+        agree = 0.0
         step = r.shard_epochs or epochs
         shards = []
         progress = Progress(f"relabel {syn['method']} ipc{syn['ipc']}", epochs)

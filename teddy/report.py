@@ -96,12 +96,13 @@ def find_evaluations(folders: list[str]) -> list[Path]:
     return found
 
 
-def renamed_full_data_ipc(cfg) -> int | None:
+def renamed_full_data_ipc(cfg, full: int | None = None) -> int | None:
     """The IPC of the random-real run that the report names full data: set when evaluate.full_data
-    is on and its IPC is not one of distill.ipcs (else that run is random's own row); None otherwise."""
+    is on and its IPC is not one of distill.ipcs (else that run is random's own row); None otherwise.
+    ``full``: full_data_ipc(cfg) when the caller has it (for image folders it counts every class)."""
     from teddy.config import full_data_ipc
 
-    full = full_data_ipc(cfg)
+    full = full_data_ipc(cfg) if full is None else full
     return full if full is not None and full not in cfg.distill.ipcs else None
 
 
@@ -122,7 +123,7 @@ def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
     if not keep.any():
         raise ValueError("none of the evaluations found matches the configured methods/ipcs/archs/seeds")
     df = df[keep].copy()
-    renamed = renamed_full_data_ipc(cfg)
+    renamed = renamed_full_data_ipc(cfg, full)
     df.loc[df.method.eq(methods.BASELINE) & df.ipc.eq(renamed), "method"] = FULL_DATA
     return df
 

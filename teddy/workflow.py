@@ -237,6 +237,8 @@ def param_keys(data: Mapping, stage: str, method: str | None = None, member: str
         keys.append(f"distill.variants.{method}")
     if stage == "relabel":
         keys.append("evaluate.epochs")  # one stored view per student epoch
+        if data["evaluate"]["full_data"]:
+            keys.append("evaluate.full_data_epochs")  # the full-data row's (config.student_epochs)
     return keys
 
 

@@ -75,3 +75,26 @@ def test_runtime_zero_takes_the_slurm_limit_from_the_estimate():
         config.load(IMAGENET, ["distill.ipcs=[10]", "resources.evaluate.runtime=90"], check_data=False)
     )
     assert workflow.stage_resources(fixed, "evaluate")["runtime"] == 90
+
+
+def test_the_full_data_row_is_counted_per_seed_with_its_own_epochs():
+    """evaluate.full_data adds one relabel and one evaluation per seed (× archs) at the whole training
+    set; its cost scales with evaluate.full_data_epochs, and a hard-label student doubles a student's."""
+    on = ["evaluate.full_data=true"]
+    rows, _ = rows_of()
+    full = {k: rows_of(*on, f"evaluate.full_data_epochs={k}")[0] for k in (1, 2, 3)}
+    assert full[1]["relabel"].jobs == rows["relabel"].jobs + 3
+    assert full[1]["evaluate"].jobs == rows["evaluate"].jobs + 3 * 5
+    for stage in ("relabel", "evaluate"):
+        step = full[2][stage].flops - full[1][stage].flops
+        assert step > 0 and full[3][stage].flops - full[2][stage].flops == pytest.approx(step)
+    r18 = estimate.arch_cost("resnet18", estimate.models.InputSpec(1000, 3, 224, (0.5,) * 3, (0.2,) * 3), 0)
+    # the hard-label student's share of one more epoch, for each of 3 seeds: the whole set (1,281
+    # images per class) fwd+bwd, and one more curve point on the 50,000 val images
+    step18 = 3 * (3 * r18.flops * 1281 * 1000 + r18.flops * 50_000)
+    hard, _ = rows_of(*on, "evaluate.full_data_epochs=1", "evaluate.hard_label_archs=[resnet18]")
+    hard2, _ = rows_of(*on, "evaluate.full_data_epochs=2", "evaluate.hard_label_archs=[resnet18]")
+    gap = (hard2["evaluate"].flops - hard["evaluate"].flops) - (
+        full[2]["evaluate"].flops - full[1]["evaluate"].flops
+    )
+    assert gap == pytest.approx(step18, rel=1e-6)

@@ -5,6 +5,7 @@ synthetic sets, a code change reruns exactly the stages downstream of it in both
 DVC pipeline goes to a remote and comes back in a fresh clone."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,12 @@ GRID = {
         "methods": ["teddy", "random", "teddy_sel"],
         "variants": {"teddy_sel": {"method": "teddy", "init": "teacher", "iterations": 0}},
     },
-    "evaluate": {"archs": ["convnet"], "full_data": True, "hard_label_archs": ["convnet"]},
+    "evaluate": {
+        "archs": ["convnet"],
+        "full_data": True,
+        "full_data_epochs": 1,
+        "hard_label_archs": ["convnet"],
+    },
 }
 
 
@@ -185,6 +191,14 @@ def test_snakemake_and_dvc_give_the_same_results(snakemake_project, dvc_project)
     for name in ("synthetic.pt", "soft_labels.pt"):
         snakemake_sets, dvc_sets = built_files(snakemake_project, name), built_files(dvc_project, name)
         assert len(dvc_sets) == 4 and snakemake_sets == dvc_sets, name  # teddy, teddy_sel, random, full data
+    # the full-data row trains evaluate.full_data_epochs (1), the sets the tiny config's 2, in both tools
+    for project in (snakemake_project, dvc_project):
+        epochs = {
+            json.loads(m.read_text())["ipc"]: json.loads(m.read_text())["epochs"]
+            for m in (project / "results" / "digits" / "evaluate").rglob("metrics.json")
+        }
+        full = max(epochs)
+        assert epochs == {1: 2, full: 1} and full > 1
 
 
 def edit(project: Path, module: str) -> None:

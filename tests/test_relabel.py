@@ -6,7 +6,7 @@ import torch
 from teddy import artifacts, augment, cli
 from teddy.pool import load_pool
 
-from .conftest import evaluate_args, relabel_args, tiny_synthetic_set
+from .conftest import BASE, TINY, evaluate_args, relabel_args, tiny_synthetic_set
 
 
 def test_replayed_soft_labels_equal_teacher_on_stored_crops(tmp_path):
@@ -194,3 +194,37 @@ def test_topk_sharded_soft_labels_replay_the_teachers_top_classes(tmp_path):
     out = tmp_path / "eval"
     args = evaluate_args(d, s, top)
     assert cli.main(["evaluate", *cfg, *args, "--out", str(out)]) == 1
+
+
+def test_the_full_data_row_has_its_own_epochs_in_relabel_and_evaluate(tmp_path):
+    """evaluate.full_data_epochs: the full-data set's relabel stores that many views per image and
+    both its students (soft and hard labels) train that many epochs; an IPC set keeps evaluate.epochs."""
+    from teddy import config
+
+    over = ["evaluate.full_data=true", "evaluate.epochs=3", "evaluate.full_data_epochs=2"]
+    over += ["evaluate.hard_label_archs=[convnet]"]
+    extra = [a for o in over for a in ("--set", o)]
+    cfg_obj = config.load([BASE, TINY], over)
+    full = config.full_data_ipc(cfg_obj)
+    assert config.student_epochs(cfg_obj, "random", full) == 2
+    assert (
+        config.student_epochs(cfg_obj, "random", 2) == 3 and config.student_epochs(cfg_obj, "teddy", full) == 3
+    )
+    # full data at a configured IPC is random's own row: the sets' epochs
+    same = config.load([BASE, TINY], [*over, f"distill.ipcs=[1, {full}]"])
+    assert config.student_epochs(same, "random", full) == 3
+    assert config.student_epochs(config.load([BASE, TINY], over[1:]), "random", full) == 3  # row off
+
+    for ipc, epochs in ((full, 2), (2, 3)):
+        cfg, d, p, s = tiny_synthetic_set(tmp_path / f"ipc{ipc}", *extra, ipc=ipc)
+        r, e = tmp_path / f"soft{ipc}", tmp_path / f"eval{ipc}"
+        relabel = ["relabel", *cfg, "--synthetic", str(s), "--pool", str(p), "--seed", "0", "--out", str(r)]
+        assert cli.main(relabel) == 0
+        soft = artifacts.load_soft_labels(r)
+        assert soft["crops"].shape[0] == epochs and soft["logits"].shape[0] == epochs
+        assert json.loads((r / "metrics.json").read_text())["views"] == epochs * len(soft["labels"])
+        args = ["--data", str(d), "--synthetic", str(s), "--soft-labels", str(r), "--arch", "convnet"]
+        assert cli.main(["evaluate", *cfg, *args, "--seed", "0", "--out", str(e)]) == 0
+        metrics = json.loads((e / "metrics.json").read_text())
+        assert metrics["epochs"] == epochs
+        assert metrics["curve"][-1]["epoch"] == epochs and metrics["hard_curve"][-1]["epoch"] == epochs

@@ -145,3 +145,16 @@ def test_multi_architecture_pool_jobs_are_scheduled_and_named_by_architecture(tm
             "-n", "-p", "--forceall", "--cores", "1", "--configfile", "config/config.yaml", str(delta)
         ).stdout
     )
+
+
+def test_relabel_jobs_depend_on_the_full_data_epochs_only_when_that_row_is_on():
+    """The stored views per image are the student epochs (the full-data row's its own): relabel's
+    params carry evaluate.epochs, and evaluate.full_data_epochs while evaluate.full_data is on."""
+    from teddy import config, workflow
+
+    def keys(*over):
+        return workflow.param_keys(config.to_dict(config.load([BASE], list(over))), "relabel")
+
+    assert "evaluate.epochs" in keys() and "evaluate.full_data_epochs" not in keys()
+    assert "evaluate.full_data_epochs" in keys("evaluate.full_data=true")
+    assert "evaluate.full_data_epochs" in workflow.param_keys(config.to_dict(config.load([BASE])), "evaluate")
