@@ -59,12 +59,11 @@ def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict
         progress = Progress(f"relabel {syn['method']} ipc{syn['ipc']}", epochs)
         for start in range(0, epochs, step):
             stop = min(epochs, start + step)
-            logits = torch.stack(
-                [
-                    teacher_logits(teacher, images, dev_views, e, cfg.evaluate.eval_batch_size)
-                    for e in range(start, stop)
-                ]
-            )  # (E_shard, N, K)
+            per_epoch = []
+            for e in range(start, stop):
+                per_epoch.append(teacher_logits(teacher, images, dev_views, e, cfg.evaluate.eval_batch_size))
+                progress.update(e + 1)  # per epoch: one shard can be the whole run
+            logits = torch.stack(per_epoch)  # (E_shard, N, K)
             agree += (logits.argmax(-1) == labels[None]).float().sum().item()
             part = artifacts.pack_logits(logits, r.topk)
             if r.topk is None and r.shard_epochs is None:
@@ -74,7 +73,6 @@ def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict
                 shards.append(
                     {"file": name, "start": start, "stop": stop, "sha256": artifacts.save(part, out / name)}
                 )
-            progress.update(stop)
         if shards:
             record |= {"logit_shards": shards, "num_classes": int(logits.shape[-1]), "topk": r.topk}
         metrics["teacher_agreement"] = agree / (epochs * len(labels)) * 100

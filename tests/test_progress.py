@@ -19,6 +19,10 @@ def test_stages_log_progress_lines_at_the_configured_interval(tmp_path, caplog):
     caplog.clear()
     r, e = tmp_path / "soft", tmp_path / "eval"
     assert cli.main(["relabel", *cfg, *relabel_args(p, s), "--out", str(r)]) == 0
+    # relabel: a line per epoch of views, though they all go into one file (no relabel.shard_epochs)
+    labelled = [re.match(r"relabel random ipc\d+: (\d+/\d+) ", r.getMessage()) for r in caplog.records]
+    assert [m[1] for m in labelled if m] == ["1/2", "2/2"]
+    caplog.clear()
     args = evaluate_args(d, s, r)
     assert cli.main(["evaluate", *cfg, *args, "--out", str(e)]) == 0
     epochs = [re.search(r" epochs: (\d+/\d+) ", r.getMessage()) for r in caplog.records]
