@@ -75,6 +75,7 @@ def collect_row(eval_dir: Path) -> dict:
     walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
     row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
     row["hard_top1"] = ev.get("hard_top1", float("nan"))  # evaluate.hard_label_archs only
+    row["epochs"] = ev["epochs"] if "epochs" in ev else ev["curve"][-1]["epoch"]  # older runs: the curve's end
     row["pool_size"] = syn.get("pool_size", 0)  # members distill drew from (0: real images)
     row |= {
         f"{stage}_s": round(walls[stage]["wall_s"] + walls[stage].get("shard_wall_s", 0), 3) for stage in STAGES
@@ -239,9 +240,17 @@ def hard_label_sections(df: pd.DataFrame) -> list[str]:
         mean_std_table(df, "hard_top1").to_markdown(index=False, disable_numparse=True),
     ]
     if df.hlr.notna().any():
+        full = sorted(df[df.method == FULL_DATA].epochs.unique())
+        sets = sorted(df[df.method != FULL_DATA].epochs.unique())
+        epochs = (
+            f" Full data's students trained {'/'.join(map(str, full))} epochs over the whole set "
+            f"(evaluate.full_data_epochs), the sets' {'/'.join(map(str, sets))}."
+            if full != sets
+            else ""
+        )
         parts += [
             "\nHLR: full data's hard-label top-1 minus the set's (same arch/seed; lower = the set recovers "
-            "more of the full data's hard-label accuracy).\n",
+            f"more of the full data's hard-label accuracy).{epochs}\n",
             mean_std_table(df, "hlr").to_markdown(index=False, disable_numparse=True),
         ]
     return parts

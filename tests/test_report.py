@@ -102,6 +102,7 @@ def test_stage_runtimes_follow_the_inputs_and_count_every_pool_job(tmp_path):
     write_json({"wall_s": 0.1, "shard_wall_s": 40.0, "pool_size": 4}, s / "metrics.json")
     write_json({"wall_s": 2.0, "inputs": {"pool": str(p)}}, r / "metrics.json")
     ev = {"dataset": "d", "method": "teddy", "ipc": 1, "arch": "convnet", "seed": 0, "top1": 50.0, "top5": 90.0}
+    ev["epochs"] = 3
     inputs = {"synthetic": str(s), "soft_labels": str(r), "data": str(d)}
     write_json(ev | {"wall_s": 7.0, "inputs": inputs}, e / "metrics.json")
     row = report.collect_row(e)
@@ -156,6 +157,15 @@ def test_hlr_is_full_data_hard_top1_minus_the_sets_same_arch_and_seed():
     out = report.add_hlr(df).set_index(["method", "arch", "seed"]).hlr
     assert out[("teddy", "convnet", 0)] == 30.0 and out[("teddy", "convnet", 1)] == 22.0
     assert np.isnan(out[("teddy", "resnet18", 0)]) and np.isnan(out[(report.FULL_DATA, "convnet", 0)])
+    # the HLR section says when the full-data row trained other epochs than the sets
+    df["top1"], df["epochs"] = 50.0, [10, 10, 200, 200, 200]
+    text = "\n".join(report.hard_label_sections(report.add_hlr(df)))
+    assert (
+        "Full data's students trained 10 epochs over the whole set (evaluate.full_data_epochs), the sets' 200."
+        in text
+    )
+    df["epochs"] = 200
+    assert "Full data's students trained" not in "\n".join(report.hard_label_sections(report.add_hlr(df)))
 
 
 def test_configured_runs_without_an_evaluation_are_listed():
@@ -219,8 +229,8 @@ def test_collect_row_reads_hard_top1_pool_size_and_stage_seconds(tmp_path):
     ev = {"dataset": "d", "method": "m", "ipc": 1, "arch": "convnet", "seed": 0, "top1": 50.0, "top5": 90.0}
     rows = {}
     for name, syn_metrics, extra in (
-        ("hard", {"wall_s": 0.5, "pool_size": 3}, {"hard_top1": 41.5}),
-        ("soft_only", {"wall_s": 0.5}, {}),
+        ("hard", {"wall_s": 0.5, "pool_size": 3}, {"hard_top1": 41.5, "epochs": 7}),
+        ("soft_only", {"wall_s": 0.5}, {"curve": [{"epoch": 2}, {"epoch": 5}]}),  # before metrics had epochs
     ):
         s, e = tmp_path / f"syn_{name}", tmp_path / f"eval_{name}"
         write_json(syn_metrics, s / "metrics.json")
@@ -230,6 +240,7 @@ def test_collect_row_reads_hard_top1_pool_size_and_stage_seconds(tmp_path):
     assert rows["hard"]["hard_top1"] == 41.5 and rows["hard"]["pool_size"] == 3
     assert np.isnan(rows["soft_only"]["hard_top1"]) and rows["soft_only"]["pool_size"] == 0
     assert rows["hard"]["prepare_data_s"] == 1.235
+    assert rows["hard"]["epochs"] == 7 and rows["soft_only"]["epochs"] == 5  # student epochs
 
 
 def test_full_data_keeps_random_s_name_when_its_ipc_is_configured():
