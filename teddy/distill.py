@@ -195,13 +195,21 @@ class Schedule:
     crops: torch.Tensor  # (iterations, n, 4)
 
 
+def crop_floor(d, it: int) -> float:
+    """Iteration ``it``'s random-resized-crop floor: distill.crop_scale_min, or with
+    crop_scale_min_end the linear curriculum from the one (first step) to the other (last step)."""
+    if d.crop_scale_min_end is None:
+        return d.crop_scale_min
+    return d.crop_scale_min + (d.crop_scale_min_end - d.crop_scale_min) * it / max(d.iterations - 1, 1)
+
+
 def draw_schedule(cfg, n: int, draw, gen: torch.Generator, device) -> Schedule:
     d = cfg.distill
     members, shifts, crops = [], [], []
     for it in range(d.iterations):
         members.append(draw(it, gen))
         shifts.append(augment.sample_shift(d.jitter, gen))
-        crops.append(augment.sample_crops(n, d.crop_scale_min, d.flip, gen))
+        crops.append(augment.sample_crops(n, crop_floor(d, it), d.flip, gen))
     crops = torch.stack(crops) if crops else torch.zeros(0, n, 4)
     return Schedule(members, shifts, crops.to(device))
 

@@ -447,3 +447,30 @@ def test_bn_matching_is_ce_plus_alpha_times_the_bn_term():
     assert torch.allclose(terms[1], bn, atol=1e-5)
     assert torch.allclose(terms[0], torch.nn.functional.cross_entropy(model(x), labels), atol=1e-6)
     assert torch.allclose(loss, terms[0] + 0.3 * terms[1], atol=1e-6)
+
+
+def test_crop_curriculum_moves_the_crop_floor_linearly_from_first_to_last_step():
+    """distill.crop_scale_min_end: the schedule's crops cover whole images at the first step
+    (floor 1.0) and reach the end floor (0.08) at the last, linearly; unset, every step has the
+    same floor and the same draws as before the key existed."""
+    from teddy import config
+
+    over = ["distill.iterations=5", "distill.crop_scale_min=1.0", "distill.flip=false"]
+    cfg = config.load([BASE, TINY], [*over, "distill.crop_scale_min_end=0.08"])
+    assert [round(distill.crop_floor(cfg.distill, it), 2) for it in range(5)] == [1.0, 0.77, 0.54, 0.31, 0.08]
+    crops = distill.draw_schedule(cfg, 4000, lambda it, g: 0, torch.Generator().manual_seed(0), "cpu").crops
+    area = crops[..., 0].abs() * crops[..., 1]
+    # whole images first: one side spans the image, the other the aspect ratio's share (≥ √0.75)
+    assert (torch.maximum(crops[0, :, 0].abs(), crops[0, :, 1]) == 1).all() and area[0].min() > 0.86
+    for it in range(2, 5):  # floors ≤ 0.54: no crop reaches past the image, so the floor is exact
+        floor = distill.crop_floor(cfg.distill, it)
+        assert floor - 1e-5 <= area[it].min() < floor + 0.02
+    assert area[1].min() > 0.74  # floor 0.77, less what clipping to the image takes
+    fixed = config.load([BASE, TINY], over)
+    plain = distill.draw_schedule(fixed, 50, lambda it, g: 0, torch.Generator().manual_seed(0), "cpu").crops
+    assert all(distill.crop_floor(fixed.distill, it) == 1.0 for it in range(5))
+    same = config.load([BASE, TINY], [*over, "distill.crop_scale_min_end=1.0"])
+    again = distill.draw_schedule(same, 50, lambda it, g: 0, torch.Generator().manual_seed(0), "cpu").crops
+    assert torch.equal(plain, again)
+    with pytest.raises(config.ConfigError, match="crop_scale_min_end"):
+        config.load([BASE, TINY], [*over, "distill.crop_scale_min_end=0"])
