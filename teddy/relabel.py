@@ -76,6 +76,9 @@ def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict
         if shards:
             record |= {"logit_shards": shards, "num_classes": int(logits.shape[-1]), "topk": r.topk}
         metrics["teacher_agreement"] = agree / (epochs * len(labels)) * 100
-        metrics["soft_label_bytes"] = artifacts.soft_label_bytes(out, shards)
     artifacts.save(record, out / SOFT_LABELS)
+    # what evaluate reads: soft_labels.pt (views, and the logits unless sharded) + any logit shards
+    metrics["soft_label_bytes"] = (out / SOFT_LABELS).stat().st_size + artifacts.soft_label_bytes(
+        out, record.get("logit_shards", [])
+    )
     return metrics
