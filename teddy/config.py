@@ -343,6 +343,12 @@ def check(data: Mapping) -> None:
                 f"config key distill.pool_archs: {name!r} has no members in the pool ({sorted(in_pool)}); "
                 "add it to pretrain_pool.member_archs"
             )
+    stray_full = sorted(set(data["evaluate"]["full_data_archs"] or []) - set(data["evaluate"]["archs"]))
+    if stray_full:
+        problems.append(
+            f"config key evaluate.full_data_archs: {stray_full} not in evaluate.archs "
+            f"{data['evaluate']['archs']}; the full-data row's students are some of the sets' students"
+        )
     stray = sorted(set(data["evaluate"]["hard_label_archs"]) - set(data["evaluate"]["archs"]))
     if stray:
         problems.append(
@@ -391,7 +397,7 @@ def resolve_for_workflow(raw: Mapping, folder: str | Path) -> tuple[dict, Path]:
 GRID_KEYS = {
     "run": {"seeds", "threads"},
     "distill": {"methods", "ipcs", "grid_max_ipc", "shards", "checkpoint_every", "variants"},
-    "evaluate": {"archs"},
+    "evaluate": {"archs", "full_data_archs"},
 }
 
 

@@ -258,7 +258,7 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     ev = Row("evaluate")
     by_arch: dict[str, float] = {}
     for _, ipc in labelled:
-        for arch in e.archs:
+        for arch in (e.full_data_archs or e.archs) if full_sets and ipc == full_ipc else e.archs:
             ev.jobs += 1
             cost = archs[arch]
             students = 2 if arch in e.hard_label_archs else 1  # + the hard-label student, same views

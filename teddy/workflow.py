@@ -323,12 +323,13 @@ def evaluation_grid(data: Mapping) -> list[dict]:
     d, e = data["distill"], data["evaluate"]
     sets = [(m, i) for m in d["methods"] for i in d["ipcs"]]
     full = full_data_ipc(data)
-    if full is not None and full not in d["ipcs"]:
-        sets.append((methods.BASELINE, full))  # the upper-bound row
+    upper = (methods.BASELINE, full) if full is not None and full not in d["ipcs"] else None
+    if upper:
+        sets.append(upper)  # the upper-bound row, on evaluate.full_data_archs
     return [
         {"method": m, "ipc": i, "arch": a, "seed": s}
         for m, i in sets
-        for a in e["archs"]
+        for a in ((e["full_data_archs"] or e["archs"]) if (m, i) == upper else e["archs"])
         for s in data["run"]["seeds"]
     ]
 

@@ -98,3 +98,10 @@ def test_the_full_data_row_is_counted_per_seed_with_its_own_epochs():
         full[2]["evaluate"].flops - full[1]["evaluate"].flops
     )
     assert gap == pytest.approx(step18, rel=1e-6)
+
+
+def test_the_full_data_row_is_estimated_on_its_own_students():
+    everyone, _ = rows_of("evaluate.full_data=true")
+    one, _ = rows_of("evaluate.full_data=true", "evaluate.full_data_archs=[resnet18]")
+    assert everyone["evaluate"].jobs - one["evaluate"].jobs == 3 * 4  # 3 seeds × the 4 other students
+    assert everyone["relabel"].jobs == one["relabel"].jobs

@@ -158,3 +158,24 @@ def test_relabel_jobs_depend_on_the_full_data_epochs_only_when_that_row_is_on():
     assert "evaluate.epochs" in keys() and "evaluate.full_data_epochs" not in keys()
     assert "evaluate.full_data_epochs" in keys("evaluate.full_data=true")
     assert "evaluate.full_data_epochs" in workflow.param_keys(config.to_dict(config.load([BASE])), "evaluate")
+
+
+def test_the_full_data_row_runs_on_full_data_archs_only():
+    """evaluate.full_data_archs: the full-data row's students (HLR needs only the hard-label ones);
+    the sets keep every student, and a random row at a configured IPC is a set, not the full row."""
+    from teddy import config, workflow
+
+    over = ["evaluate.full_data=true", "evaluate.archs=[convnet, resnet18]", "run.seeds=[0, 1]"]
+    cfg = config.load([BASE], [*over, "evaluate.full_data_archs=[convnet]"])
+    full = config.full_data_ipc(cfg)
+    grid = workflow.evaluation_grid(config.to_dict(cfg))
+    rows = {(g["method"], g["ipc"], g["arch"]) for g in grid}
+    assert {a for m, i, a in rows if i == full} == {"convnet"} and len(grid) == 2 * (2 * 2 * 2 + 1)
+    assert {a for m, i, a in rows if m == "teddy"} == {"convnet", "resnet18"}
+    everyone = workflow.evaluation_grid(config.to_dict(config.load([BASE], over)))
+    assert {g["arch"] for g in everyone if g["ipc"] == full} == {"convnet", "resnet18"}
+    own = config.load([BASE], [*over, "evaluate.full_data_archs=[convnet]", f"distill.ipcs=[1, {full}]"])
+    at_full = [g for g in workflow.evaluation_grid(config.to_dict(own)) if g["ipc"] == full]
+    assert {g["arch"] for g in at_full if g["method"] == "random"} == {"convnet", "resnet18"}
+    with pytest.raises(config.ConfigError, match=r"evaluate.full_data_archs: \['vgg'\] not in evaluate.archs"):
+        config.load([BASE], [*over, "evaluate.full_data_archs=[vgg]"])
