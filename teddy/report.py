@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from teddy import methods
-from teddy.utils import atomic_path, read_json, write_json
+from teddy.utils import ArtifactError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,30 @@ def stale_report(folder: Path) -> str | None:
     )
 
 
+def recorded_input(recorded: str, eval_dir: Path) -> Path:
+    """A stage folder an evaluation's metrics record as its input: absolute, or relative to the
+    project root the job ran in, which is the working directory or, for a report run elsewhere,
+    the folder above ``eval_dir`` that holds it."""
+    path = Path(recorded)
+    if path.is_absolute() or path.exists():
+        return path
+    for root in Path(eval_dir).resolve().parents:
+        if (root / path).exists():
+            return root / path
+    raise ArtifactError(
+        f"{eval_dir / 'metrics.json'} records the input {recorded}, found neither under the working "
+        "directory nor under a folder above the evaluation: run the report in the project the pipeline "
+        "ran in, or restore that stage's output"
+    )
+
+
 def collect_row(eval_dir: Path) -> dict:
     """Follow an evaluation's recorded inputs back through the stages that produced them."""
     ev = read_json(eval_dir / "metrics.json")
-    syn = read_json(Path(ev["inputs"]["synthetic"]) / "metrics.json")
-    soft = read_json(Path(ev["inputs"]["soft_labels"]) / "metrics.json")
-    data = read_json(Path(ev["inputs"]["data"]) / "metrics.json")
-    pool = read_json(Path(soft["inputs"]["pool"]) / "metrics.json")
+    syn = read_json(recorded_input(ev["inputs"]["synthetic"], eval_dir) / "metrics.json")
+    soft = read_json(recorded_input(ev["inputs"]["soft_labels"], eval_dir) / "metrics.json")
+    data = read_json(recorded_input(ev["inputs"]["data"], eval_dir) / "metrics.json")
+    pool = read_json(recorded_input(soft["inputs"]["pool"], eval_dir) / "metrics.json")
     walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
     row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
     row["hard_top1"] = ev.get("hard_top1", float("nan"))  # evaluate.hard_label_archs only

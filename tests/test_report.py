@@ -340,3 +340,27 @@ def test_pool_ablation_rows_for_other_objectives_changed_keys_and_full_data():
     assert table.loc["base", "M=1"] == "60.00"
     two = report.pool_ablation(df[df.method.isin(["sre2l", "t_post3"])], cfg)
     assert two is not None and len(two) == 2
+
+
+def test_a_report_run_outside_the_project_finds_the_inputs_its_evaluations_record(tmp_path, monkeypatch):
+    """Stages record their inputs relative to the project root they ran in; a report run from another
+    folder finds them under the evaluation's ancestors, and a missing one is named with the fix."""
+    from teddy.utils import ArtifactError, write_json
+
+    project = tmp_path / "project"
+    rel = {n: f"results/d/{n}" for n in ("data", "pool", "syn", "soft")}
+    write_json({"wall_s": 1.0}, project / rel["data"] / "metrics.json")
+    write_json({"wall_s": 2.0}, project / rel["pool"] / "metrics.json")
+    write_json({"wall_s": 3.0}, project / rel["syn"] / "metrics.json")
+    write_json({"wall_s": 4.0, "inputs": {"pool": rel["pool"]}}, project / rel["soft"] / "metrics.json")
+    ev = {"dataset": "d", "method": "m", "ipc": 1, "arch": "convnet", "seed": 0, "top1": 5.0, "top5": 9.0}
+    inputs = {"synthetic": rel["syn"], "soft_labels": rel["soft"], "data": rel["data"]}
+    e = project / "results" / "d" / "evaluate" / "m" / "ipc1" / "convnet" / "seed0"
+    write_json(ev | {"wall_s": 5.0, "epochs": 3, "inputs": inputs}, e / "metrics.json")
+    monkeypatch.chdir(tmp_path)  # not the project root
+    row = report.collect_row(e)
+    assert (row["prepare_data_s"], row["pretrain_pool_s"], row["distill_s"], row["relabel_s"]) == (1, 2, 3, 4)
+    (project / rel["pool"] / "metrics.json").unlink()
+    (project / rel["pool"]).rmdir()
+    with pytest.raises(ArtifactError, match="records the input results/d/pool, found neither under"):
+        report.collect_row(e)
