@@ -422,15 +422,26 @@ def full_data_ipc(data: Any) -> int | None:
     return datasets.get(plain["run"]["dataset"]).min_train_per_class(plain["prepare_data"])
 
 
+def full_data_row(data: Any, full: int | None = None) -> int | None:
+    """IPC of the full-data row as a row of its own: method BASELINE at full_data_ipc when
+    evaluate.full_data is on and that IPC is not one of distill.ipcs (else that run is the
+    baseline's own row, with the sets' epochs and students); None otherwise. The one rule the
+    evaluation grid, the student epochs and the report's naming share. ``full``: full_data_ipc(data)
+    when the caller has it (for image folders it counts every class's files)."""
+    plain = data if isinstance(data, Mapping) else to_dict(data)
+    full = full_data_ipc(plain) if full is None else full
+    return full if full is not None and full not in plain["distill"]["ipcs"] else None
+
+
 def student_epochs(data: Any, method: str, ipc: int) -> int:
     """Student epochs of the set (``method``, ``ipc``), which are also the relabel views stored per
     image: evaluate.full_data_epochs for the full-data row when set (its epochs are the whole
     training set), else evaluate.epochs."""
     plain = data if isinstance(data, Mapping) else to_dict(data)
     e = plain["evaluate"]
-    if e["full_data_epochs"] is None or method != methods.BASELINE or ipc in plain["distill"]["ipcs"]:
-        return e["epochs"]
-    return e["full_data_epochs"] if ipc == full_data_ipc(plain) else e["epochs"]
+    if e["full_data_epochs"] is not None and method == methods.BASELINE and ipc == full_data_row(plain):
+        return e["full_data_epochs"]
+    return e["epochs"]
 
 
 def algorithm(data: Mapping, name: str) -> str:

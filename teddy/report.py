@@ -114,19 +114,9 @@ def find_evaluations(folders: list[str]) -> list[Path]:
     return found
 
 
-def renamed_full_data_ipc(cfg, full: int | None = None) -> int | None:
-    """The IPC of the random-real run that the report names full data: set when evaluate.full_data
-    is on and its IPC is not one of distill.ipcs (else that run is random's own row); None otherwise.
-    ``full``: full_data_ipc(cfg) when the caller has it (for image folders it counts every class)."""
-    from teddy.config import full_data_ipc
-
-    full = full_data_ipc(cfg) if full is None else full
-    return full if full is not None and full not in cfg.distill.ipcs else None
-
-
 def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
     """Keep rows of the configured grid (a searched tree may hold runs of older configs)."""
-    from teddy.config import full_data_ipc
+    from teddy.config import full_data_ipc, full_data_row
 
     full = full_data_ipc(cfg)
     in_grid = df.method.isin(cfg.distill.methods) & df.ipc.isin(cfg.distill.ipcs)
@@ -141,7 +131,7 @@ def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
     if not keep.any():
         raise ValueError("none of the evaluations found matches the configured methods/ipcs/archs/seeds")
     df = df[keep].copy()
-    renamed = renamed_full_data_ipc(cfg, full)
+    renamed = full_data_row(cfg, full)  # that run is full data, not the baseline's own row
     df.loc[df.method.eq(methods.BASELINE) & df.ipc.eq(renamed), "method"] = FULL_DATA
     return df
 
@@ -174,10 +164,10 @@ def missing_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
 def missing_runs(df: pd.DataFrame, cfg) -> list[str]:
     """Runs of the configured grid with no evaluation (a partial run, or a dvc.yaml generated for
     another grid), as 'method ipcK arch sS'."""
-    from teddy.config import to_dict
+    from teddy.config import full_data_row, to_dict
     from teddy.workflow import evaluation_grid
 
-    renamed = renamed_full_data_ipc(cfg)
+    renamed = full_data_row(cfg)
     have = set(zip(df.method, df.ipc, df.arch, df.seed, strict=True))
     wanted = [
         (

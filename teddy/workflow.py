@@ -318,12 +318,12 @@ def _pool_jobs(data: Mapping, w: dict) -> list[Job]:
 def evaluation_grid(data: Mapping) -> list[dict]:
     """(method, ipc, arch, seed) of every evaluation, the full-data row included."""
     from teddy import methods
-    from teddy.config import full_data_ipc
+    from teddy.config import full_data_row
 
     d, e = data["distill"], data["evaluate"]
     sets = [(m, i) for m in d["methods"] for i in d["ipcs"]]
-    full = full_data_ipc(data)
-    upper = (methods.BASELINE, full) if full is not None and full not in d["ipcs"] else None
+    full = full_data_row(data)
+    upper = (methods.BASELINE, full) if full is not None else None
     if upper:
         sets.append(upper)  # the upper-bound row, on evaluate.full_data_archs
     return [

@@ -251,7 +251,9 @@ def test_full_data_keeps_random_s_name_when_its_ipc_is_configured():
     same = config.load(
         [BASE], ["evaluate.full_data=true", "evaluate.archs=[convnet]", f"distill.ipcs=[1, {full}]"]
     )
-    assert report.renamed_full_data_ipc(cfg) == full and report.renamed_full_data_ipc(same) is None
+    off = config.load([BASE], ["evaluate.archs=[convnet]"])
+    assert config.full_data_row(cfg) == full and config.full_data_row(same) is None
+    assert config.full_data_row(off) is None
     rows = [{"method": "random", "ipc": i, "top1": 50.0} for i in (1, 7, full)] + [
         {"method": "teddy", "ipc": full, "top1": 40.0}
     ]
