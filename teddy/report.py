@@ -219,22 +219,37 @@ def paired_interval(diffs: pd.Series, level: float = 0.95) -> tuple[float, float
     return mean, mean - half, mean + half, n
 
 
-def ior_interval_table(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+ACROSS = "mean over students"  # the paired IOR table's column over every fully paired student
+
+
+def ior_interval_table(df: pd.DataFrame, baseline: str, seeds: list[int] | None = None) -> pd.DataFrame:
     """Paired IOR per method/IPC/arch: mean difference to ``baseline`` over the seeds both ran
-    (same seed = same teacher, relabel views and student init) with its 95 % t-interval."""
+    (same seed = same teacher, relabel views and student init) with its 95 % t-interval. With
+    ``seeds`` (the configured ones), column ACROSS: per seed the mean difference over the students
+    paired at every one of those seeds, then its interval over seeds (a student still partly run
+    stays out; the cell counts the students in it). Only where at least two students qualify."""
     rows = []
-    for (dataset, method, ipc, arch), g in df.dropna(subset=["ior"]).groupby(
-        ["dataset", "method", "ipc", "arch"]
-    ):
+    for (dataset, method, ipc), g in df.dropna(subset=["ior"]).groupby(["dataset", "method", "ipc"]):
         if method in (baseline, FULL_DATA):
             continue
-        mean, low, high, n = paired_interval(g.ior)
-        cell = f"{mean:+.2f}" + (f" [{low:+.2f}, {high:+.2f}]" if n > 1 else "") + f" (n={n})"
-        rows.append({"dataset": dataset, "method": method, "ipc": ipc, "arch": arch, "cell": cell})
+        key = {"dataset": dataset, "method": method, "ipc": ipc}
+        for arch, ga in g.groupby("arch"):
+            rows.append({**key, "arch": arch, "cell": interval_cell(*paired_interval(ga.ior))})
+        full = [a for a, ga in g.groupby("arch") if seeds and set(seeds) <= set(ga.seed)]
+        if len(full) > 1:
+            per_seed = g[g.arch.isin(full) & g.seed.isin(seeds)].groupby("seed").ior.mean()
+            rows.append({**key, "arch": ACROSS, "cell": interval_cell(*paired_interval(per_seed), len(full))})
     if not rows:
         return pd.DataFrame()
     wide = pd.DataFrame(rows).pivot(index=["dataset", "method", "ipc"], columns="arch", values="cell")
-    return wide.fillna("").reset_index()
+    order = sorted(c for c in wide.columns if c != ACROSS) + [c for c in wide.columns if c == ACROSS]
+    return wide[order].fillna("").reset_index()
+
+
+def interval_cell(mean: float, low: float, high: float, n: int, students: int = 0) -> str:
+    """'+m [low, high] (n=seeds[, k students])'; one seed has no interval."""
+    span = f" [{low:+.2f}, {high:+.2f}]" if n > 1 else ""
+    return f"{mean:+.2f}{span} (n={n}" + (f", {students} students" if students else "") + ")"
 
 
 def hard_label_sections(df: pd.DataFrame) -> list[str]:
@@ -382,8 +397,11 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         mean_std_table(df, "ior").to_markdown(index=False, disable_numparse=True),
         f"\nPaired IOR: mean difference to `{cfg.report.baseline_method}` over the seeds both ran, "
         "[95 % Student-t interval] (n = seeds); an interval above 0 is a win, one that holds 0 is not "
-        "a difference.\n",
-        ior_interval_table(df, cfg.report.baseline_method).to_markdown(index=False, disable_numparse=True),
+        f"a difference. `{ACROSS}` (where two or more students are paired at every configured seed): per "
+        "seed the mean difference over those students, then its interval over seeds.\n",
+        ior_interval_table(df, cfg.report.baseline_method, list(cfg.run.seeds)).to_markdown(
+            index=False, disable_numparse=True
+        ),
         "\nMean wall seconds per job (distill, relabel: per synthetic set; evaluate: per student).\n",
         stage_times(df).to_markdown(index=False, floatfmt=".1f"),
         *([missing_baseline_note(missing, cfg.report.baseline_method)] if len(missing) else []),

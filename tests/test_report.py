@@ -366,3 +366,31 @@ def test_a_report_run_outside_the_project_finds_the_inputs_its_evaluations_recor
     (project / rel["pool"]).rmdir()
     with pytest.raises(ArtifactError, match="records the input results/d/pool, found neither under"):
         report.collect_row(e)
+
+
+def test_paired_ior_over_students_averages_per_seed_over_fully_paired_students_only():
+    """Students a, b paired at seeds 0–2 (teddy − random = 1, 2, 3 on a; 3, 4, 5 on b): per-seed
+    means 2, 3, 4 → mean 3, half-width t(0.975, 2) · 1 / √3 = 2.484. Student c lacks seed 2 (its +100
+    would move the mean) and stays out; sre2l, fully paired on one student only, gets no cell."""
+    diffs = {"a": [1.0, 2.0, 3.0], "b": [3.0, 4.0, 5.0], "c": [100.0, 100.0]}
+    rows = [
+        {"method": "random", "arch": a, "seed": s, "top1": 50.0}
+        for a, d in diffs.items()
+        for s in range(len(d))
+    ]
+    rows += [
+        {"method": "teddy", "arch": a, "seed": s, "top1": 50.0 + v}
+        for a, d in diffs.items()
+        for s, v in enumerate(d)
+    ]
+    rows += [{"method": "sre2l", "arch": "a", "seed": s, "top1": 40.0} for s in range(3)]
+    rows += [{"method": "sre2l", "arch": "b", "seed": 0, "top1": 40.0}]
+    df = report.add_ior(_rows(rows, dataset="d", ipc=10), "random")
+    table = report.ior_interval_table(df, "random", [0, 1, 2]).set_index("method")
+    assert table.loc["teddy", report.ACROSS] == "+3.00 [+0.52, +5.48] (n=3, 2 students)"
+    assert (
+        table.loc["sre2l", report.ACROSS] == ""
+        and table.loc["teddy", "c"] == "+100.00 [+100.00, +100.00] (n=2)"
+    )
+    assert list(table.columns)[-1] == report.ACROSS  # after the students
+    assert report.ACROSS not in report.ior_interval_table(df, "random").columns  # no configured seeds given
