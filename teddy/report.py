@@ -233,12 +233,15 @@ def ior_interval_table(df: pd.DataFrame, baseline: str, seeds: list[int] | None 
         if method in (baseline, FULL_DATA):
             continue
         key = {"dataset": dataset, "method": method, "ipc": ipc}
+        complete = []  # students paired at every configured seed
         for arch, ga in g.groupby("arch"):
             rows.append({**key, "arch": arch, "cell": interval_cell(*paired_interval(ga.ior))})
-        full = [a for a, ga in g.groupby("arch") if seeds and set(seeds) <= set(ga.seed)]
-        if len(full) > 1:
-            per_seed = g[g.arch.isin(full) & g.seed.isin(seeds)].groupby("seed").ior.mean()
-            rows.append({**key, "arch": ACROSS, "cell": interval_cell(*paired_interval(per_seed), len(full))})
+            if seeds and set(seeds) <= set(ga.seed):
+                complete.append(arch)
+        if len(complete) > 1:
+            per_seed = g[g.arch.isin(complete) & g.seed.isin(seeds)].groupby("seed").ior.mean()
+            cell = interval_cell(*paired_interval(per_seed), len(complete))
+            rows.append({**key, "arch": ACROSS, "cell": cell})
     if not rows:
         return pd.DataFrame()
     wide = pd.DataFrame(rows).pivot(index=["dataset", "method", "ipc"], columns="arch", values="cell")
