@@ -268,7 +268,9 @@ def run_shard(
     t0, iters, image_iters = time.perf_counter(), 0, 0
     member_counts = [0] * len(pool)  # iterations each member served in the batches this job synthesizes
     progress = Progress(
-        f"distill {method} ipc{ipc} seed{seed} shard {shard[0]}/{shard[1]} batches", len(batches)
+        f"distill {method} ipc{ipc} seed{seed} shard {shard[0]}/{shard[1]} batches",
+        len(batches),
+        done=sum(b.index in done for b in batches),
     )
     for batch in batches:
         progress.update(sum(b.index in done for b in batches))

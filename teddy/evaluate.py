@@ -46,13 +46,15 @@ def train_student(
     state_path: Path | None = None,
     hard_labels: torch.Tensor | None = None,
     epochs: int | None = None,
+    progress: Progress | None = None,
 ) -> int:
     """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online; with
     ``hard_labels``, cross-entropy to the images' labels on the same views instead. ``epochs``:
     evaluate.epochs unless given (the full-data row's, config.student_epochs).
 
     ``on_epoch(epoch, loss, extra) -> extra`` after every epoch (``extra``: e.g. the accuracy curve,
-    None at first). With ``state_path`` the loop state is saved every ``run.checkpoint_minutes``
+    None at first); ``progress`` (its loop's :class:`Progress`) learns the epoch a rerun resumes at.
+    With ``state_path`` the loop state is saved every ``run.checkpoint_minutes``
     and when preemption is requested (then :class:`Preempted` is raised); a rerun resumes exactly.
     Returns the epoch it resumed from (0: a fresh start).
     """
@@ -83,6 +85,8 @@ def train_student(
     resumed_from = st["epoch"]
     if st["epoch"] or st["start"]:
         log.info("resuming student training from %s at epoch %d", state_path, st["epoch"] + 1)
+        if progress is not None:
+            progress.resume(st["epoch"])
     last_save = time.monotonic()
 
     while st["epoch"] < epochs:
@@ -162,7 +166,18 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
             return list(curve)
 
         resumed = train_student(
-            cfg, model, syn["images"], soft, seed, device, on_epoch, teacher, out / state, labels, epochs
+            cfg,
+            model,
+            syn["images"],
+            soft,
+            seed,
+            device,
+            on_epoch,
+            teacher,
+            out / state,
+            labels,
+            epochs,
+            progress=progress,
         )
         return {**curve[-1], "params": models.count_params(model)}, curve, resumed
 

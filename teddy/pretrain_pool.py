@@ -90,7 +90,8 @@ def train_trajectory(
     st = state.load(device) or st
     if st["epoch"] > 1 or st["start"]:
         log.info("resuming seed %d's training from %s in epoch %d", seed, state_path, st["epoch"])
-    progress = Progress(f"pretrain_pool {arch} seed {seed}", p.epochs * steps_per_epoch)
+    step = (st["epoch"] - 1) * steps_per_epoch + -(-st["start"] // p.batch_size)  # the steps done before
+    progress = Progress(f"pretrain_pool {arch} seed {seed}", p.epochs * steps_per_epoch, done=step)
 
     while st["epoch"] <= p.epochs:
         model.train()
