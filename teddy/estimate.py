@@ -271,7 +271,9 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
                 ev.job_flops = {arch: train + val + online}
     ev.flops = sum(by_arch.values())
     ev.gpu_mem_gb = max(gpu_mem_gb(archs[a], e.batch_size, act_bytes) for a in e.archs)
-    ev.disk_gb = ev.jobs * max(archs[a].params for a in e.archs) * 16 / 1e9  # resumable states
+    state_gb = max(archs[a].params for a in e.archs) * 16 / 1e9  # model + optimizer moments + grads
+    ev.disk_gb = ev.jobs * state_gb  # the worst case: every job running or interrupted at once
+    ev.notes.append(f"resumable state ≤ {state_gb:.2f} GB per running job, removed when it completes")
     rows.append(ev)
     rows.append(Row("report", jobs=1))
 

@@ -25,6 +25,10 @@ def test_imagenet_counts_follow_the_config():
     assert rows["distill"].flops == pytest.approx(2 * 3 * 10 * 1000 * 1000 * 3 * r18.flops)
     assert rows["distill"].jobs == 2 * 3 * (10 + 1) + 3  # shards + merge per set; random one job
     assert rows["evaluate"].jobs == 3 * 3 * 5
+    # a student's resumable state (weights, momentum, grads: 16 B/param; the largest student, ResNet-50's
+    # 25.6 M) lives while its job runs
+    assert rows["evaluate"].notes == ["resumable state ≤ 0.41 GB per running job, removed when it completes"]
+    assert rows["evaluate"].disk_gb == pytest.approx(45 * 16 * 25_557_032 / 1e9)
     doubled, _ = rows_of("evaluate.epochs=600", "relabel.topk=null")
     assert doubled["evaluate"].flops > 1.9 * rows["evaluate"].flops
     assert doubled["relabel"].disk_gb > 20 * rows["relabel"].disk_gb  # 2 KB of fp16 logits vs 40 B top-10
