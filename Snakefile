@@ -37,9 +37,10 @@ onstart:
     if config["tracking"][
         "enabled"
     ]:  # the shared MLflow store, and this invocation's run that every stage run nests under
-        from teddy.tracking import init_store, open_pipeline_run
+        from teddy.tracking import open_pipeline_run
 
-        init_store(config["tracking"]["uri"], config["tracking"]["experiment"])
+        # creates the store and experiment; where it cannot (no mlflow on a GPU node, the store
+        # unreachable), it warns and every stage keeps its run in tracking_pending.json
         open_pipeline_run(config, " ".join(sys.argv))
 
 

@@ -55,9 +55,14 @@ class PendingTracker(NullTracker):
         self.record["tags"] |= {k: str(v) for k, v in tags.items()}
 
     def save(self, folder: Path) -> Path:
+        """Artifacts inside ``folder`` are kept relative to it, so that the results can be moved
+        (copied back from a GPU node, say) before ``teddy sync-tracking`` runs."""
         from teddy.utils import write_json
 
-        write_json(self.record, folder / PENDING)
+        root = Path(folder).resolve()
+        kept = [Path(a) for a in self.record["artifacts"]]
+        artifacts = [str(a.relative_to(root)) if a.is_relative_to(root) else str(a) for a in kept]
+        write_json({**self.record, "artifacts": artifacts}, folder / PENDING)
         return folder / PENDING
 
 
@@ -337,8 +342,9 @@ def sync_pending(path: Path) -> str:
         run_id, tags=[RunTag(k, v) for k, v in rec["tags"].items()] + [RunTag("synced_later", "true")]
     )
     for artifact in rec["artifacts"]:
-        if Path(artifact).is_file():
-            client.log_artifact(run_id, artifact)
+        file = path.parent / artifact  # relative: beside the pending file; absolute: as written
+        if file.is_file():
+            client.log_artifact(run_id, str(file))
     client.set_terminated(run_id, "FINISHED")
     path.unlink()
     return run_id

@@ -65,3 +65,34 @@ def test_a_store_failing_midway_keeps_the_rest(tmp_path, monkeypatch):
     client = mlflow.MlflowClient(tracking_uri=store)
     history = client.get_metric_history(pending["run_id"], "val_top1")
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 2.0), (3, 3.0)]
+
+
+def test_results_moved_before_sync_keep_their_artifacts(tmp_path, monkeypatch):
+    """A GPU node without the store: its results are copied elsewhere, then synced; the artifacts
+    inside the stage's folder are found there (kept relative), not at the node's absolute path."""
+    import shutil
+
+    from teddy import config, tracking
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # recorded, so restored after the test
+    cfg = config.load([BASE, TINY], ["tracking.enabled=true", f"tracking.uri=sqlite:///{blocker}/mlflow.db"])
+    node = tmp_path / "node" / "evaluate"
+    node.mkdir(parents=True)
+    (node / "curve.csv").write_text("epoch,top1\n1,0.5\n")
+    with tracking.stage_run(cfg, "evaluate", {"seed": 0}, node) as tracker:
+        tracker.log_artifact(node / "curve.csv")
+    assert json.loads((node / "tracking_pending.json").read_text())["artifacts"] == ["curve.csv"]
+
+    here = tmp_path / "copied" / "evaluate"
+    shutil.copytree(node, here)
+    shutil.rmtree(tmp_path / "node")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert cli.main(["sync-tracking", str(tmp_path / "copied")]) == 0
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("teddy").experiment_id])
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["curve.csv"]
