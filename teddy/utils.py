@@ -57,7 +57,9 @@ def resolve_device(name: str) -> torch.device:
         )
         return device
     device = torch.device(name)
-    if device.type == "cuda" and device.index is None and world_size() > 1:
+    if device.type == "cuda" and device.index is None:
+        # a bare `cuda` is this process's GPU (LOCAL_RANK under torchrun, else 0): torch.cuda.set_device
+        # and DDP's device_ids need the index (seen on an H100: torchrun at world size 1 failed without)
         device = torch.device(f"cuda:{local_rank}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable(

@@ -88,3 +88,19 @@ def test_a_slurm_gpu_job_without_cuda_fails_at_once(monkeypatch):
     assert resolve_device("cpu").type == "cpu"  # asked for the CPU on purpose: fine
     monkeypatch.delenv("SLURM_JOB_GPUS")
     assert resolve_device("auto").type == "cpu"  # a CPU-only job
+
+
+def test_a_bare_cuda_device_gets_this_process_index(monkeypatch):
+    """`run.device: cuda` → cuda:LOCAL_RANK (0 outside torchrun): torch.cuda.set_device and DDP's
+    device_ids refuse an index-less device, which broke torchrun at world size 1 on a real GPU."""
+    import torch
+
+    from teddy.utils import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("cuda") == torch.device("cuda:0")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert resolve_device("cuda") == torch.device("cuda:1")
+    assert resolve_device("cuda:3") == torch.device("cuda:3")  # an explicit index is kept
