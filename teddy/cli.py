@@ -265,6 +265,11 @@ def verify(results: str) -> int:
     return 1
 
 
+# stages that put no tensor on a device: they run wherever they are started, whatever run.device says
+# (a GPU run's report is rebuilt on a laptop; its data prepared on a login node)
+HOST_STAGES = ("prepare-data", "report")
+
+
 def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: dict | None = None) -> dict:
     """Run one stage with timing, memory, metrics file and MLflow mirroring."""
     from contextlib import nullcontext
@@ -289,8 +294,11 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
 
     Progress.every = cfg.run.progress_seconds
     module = importlib.import_module(f"teddy.{stage.replace('-', '_')}")
-    device = resolve_device(cfg.run.device)
-    init_distributed(device)  # torchrun with several processes: DDP; rank 0 writes and logs
+    if stage in HOST_STAGES:
+        device = torch.device("cpu")
+    else:
+        device = resolve_device(cfg.run.device)
+        init_distributed(device)  # torchrun with several processes: DDP; rank 0 writes and logs
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     prov = provenance()

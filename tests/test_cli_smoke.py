@@ -215,3 +215,22 @@ def test_report_says_which_code_and_config_made_it(pipeline, capsys):
     (tmp / "report" / "provenance.json").write_text(json.dumps(prov))
     main(["verify", str(tmp / "report")])
     assert "these numbers were made by other code" in capsys.readouterr().out
+
+
+def test_a_gpu_runs_report_is_rebuilt_without_a_gpu(pipeline, monkeypatch, capsys):
+    """The report and prepare_data put nothing on a device: run.device: cuda (a GPU run's config)
+    does not stop them where no CUDA device is visible; the training stages still refuse."""
+    import torch
+
+    tmp, _ = pipeline
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cuda = ["--config", str(BASE), "--config", str(TINY), "--set", "run.device=cuda"]
+    evals = [str(p) for p in sorted(tmp.glob("eval_*"))]
+    sets = ["--set", "distill.methods=[teddy, sre2l, random]", "--set", "distill.ipcs=[2]"]
+    assert main(["report", *cuda, *sets, "--evaluations", *evals, "--out", str(tmp / "report_cuda")]) == 0
+    assert json.loads((tmp / "report_cuda" / "metrics.json").read_text())["device"] == "cpu"
+    assert main(["prepare-data", *cuda, "--out", str(tmp / "data_cuda")]) == 0
+    # a training stage asked for CUDA without one: fails at once, naming the key
+    assert main(["pretrain-pool", *cuda, "--data", str(tmp / "data"), "--out", str(tmp / "pool_cuda")]) != 0
+    assert "run.device" in capsys.readouterr().err
+    assert not (tmp / "pool_cuda" / "manifest.json").exists()
