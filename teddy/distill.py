@@ -267,13 +267,14 @@ def run_shard(
     }
     t0, iters, image_iters = time.perf_counter(), 0, 0
     member_counts = [0] * len(pool)  # iterations each member served in the batches this job synthesizes
-    progress = Progress(
-        f"distill {method} ipc{ipc} seed{seed} shard {shard[0]}/{shard[1]} batches",
-        len(batches),
-        done=sum(b.index in done for b in batches),
-    )
+
+    def finished() -> int:  # this shard's batches in the checkpoint's done set
+        return sum(b.index in done for b in batches)
+
+    what = f"distill {method} ipc{ipc} seed{seed} shard {shard[0]}/{shard[1]} batches"
+    progress = Progress(what, len(batches), done=finished())
     for batch in batches:
-        progress.update(sum(b.index in done for b in batches))
+        progress.update(finished())
         if batch.index in done:
             continue
         s = batch_seed(seed, batch.index)

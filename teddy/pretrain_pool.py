@@ -90,8 +90,11 @@ def train_trajectory(
     st = state.load(device) or st
     if st["epoch"] > 1 or st["start"]:
         log.info("resuming seed %d's training from %s in epoch %d", seed, state_path, st["epoch"])
-    step = (st["epoch"] - 1) * steps_per_epoch + -(-st["start"] // p.batch_size)  # the steps done before
-    progress = Progress(f"pretrain_pool {arch} seed {seed}", p.epochs * steps_per_epoch, done=step)
+
+    def steps_done() -> int:  # optimiser steps taken so far (a resumed run's included)
+        return (st["epoch"] - 1) * steps_per_epoch + -(-st["start"] // p.batch_size)
+
+    progress = Progress(f"pretrain_pool {arch} seed {seed}", p.epochs * steps_per_epoch, done=steps_done())
 
     while st["epoch"] <= p.epochs:
         model.train()
@@ -112,7 +115,7 @@ def train_trajectory(
             sched.step()
             st["total"] += loss.item() * len(yb)
             st["start"] += p.batch_size
-            progress.update((st["epoch"] - 1) * steps_per_epoch + -(-st["start"] // p.batch_size))
+            progress.update(steps_done())
         tracker.log_metrics({f"train_loss_s{seed}": st["total"] / n}, step=st["epoch"])
         stop, st["extra"] = on_epoch(st["epoch"], model, st["extra"])
         st |= {"epoch": st["epoch"] + 1, "start": 0, "perm": None, "total": 0.0}
