@@ -38,6 +38,24 @@ def teacher_logits(teacher, images: torch.Tensor, views: dict, epoch: int, batch
     )
 
 
+FP16_MAX = torch.finfo(torch.float16).max  # soft labels are stored in fp16
+
+
+def check_teacher_logits(logits: torch.Tensor, teacher: str, pool: str) -> None:
+    """A teacher whose logits are not finite, or do not fit fp16 (stored as ±inf, which evaluate then
+    refuses), has diverged: say so here, where rebuilding the soft labels would not help."""
+    finite = torch.isfinite(logits)
+    peak = logits[finite].abs().max().item() if finite.any() else float("nan")
+    if finite.all() and peak <= FP16_MAX:
+        return
+    what = "non-finite logits" if not finite.all() else f"logits up to {peak:.4g}, beyond fp16's {FP16_MAX:.0f}"
+    raise artifacts.ArtifactError(
+        f"relabel.teacher {teacher!r} from {pool} gives {what}: the teacher has diverged (see its val "
+        "top-1 in that pool's metrics.json); retrain the pool with a lower pretrain_pool.lr or more "
+        "pretrain_pool.warmup_epochs — rebuilding the soft labels alone gives the same"
+    )
+
+
 def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict:
     """inputs: ``synthetic`` dir, ``pool`` dir; outputs: ``out`` dir (soft_labels.pt)."""
     syn = artifacts.load_synthetic(inputs["synthetic"])
@@ -64,6 +82,7 @@ def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict
                 per_epoch.append(teacher_logits(teacher, images, dev_views, e, cfg.evaluate.eval_batch_size))
                 progress.update(e + 1)  # per epoch: one shard can be the whole run
             logits = torch.stack(per_epoch)  # (E_shard, N, K)
+            check_teacher_logits(logits, r.teacher, inputs["pool"])
             agree += (logits.argmax(-1) == labels[None]).float().sum().item()
             part = artifacts.pack_logits(logits, r.topk)
             if r.topk is None and r.shard_epochs is None:

@@ -232,3 +232,22 @@ def test_the_full_data_row_has_its_own_epochs_in_relabel_and_evaluate(tmp_path):
         metrics = json.loads((e / "metrics.json").read_text())
         assert metrics["epochs"] == epochs
         assert metrics["curve"][-1]["epoch"] == epochs and metrics["hard_curve"][-1]["epoch"] == epochs
+
+
+def test_a_diverged_teacher_fails_relabel_not_evaluate(tmp_path, monkeypatch, capsys):
+    """Logits beyond fp16's range were stored as inf and evaluate then asked to rebuild the soft
+    labels, which gives the same: relabel names the diverged teacher and the fix, and writes no
+    soft_labels.pt."""
+    from teddy import relabel
+
+    cfg, d, p, s = tiny_synthetic_set(tmp_path)
+    real = relabel.teacher_logits
+    monkeypatch.setattr(relabel, "teacher_logits", lambda *a: real(*a) * 1e5)  # ~1e5-1e6: past 65504
+    out = tmp_path / "soft"
+    assert cli.main(["relabel", *cfg, *relabel_args(p, s), "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "beyond fp16" in err and "pretrain_pool.lr" in err and "Traceback" not in err
+    assert not (out / artifacts.SOFT_LABELS).exists()
+    with pytest.raises(artifacts.ArtifactError, match="non-finite"):
+        relabel.check_teacher_logits(torch.tensor([[[0.0, float("nan")]]]), "base", "pool")
+    relabel.check_teacher_logits(torch.tensor([[[-60000.0, 60000.0]]]), "base", "pool")  # fits fp16
