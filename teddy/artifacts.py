@@ -62,8 +62,8 @@ def rebuild_target(path: Path) -> Path:
     return path.with_name("members.json") if PRIOR_MEMBER.match(path.name) else path
 
 
-def rebuild_hint(path: Path) -> str:
-    stage = producer(path) or "the stage that wrote it"
+def rebuild_hint(path: Path, stage: str | None = None) -> str:
+    stage = stage or producer(path) or "the stage that wrote it"
     return (
         f"rebuild it with `snakemake --cores all --force {rebuild_target(path)}` and then "
         f"`snakemake --cores all` (reruns what depends on it), or rerun `teddy {stage.replace('_', '-')}` "
@@ -71,8 +71,9 @@ def rebuild_hint(path: Path) -> str:
     )
 
 
-def fail(path: Path, problem: str) -> ArtifactError:
-    return ArtifactError(f"{path}: {problem}; {rebuild_hint(path)}")
+def fail(path: Path, problem: str, stage: str | None = None) -> ArtifactError:
+    """``stage``: the producer where the file name alone does not tell (manifest.json)."""
+    return ArtifactError(f"{path}: {problem}; {rebuild_hint(path, stage)}")
 
 
 # -- write, verify, load ------------------------------------------------------------------------

@@ -253,10 +253,14 @@ def run_shard(
     d, spec = cfg.distill, methods.get(method)
     data = open_source(data_dir, cfg.prepare_data.workers) if spec.reads_real(cfg) else None
     archs = d.pool_archs if spec.pool == "members" else None
-    pool, pool_manifest = load_pool(inputs["pool"], spec.pool_kind(cfg), device, d.pool_size, archs)
+    pool, pool_manifest = load_pool(
+        inputs["pool"], spec.pool_kind(cfg), device, d.pool_size, archs, built_for=cfg.pretrain_pool
+    )
     draw = pool_sampler(d.pool_sampling, pool_manifest)
     objective = make_objective(method, cfg, data, device)
-    teacher = Teacher(inputs["pool"], cfg.relabel.teacher, device) if d.init == "teacher" else None
+    teacher = (
+        Teacher(inputs["pool"], cfg.relabel.teacher, device, cfg.pretrain_pool) if d.init == "teacher" else None
+    )
     batches = batches_of(cfg, manifest["num_classes"], ipc)[shard[0] :: shard[1]]
     ckpt_path = out / "checkpoint.pt"
     saved = load_checkpoint(ckpt_path) or {"done": {}, "current": None}

@@ -10,23 +10,26 @@ from pathlib import Path
 
 import torch
 
-from teddy import artifacts, models
+from teddy import artifacts, models, workflow
 from teddy.artifacts import POOL_MANIFEST as MANIFEST
 from teddy.utils import read_json
 
 
 def load_pool(
-    pool_dir: str | Path, which: str, device, size: int | None = None, archs=None
+    pool_dir: str | Path, which: str, device, size: int | None = None, archs=None, built_for=None
 ) -> tuple[list, list[dict]]:
     """``which``: 'base' → [base model]; 'prior' / 'post' / 'both' → those members, at most ``size``
     spread evenly over the manifest's order (prior: by architecture, seed, then epoch); 'both' takes
     half from each and alternates them; ``archs`` keeps only members of those architectures (None:
-    all). Checksums are verified.
+    all). Checksums are verified; with ``built_for`` (the pretrain_pool config section) members are
+    drawn only from a pool assembled from the jobs that section asks for (``check_jobs``).
 
     Returns the models (eval mode, frozen, channels_last on CUDA) and their manifest entries.
     """
     pool_dir = Path(pool_dir)
     manifest = read_json(pool_dir / MANIFEST)
+    if built_for is not None and which != "base":
+        check_jobs(manifest, pool_dir / MANIFEST, built_for)
     if which == "base":
         entries = [manifest["base"]]
     else:
@@ -60,6 +63,31 @@ def load_pool(
     return pool, entries
 
 
+def check_jobs(manifest: dict, path: Path, p) -> None:
+    """Fail unless the pool manifest at ``path`` was assembled from exactly the pool jobs the
+    pretrain_pool section ``p`` asks for. After ``member_archs``, ``post_members`` or ``prior_seeds``
+    change, a manifest assembled before (results restored without the workflow's records, a pool
+    folder passed by hand) would otherwise be drawn from silently, without the new members or with
+    the dropped ones. Manifests from before ``jobs`` was recorded are read from their entries."""
+    want = workflow.pool_job_names(p)
+    have = manifest.get("jobs")
+    if have is None:
+        entries = [manifest["base"], *manifest["members"]]
+        if any("job" not in e for e in entries):
+            return  # too old to tell which jobs made it
+        have = list(dict.fromkeys(e["job"] for e in entries))
+    missing, extra = [j for j in want if j not in have], [j for j in have if j not in want]
+    if missing or extra:
+        told = [f"missing {missing}" if missing else "", f"not configured {extra}" if extra else ""]
+        raise artifacts.fail(
+            path,
+            f"assembled from pool jobs {have}, but pretrain_pool (member_archs, prior_seeds, "
+            f"post_members) now asks for {want} ({'; '.join(t for t in told if t)}): the pool was built "
+            "for another config",
+            "pretrain_pool",
+        )
+
+
 def spread(entries: list[dict], size: int | None) -> list[dict]:
     """``size`` of ``entries`` evenly spaced over the list (all when size is None or too large):
     a pool of 3 prior members spans early to late checkpoints rather than taking the weakest."""
@@ -91,8 +119,10 @@ def pool_sampler(mode: str, entries: list[dict]):
 class Teacher:
     """Logits of the base model, or (``ensemble``) the mean logits of every pool member, prior and post."""
 
-    def __init__(self, pool_dir, which: str, device):
-        self.models, self.entries = load_pool(pool_dir, "base" if which == "base" else "both", device)
+    def __init__(self, pool_dir, which: str, device, built_for=None):
+        self.models, self.entries = load_pool(
+            pool_dir, "base" if which == "base" else "both", device, built_for=built_for
+        )
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -283,7 +283,7 @@ def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
             e.get("index") or 0,
         )
     )
-    manifest = {"arch": arch, "base": base, "members": members}
+    manifest = {"arch": arch, "jobs": [job.name for job in job_dirs], "base": base, "members": members}
     write_json(manifest, out / MANIFEST)
     tracker.log_artifact(out / MANIFEST)
     metrics = {"base_val_top1": base["val_top1"], "base_flops": base["flops"], "pool_members": len(members)}

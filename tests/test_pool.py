@@ -158,6 +158,35 @@ def test_distill_draws_from_prior_and_post_members(pool_dir):
     assert metrics["member_draws"] == [2, 1, 1]  # round robin over 4 iterations (tiny config)
 
 
+def test_a_pool_built_for_another_pool_config_is_refused(pool_dir, tmp_path, capsys):
+    """Members are drawn only from a pool assembled from the jobs pretrain_pool asks for: after
+    post_members (or member_archs, prior_seeds) change, a pool assembled before (results restored
+    without Snakemake's records, which then sees nothing to rebuild; a folder passed by hand) is
+    refused, naming the jobs that differ and the fix, before anything is written."""
+    from teddy.utils import ArtifactError
+
+    manifest = json.loads((pool_dir / "pool" / "manifest.json").read_text())
+    assert manifest["jobs"] == ["base", "prior_s0", "post_000", "post_001"]
+    out = tmp_path / "syn"
+    argv = ["distill", *CFG, "--set", "pretrain_pool.post_members=3", "--set", "distill.pool=both"]
+    argv += ["--data", str(pool_dir / "data"), "--pool", str(pool_dir / "pool"), "--method", "teddy"]
+    argv += ["--ipc", "1", "--seed", "0", "--out", str(out)]
+    assert cli.main(argv) == 1  # bad input: what and the fix
+    err = capsys.readouterr().err
+    assert "manifest.json: assembled from pool jobs" in err and "missing ['post_002']" in err
+    assert f"snakemake --cores all --force {pool_dir / 'pool' / 'manifest.json'}" in err
+    assert "rerun `teddy pretrain-pool` with --out" in err
+    assert not list(out.rglob("*.pt"))
+    fewer = config_of([*CFG, "--set", "pretrain_pool.post_members=1"]).pretrain_pool
+    with pytest.raises(ArtifactError, match=r"not configured \['post_001'\]"):
+        pool.Teacher(pool_dir / "pool", "ensemble", "cpu", fewer)  # the ensemble teacher draws them all
+    assert len(pool.Teacher(pool_dir / "pool", "base", "cpu", fewer).models) == 1  # the base alone is fine
+    older = {k: v for k, v in manifest.items() if k != "jobs"}  # before "jobs": read off the entries
+    with pytest.raises(ArtifactError, match=r"not configured \['post_001'\]"):
+        pool.check_jobs(older, pool_dir / "pool" / "manifest.json", fewer)
+    pool.check_jobs(older, pool_dir / "pool" / "manifest.json", config_of(CFG).pretrain_pool)
+
+
 def test_post_pool_without_post_members_fails_before_work(capsys):
     from teddy import config
 
