@@ -456,7 +456,7 @@ def resolve_variant(cfg: Any, name: str) -> tuple[Any, str]:
     if variant is None:
         return cfg, name
     data = to_dict(cfg)
-    data["distill"] |= _variant_keys(variant)
+    data["distill"] |= _variant_keys(data["distill"]["variants"][name])  # plain: lists, not frozen tuples
     data = validate(data)
     check(data)
     return freeze(data), variant["method"]

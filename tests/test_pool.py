@@ -372,6 +372,15 @@ def test_multi_architecture_pool_members_and_selection(tmp_path):
     ] * 2
     with pytest.raises(RuntimeError, match="no post members of architectures"):
         pool.load_pool(tmp_path / "pool", "post", "cpu", archs=["mobilenetv2"])
+    # a variant holding an architecture out of the pool (a list-valued key: it failed validation
+    # once the frozen config's tuple reached the schema)
+    held = "distill.variants={convnet_only: {method: teddy, pool_archs: [convnet]}}"
+    out = tmp_path / "syn_held_out"
+    argv = ["distill", *cfg, "--set", held, "--set", "distill.methods=[convnet_only, random]"]
+    argv += ["--data", str(tmp_path / "data"), "--pool", str(tmp_path / "pool"), "--method", "convnet_only"]
+    assert cli.main([*argv, "--ipc", "1", "--seed", "0", "--out", str(out)]) == 0
+    drawn = json.loads((out / "metrics.json").read_text())["pool_members"]
+    assert drawn == [m["file"] for m in manifest["members"] if m["arch"] == "convnet"]
     assert workflow.parse_member(load_cfg(cfg).pretrain_pool, "prior_mobilenetv2_s0") == (
         "prior",
         0,
