@@ -134,7 +134,9 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     source = open_source(data_dir, cfg.prepare_data.workers)
     syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
     soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
-    teacher = Teacher(inputs["pool"], soft["teacher"], device, cfg.pretrain_pool) if "replay" not in soft else None
+    teacher = (
+        Teacher(inputs["pool"], soft["teacher"], device, cfg.pretrain_pool) if "replay" not in soft else None
+    )
     probe = curve_subset(source.count("val"), cfg.evaluate.curve_val_images)
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
