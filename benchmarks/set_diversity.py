@@ -79,7 +79,7 @@ def main() -> int:
                 k: None if v != v else round(v, 4) for k, v in {"mean": mean, "low": low, "high": high}.items()
             }
             entry[f"minus_{args.baseline}"] = none_if_nan | {"n": n}  # one seed: no interval
-            entry[f"ratio_to_{args.baseline}"] = round(values.mean() / base[diffs.index].mean(), 4)
+            entry[f"ratio_to_{args.baseline}"] = round(values[diffs.index].mean() / base[diffs.index].mean(), 4)
         methods[method] = entry
     out = args.out / f"set_diversity_{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
