@@ -103,12 +103,26 @@ def candidates(source, batch: Batch, ipc: int, per_image: int, seed: int) -> tor
     return torch.stack(rows)
 
 
+def pick_rank(slot: int, ipc: int, n: int, pick: str, spread: float) -> int:
+    """Which of a slot's ``n`` candidates, ranked easiest first, IPC slot ``slot`` keeps.
+
+    ``easiest``: rank 0 for every slot. ``stratified``: the slots of a class spread evenly over the
+    easiest ``spread`` share of the ranks (slot 0 the easiest; with spread 1 the last slots the
+    hardest), so the set covers the teacher's difficulty range as IPC grows while one image per
+    class is still the easiest (coverage-centric selection, Zheng et al. 2023). Each slot ranks only
+    its own disjoint candidates, so batches and shards never need each other's scores."""
+    if pick == "easiest":
+        return 0
+    return min(n - 1, int(slot * spread * n / ipc))
+
+
 @torch.no_grad()
 def teacher_choice(
-    teacher, images: torch.Tensor, labels: torch.Tensor, views: int, cfg, gen, device
+    teacher, images: torch.Tensor, labels: torch.Tensor, views: int, cfg, gen, device, ranks=None
 ) -> torch.Tensor:
-    """Index into each row of candidate ``images`` (m, n, C, H, W) with the lowest mean teacher CE
-    over ``views`` random-resized crops (distill.crop_scale_min, distill.flip)."""
+    """Index into each row of candidate ``images`` (m, n, C, H, W): the candidate at ``ranks[i]``
+    (default 0: the easiest) when ordered by mean teacher CE over ``views`` random-resized crops
+    (distill.crop_scale_min, distill.flip), lowest first."""
     m, n = images.shape[:2]
     flat = images.reshape(m * n, *images.shape[2:])
     target = labels.repeat_interleave(n).to(device)
@@ -120,7 +134,11 @@ def teacher_choice(
             view = augment.apply_crops(flat[s : s + step].to(device), crops[s : s + step])
             ce = torch.nn.functional.cross_entropy(teacher(view), target[s : s + step], reduction="none")
             loss[s : s + step] += ce.cpu()
-    return loss.view(m, n).argmin(1)
+    loss = loss.view(m, n)
+    if ranks is None:
+        return loss.argmin(1)
+    order = loss.argsort(dim=1, stable=True)
+    return order[torch.arange(m), torch.as_tensor(ranks)]
 
 
 def init_batch(
@@ -136,8 +154,9 @@ def init_batch(
     device="cpu",
 ) -> torch.Tensor:
     """One image per (slot, class) of the batch, batch seed ``seed``: Gaussian noise around the
-    dataset mean, a random real image (``real``), or the real candidate the teacher finds easiest
-    (``teacher``); real candidates come from the set's ``ipc`` and ``set_seed`` (see candidates)."""
+    dataset mean, a random real image (``real``), or a real candidate chosen by the teacher's CE
+    (``teacher``: the easiest, or by distill.init_pick, see pick_rank); real candidates come from
+    the set's ``ipc`` and ``set_seed`` (see candidates)."""
     d = cfg.distill
     if d.init in ("real", "teacher"):
         idx = candidates(source, batch, ipc, d.init_candidates if d.init == "teacher" else 1, set_seed)
@@ -146,7 +165,9 @@ def init_batch(
         if d.init == "real":
             return images[:, 0]
         gen = torch.Generator().manual_seed(seed)
-        pick = teacher_choice(teacher, images, batch.labels, d.init_views, cfg, gen, device)
+        n = images.shape[1]
+        ranks = [pick_rank(s, ipc, n, d.init_pick, d.init_spread) for s in batch.slots for _ in batch.classes]
+        pick = teacher_choice(teacher, images, batch.labels, d.init_views, cfg, gen, device, ranks)
         return images[torch.arange(len(pick)), pick]
     c, s = manifest["channels"], manifest["image_size"]
     gen = torch.Generator().manual_seed(seed)

@@ -255,6 +255,54 @@ def test_teacher_choice_picks_the_lowest_cross_entropy():
     assert pick.tolist() == [1, 2]
 
 
+def test_teacher_choice_takes_the_asked_rank_of_each_row():
+    """ranks[i] picks row i's candidate at that place in the easiest-first order (label 1: brightest
+    first; label 0: darkest first)."""
+    from teddy import config
+
+    cfg = config.load([BASE, TINY], [])
+    levels = torch.tensor([0.3, 0.9, 0.1, 0.6])
+    images = levels.view(1, 4, 1, 1, 1).expand(2, 4, 1, 6, 6).contiguous()
+
+    def teacher(x):
+        b = x.mean(dim=(1, 2, 3))
+        return torch.stack([torch.zeros_like(b), 10 * (b - 0.5)], dim=1)
+
+    labels, gen = torch.tensor([1, 0]), torch.Generator()
+    assert distill.teacher_choice(teacher, images, labels, 2, cfg, gen, "cpu", [0, 0]).tolist() == [1, 2]
+    assert distill.teacher_choice(teacher, images, labels, 2, cfg, gen, "cpu", [1, 3]).tolist() == [3, 1]
+    assert distill.teacher_choice(teacher, images, labels, 2, cfg, gen, "cpu", [3, 2]).tolist() == [2, 3]
+
+
+def test_stratified_pick_spreads_the_slots_over_the_ranks():
+    assert [distill.pick_rank(s, 50, 16, "easiest", 1.0) for s in range(50)] == [0] * 50
+    assert distill.pick_rank(0, 1, 16, "stratified", 1.0) == 0  # one image per class: the easiest
+    ranks = [distill.pick_rank(s, 50, 16, "stratified", 1.0) for s in range(50)]
+    assert ranks == sorted(ranks) and set(ranks) == set(range(16))  # every rank, easiest to hardest
+    assert max(ranks.count(r) for r in range(16)) - min(ranks.count(r) for r in range(16)) <= 1
+    half = [distill.pick_rank(s, 10, 16, "stratified", 0.5) for s in range(10)]
+    assert half == [0, 0, 1, 2, 3, 4, 4, 5, 6, 7]  # the easier half only
+    assert [distill.pick_rank(s, 3, 2, "stratified", 1.0) for s in range(3)] == [0, 0, 1]  # n < ipc
+
+
+def test_stratified_init_keeps_slot_zero_and_takes_harder_images_later(tmp_path):
+    common = [
+        "--set",
+        "distill.init=teacher",
+        "--set",
+        "distill.iterations=0",
+        "--set",
+        "distill.init_candidates=4",
+    ]
+    easy = run_distill(tmp_path, "teddy", 3, *common)
+    strat = run_distill(tmp_path, "teddy", 3, *common, "--set", "distill.init_pick=stratified")
+    assert torch.equal(easy["labels"], strat["labels"])
+    slot = torch.arange(len(easy["labels"])) // 10  # slot-major: slot 0 is the first 10 images
+    assert torch.equal(easy["images"][slot == 0], strat["images"][slot == 0])
+    differ = (easy["images"] != strat["images"]).flatten(1).any(1)
+    assert differ[slot > 0].float().mean() > 0.5  # ranks 1 and 2 of 4, not the easiest
+
+
 @pytest.mark.parametrize("init", ["teacher", "real"])
 def test_real_inits_keep_distinct_real_training_images(tmp_path, init):
     syn = run_distill(tmp_path, "teddy", 3, "--set", f"distill.init={init}", "--set", "distill.iterations=0")
