@@ -238,12 +238,12 @@ def test_candidates_are_disjoint_across_slots_and_independent_of_batching():
     assert distill.candidates(source, batch, ipc=3, per_image=50, seed=7).shape == (3, 6)
 
 
-def test_teacher_choice_picks_the_lowest_cross_entropy():
-    """A teacher whose class-1 logit grows with brightness: for label 1 the brightest candidate is
-    the easiest, for label 0 the darkest, whatever the crops (constant images)."""
+def _brightness_case():
+    """Two rows of four constant candidates (levels 0.3, 0.9, 0.1, 0.6) and a teacher whose class-1
+    logit grows with brightness: for label 1 the brightest is the easiest, for label 0 the darkest,
+    whatever the crops."""
     from teddy import config
 
-    cfg = config.load([BASE, TINY], [])
     levels = torch.tensor([0.3, 0.9, 0.1, 0.6])
     images = levels.view(1, 4, 1, 1, 1).expand(2, 4, 1, 6, 6).contiguous()
 
@@ -251,23 +251,18 @@ def test_teacher_choice_picks_the_lowest_cross_entropy():
         b = x.mean(dim=(1, 2, 3))
         return torch.stack([torch.zeros_like(b), 10 * (b - 0.5)], dim=1)
 
+    return config.load([BASE, TINY], []), images, teacher
+
+
+def test_teacher_choice_picks_the_lowest_cross_entropy():
+    cfg, images, teacher = _brightness_case()
     pick = distill.teacher_choice(teacher, images, torch.tensor([1, 0]), 3, cfg, torch.Generator(), "cpu")
     assert pick.tolist() == [1, 2]
 
 
 def test_teacher_choice_takes_the_asked_rank_of_each_row():
-    """ranks[i] picks row i's candidate at that place in the easiest-first order (label 1: brightest
-    first; label 0: darkest first)."""
-    from teddy import config
-
-    cfg = config.load([BASE, TINY], [])
-    levels = torch.tensor([0.3, 0.9, 0.1, 0.6])
-    images = levels.view(1, 4, 1, 1, 1).expand(2, 4, 1, 6, 6).contiguous()
-
-    def teacher(x):
-        b = x.mean(dim=(1, 2, 3))
-        return torch.stack([torch.zeros_like(b), 10 * (b - 0.5)], dim=1)
-
+    """ranks[i] picks row i's candidate at that place in the easiest-first order."""
+    cfg, images, teacher = _brightness_case()
     labels, gen = torch.tensor([1, 0]), torch.Generator()
     assert distill.teacher_choice(teacher, images, labels, 2, cfg, gen, "cpu", [0, 0]).tolist() == [1, 2]
     assert distill.teacher_choice(teacher, images, labels, 2, cfg, gen, "cpu", [1, 3]).tolist() == [3, 1]
