@@ -118,11 +118,11 @@ def pick_rank(slot: int, ipc: int, n: int, pick: str, spread: float) -> int:
 
 @torch.no_grad()
 def teacher_choice(
-    teacher, images: torch.Tensor, labels: torch.Tensor, views: int, cfg, gen, device, ranks=None
+    teacher, images: torch.Tensor, labels: torch.Tensor, views: int, cfg, gen, device, ranks
 ) -> torch.Tensor:
     """Index into each row of candidate ``images`` (m, n, C, H, W): the candidate at ``ranks[i]``
-    (default 0: the easiest) when ordered by mean teacher CE over ``views`` random-resized crops
-    (distill.crop_scale_min, distill.flip), lowest first."""
+    (0: the easiest) when ordered by mean teacher CE over ``views`` random-resized crops
+    (distill.crop_scale_min, distill.flip), lowest first (ties: the earlier candidate)."""
     m, n = images.shape[:2]
     flat = images.reshape(m * n, *images.shape[2:])
     target = labels.repeat_interleave(n).to(device)
@@ -135,8 +135,6 @@ def teacher_choice(
             ce = torch.nn.functional.cross_entropy(teacher(view), target[s : s + step], reduction="none")
             loss[s : s + step] += ce.cpu()
     loss = loss.view(m, n)
-    if ranks is None:
-        return loss.argmin(1)
     order = loss.argsort(dim=1, stable=True)
     return order[torch.arange(m), torch.as_tensor(ranks)]
 
