@@ -9,6 +9,10 @@ interval, the report's ``paired_interval``). Issue 14 uses it to ask whether the
 
     python benchmarks/set_diversity.py --distill /tmp/exp/results/fashion_mnist/distill --ipc 50 \\
         --name fashion_mnist_ipc50
+
+Pixel distance cannot compare sets synthesised from noise with real ones (leftover noise inflates
+it), so ``--pool`` measures the same distance between the pool's base model's features instead: the
+input of its last Linear layer (a classifier's penultimate features), in eval mode.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, host  # noqa: E402
 
-from teddy import artifacts  # noqa: E402
+from teddy import artifacts, pool  # noqa: E402
 from teddy.report import paired_interval  # noqa: E402
 
 
@@ -42,6 +46,22 @@ def within_class_distance(images: torch.Tensor, labels: torch.Tensor) -> float:
     return sum(per_class) / len(per_class)
 
 
+@torch.no_grad()
+def penultimate(model: torch.nn.Module, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Each image's input to ``model``'s last Linear layer (module order), flattened."""
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linear:
+        raise ValueError(f"{type(model).__name__} has no Linear layer to take features from")
+    features: list[torch.Tensor] = []
+    hook = linear[-1].register_forward_hook(lambda _m, inputs, _out: features.append(inputs[0].flatten(1)))
+    try:
+        for start in range(0, len(images), batch):
+            model(images[start : start + batch].float())
+    finally:
+        hook.remove()
+    return torch.cat(features)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--distill", type=Path, required=True, help="a results/<dataset>/distill folder")
@@ -49,17 +69,22 @@ def main() -> int:
     parser.add_argument("--baseline", default="random")
     parser.add_argument("--name", required=True, help="writes set_diversity_<name>.json")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--pool", type=Path, help="a results/<dataset>/pool folder: measure in its base model's features"
+    )
     args = parser.parse_args()
+    base_model = pool.load_pool(args.pool, "base", "cpu")[0][0] if args.pool else None
     rows = []
     for folder in sorted(args.distill.glob(f"*/ipc{args.ipc}/seed*")):
         if not (folder / artifacts.SYNTHETIC).is_file():
             continue  # a set still being made
         syn = artifacts.load_synthetic(folder)
+        points = syn["images"] if base_model is None else penultimate(base_model, syn["images"])
         rows.append(
             {
                 "method": syn["method"],
                 "seed": int(folder.name.removeprefix("seed")),
-                "within_class_l2": within_class_distance(syn["images"], syn["labels"]),
+                "within_class_l2": within_class_distance(points, syn["labels"]),
             }
         )
     if not rows:
@@ -83,7 +108,10 @@ def main() -> int:
         methods[method] = entry
     out = args.out / f"set_diversity_{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"distill": str(args.distill), "ipc": args.ipc, "measure": "within_class_l2", "host": host()}
+    measure = "within_class_l2" if args.pool is None else "within_class_l2_base_model_features"
+    record = {"distill": str(args.distill), "ipc": args.ipc, "measure": measure, "host": host()}
+    if args.pool is not None:
+        record["pool"] = str(args.pool)
     out.write_text(json.dumps(record | {"methods": methods}, indent=2) + "\n")
     print(json.dumps(methods, indent=2))
     return 0

@@ -1,6 +1,7 @@
 """benchmarks/set_diversity.py: within-class spread of synthetic sets, paired against random."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy import artifacts
+from teddy import artifacts, pool
+
+from .conftest import tiny_synthetic_set
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "set_diversity.py"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import set_diversity  # noqa: E402
 
 
 def test_within_class_distance_pairs_each_method_with_the_baseline(tmp_path):
@@ -28,10 +34,9 @@ def test_within_class_distance_pairs_each_method_with_the_baseline(tmp_path):
             artifacts.save_synthetic(
                 images, labels, folder / artifacts.SYNTHETIC, method=method, ipc=2, seed=seed
             )
-    script = ROOT / "benchmarks" / "set_diversity.py"
     argv = [
         sys.executable,
-        str(script),
+        str(SCRIPT),
         "--distill",
         str(distill),
         "--ipc",
@@ -49,3 +54,30 @@ def test_within_class_distance_pairs_each_method_with_the_baseline(tmp_path):
     assert methods["once"]["minus_random"] == {"mean": -1.0, "low": None, "high": None, "n": 1}
     bad = subprocess.run([*argv[:4], "--ipc", "7", *argv[6:]], capture_output=True, text=True)
     assert bad.returncode == 2 and "no */ipc7/seed*/synthetic.pt" in bad.stderr
+
+
+def test_penultimate_is_the_input_of_the_last_linear_layer():
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)
+    ).eval()
+    x = torch.rand(5, 1, 2, 2)
+    assert torch.allclose(set_diversity.penultimate(model, x, batch=2), model[:3](x))
+    with pytest.raises(ValueError, match="no Linear layer"):
+        set_diversity.penultimate(torch.nn.Flatten(), x)
+
+
+def test_pool_measures_in_the_base_models_features(tmp_path):
+    """--pool: the distance is taken between the pool base model's penultimate features, not pixels."""
+    _, _, pool_dir, syn = tiny_synthetic_set(tmp_path)
+    distill = tmp_path / "distill"
+    shutil.copytree(syn, distill / "random" / "ipc2" / "seed0")
+    argv = [sys.executable, str(SCRIPT), "--distill", str(distill), "--ipc", "2", "--name", "f"]
+    subprocess.run([*argv, "--pool", str(pool_dir), "--out", str(tmp_path)], check=True, capture_output=True)
+    record = json.loads((tmp_path / "set_diversity_f.json").read_text())
+    assert record["measure"] == "within_class_l2_base_model_features" and record["pool"] == str(pool_dir)
+    s = artifacts.load_synthetic(syn)
+    base = pool.load_pool(pool_dir, "base", "cpu")[0][0]
+    features = set_diversity.within_class_distance(set_diversity.penultimate(base, s["images"]), s["labels"])
+    pixels = set_diversity.within_class_distance(s["images"], s["labels"])
+    assert record["methods"]["random"]["mean"] == pytest.approx(features, abs=1e-4)
+    assert abs(features - pixels) > 1e-3
