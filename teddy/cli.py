@@ -343,7 +343,7 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
 
             record |= {"world_size": world_size(), "backend": dist.get_backend()}
         if is_main():
-            config_mod.dump(cfg, out / "config.resolved.yaml")
+            config_mod.dump(cfg, out / config_mod.RESOLVED)
         write_json(record, out / "metrics.json")
     if distributed():
         import torch.distributed as dist

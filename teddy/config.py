@@ -369,6 +369,9 @@ def check(data: Mapping) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
 
+RESOLVED = "config.resolved.yaml"  # every stage writes the config it ran with beside its outputs
+
+
 def dump(cfg: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 

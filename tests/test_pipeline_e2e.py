@@ -81,6 +81,7 @@ def dvc_project(copies):
     run(["git", "init", "-q"], project)
     run([str(BIN / "dvc"), "init", "-q"], project)
     shutil.copy(ROOT / ".dvc" / "config", project / ".dvc" / "config")
+    shutil.copy(ROOT / ".gitignore", project / ".gitignore")  # git holds no artifact: DVC carries them
     shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")
     run([sys.executable, "-m", "teddy", "workflow", "dvc"], project)
     run([str(BIN / "dvc"), "repro"], project)
@@ -253,6 +254,14 @@ def test_a_finished_pipeline_goes_to_the_default_remote_and_comes_back(dvc_proje
     assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], clone)
     assert built_files(clone, "synthetic.pt") == built_files(project, "synthetic.pt")
     assert built_files(clone, "soft_labels.pt") == built_files(project, "soft_labels.pt")
+    # the pulled artifacts are usable: their checksum records came along (issue 36, 2)
+    assert "artifacts under results are intact" in run([sys.executable, "-m", "teddy", "verify", "results"], clone)
+    d = clone / "results" / "digits"
+    s = d / "distill" / "teddy" / "ipc1" / "seed0"
+    r = d / "relabel" / "teddy" / "ipc1" / "seed0"
+    evaluate = ["evaluate", "--config", "config/config.yaml", "--data", str(d / "data"), "--synthetic", str(s)]
+    evaluate += ["--soft-labels", str(r), "--pool", str(d / "pool"), "--arch", "convnet", "--seed", "0"]
+    run([sys.executable, "-m", "teddy", *evaluate, "--out", str(tmp_path / "again")], clone)
 
 
 def test_dvc_sweep_reruns_only_what_the_parameter_touches(dvc_project):
