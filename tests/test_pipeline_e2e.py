@@ -255,7 +255,8 @@ def test_a_finished_pipeline_goes_to_the_default_remote_and_comes_back(dvc_proje
     assert built_files(clone, "synthetic.pt") == built_files(project, "synthetic.pt")
     assert built_files(clone, "soft_labels.pt") == built_files(project, "soft_labels.pt")
     # the pulled artifacts are usable: their checksum records came along (issue 36, 2)
-    assert "artifacts under results are intact" in run([sys.executable, "-m", "teddy", "verify", "results"], clone)
+    verified = run([sys.executable, "-m", "teddy", "verify", "results"], clone)
+    assert "artifacts under results are intact" in verified
     d = clone / "results" / "digits"
     s = d / "distill" / "teddy" / "ipc1" / "seed0"
     r = d / "relabel" / "teddy" / "ipc1" / "seed0"
