@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from teddy.config import to_dict
-from teddy.utils import first_line
+from teddy.utils import CallAbandoned, first_line, preemption
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,10 @@ class MlflowTracker(NullTracker):
     def _call(self, log_call, keep_call) -> None:
         if self.failed is None:
             try:
-                log_call()
+                with store_call("logging to MLflow"):
+                    log_call()
                 return
-            except Exception as err:  # noqa: BLE001 - any store error: keep the rest for later
+            except (Exception, CallAbandoned) as err:  # noqa: BLE001 - any store error: keep the rest for later
                 self.failed = err
                 log.warning(
                     "MLflow store stopped answering (%s): the rest of this run is kept for later",
@@ -158,12 +159,47 @@ def _store_lock(uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def init_store(uri: str, experiment: str):
-    """Create the store and the experiment once (the workflow calls this before submitting jobs)."""
+def store_call(what: str):
+    """Around every call that reaches the store: a stop signal abandons it at once (the stage keeps
+    what was not logged and stops as preemption asks), whatever the call's own timeout."""
+    return preemption.abandonable(what)
+
+
+def bound_requests(timeout_s: float) -> None:
+    """MLflow's HTTP client retries a refused or silent server for minutes by default (7 retries,
+    backoff factor 2, 120 s per request): bound each request by ``timeout_s`` with one short retry,
+    unless the user set MLflow's own variables."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, round(timeout_s))))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def probe(uri: str, timeout_s: float) -> None:
+    """Raise OSError at once when an http(s) tracking server cannot be reached (closed port, unknown
+    host, no route) instead of letting every call find out through its retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout_s):
+        pass
+
+
+def init_store(uri: str, experiment: str, timeout_s: float = 10.0):
+    """Create the store and the experiment once (the workflow calls this before submitting jobs);
+    an unreachable server fails within ``timeout_s``."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    bound_requests(timeout_s)
+    uri = resolve_uri(uri)
+    try:
+        probe(uri, timeout_s)
+    except OSError as err:
+        raise OSError(f"tracking server {uri} unreachable ({first_line(err)})") from None
     import mlflow
 
-    uri = resolve_uri(uri)
     exported = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     # set_tracking_uri also exports MLFLOW_TRACKING_URI, which would then win over the config of every
@@ -226,8 +262,9 @@ def open_pipeline_run(cfg_data: Mapping, command: str) -> str | None:
     through the environment. None when tracking is off or the store is unreachable."""
     if not cfg_data["tracking"]["enabled"]:
         return None
+    t = cfg_data["tracking"]
     try:
-        mlflow = init_store(cfg_data["tracking"]["uri"], cfg_data["tracking"]["experiment"])
+        mlflow = init_store(t["uri"], t["experiment"], t["timeout_s"])
         client = mlflow.MlflowClient(resolve_uri(cfg_data["tracking"]["uri"]))
         experiment = client.get_experiment_by_name(cfg_data["tracking"]["experiment"])
         tags = {"stage": "pipeline", "dataset": cfg_data["run"]["dataset"], "command": command}
@@ -273,33 +310,23 @@ def stage_run(
     record = {"uri": uri, "experiment": cfg.tracking.experiment, "run_name": name}
     record |= {"tags": {k: str(v) for k, v in tags.items()}, "params": flatten(to_dict(cfg))}
     pending = PendingTracker(record)
-    tracker, mlflow = pending, None
+    tracker = pending
     try:
-        mlflow = init_store(cfg.tracking.uri, cfg.tracking.experiment)
-        client = mlflow.MlflowClient(uri)
-        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-        run_tags = dict(record["tags"])
-        parent = os.environ.get(PARENT_ENV)
-        if parent:
-            run_tags["mlflow.parentRunId"] = parent
-        run = client.create_run(
-            experiment.experiment_id, start_time=job_start_ms(), tags=run_tags, run_name=name
-        )
-        pending.record["run_id"] = run.info.run_id
-        mlflow.start_run(run_id=run.info.run_id, log_system_metrics=stage in LONG_STAGES)
-        mlflow.log_params(record["params"])
-        tracker = MlflowTracker(mlflow, pending)
-    except Exception as err:  # noqa: BLE001 - unreachable, locked, full: the stage goes on without it
+        with store_call("opening the MLflow run"):
+            _open_run(cfg, stage, record, name, pending)
+        tracker = MlflowTracker(_mlflow(), pending)
+    except (Exception, CallAbandoned) as err:  # noqa: BLE001 - unreachable, locked, full: the stage goes on
         log.warning("MLflow store %s cannot be used (%s): this run is kept for later", uri, first_line(err))
     status = "FAILED"
     try:
         yield tracker
         status = "FINISHED"
     finally:
-        if mlflow is not None and "run_id" in pending.record:
+        if "run_id" in pending.record:  # a run was created (even if logging its params failed)
             try:
-                mlflow.end_run(status)
-            except Exception as err:  # noqa: BLE001
+                with store_call("closing the MLflow run"):
+                    _mlflow().end_run(status)
+            except (Exception, CallAbandoned) as err:  # noqa: BLE001
                 tracker.failed = tracker.failed or err
         if tracker is pending or tracker.failed is not None:
             where = pending.save(out) if out is not None else "nowhere (no output folder)"
@@ -308,6 +335,27 @@ def stage_run(
                 where,
                 uri,
             )
+
+
+def _mlflow():
+    import mlflow  # imported by init_store first (the telemetry switch is set before the import)
+
+    return mlflow
+
+
+def _open_run(cfg, stage: str, record: dict, name: str, pending: PendingTracker) -> None:
+    """Start this stage's MLflow run (nested under the pipeline's run) and log its params."""
+    mlflow = init_store(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.timeout_s)
+    client = mlflow.MlflowClient(record["uri"])
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    run_tags = dict(record["tags"])
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        run_tags["mlflow.parentRunId"] = parent
+    run = client.create_run(experiment.experiment_id, start_time=job_start_ms(), tags=run_tags, run_name=name)
+    pending.record["run_id"] = run.info.run_id
+    mlflow.start_run(run_id=run.info.run_id, log_system_metrics=stage in LONG_STAGES)
+    mlflow.log_params(record["params"])
 
 
 def sync_pending(path: Path) -> str:

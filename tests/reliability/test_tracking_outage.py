@@ -96,3 +96,78 @@ def test_results_moved_before_sync_keep_their_artifacts(tmp_path, monkeypatch):
     client = mlflow.MlflowClient(tracking_uri=store)
     (run,) = client.search_runs([client.get_experiment_by_name("teddy").experiment_id])
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["curve.csv"]
+
+
+# -- a tracking server that cannot be reached, or never answers, cannot hold a job (issue 36, 5) ------
+
+
+def stage_env(uri: str) -> dict:
+    import os
+
+    return {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "OMP_NUM_THREADS": "1",
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_closed_port_costs_seconds_not_minutes(tmp_path):
+    """Connection refused: MLflow's client would retry for minutes; the stage runs at once."""
+    import subprocess
+    import sys
+    import time
+
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    argv = [sys.executable, "-m", "teddy", "prepare-data", "--config", str(BASE), "--config", str(TINY)]
+    argv += ["--set", "tracking.enabled=true", "--out", str(tmp_path / "data")]
+    t0 = time.monotonic()
+    done = subprocess.run(argv, env=stage_env(uri), capture_output=True, text=True, timeout=90)
+    took = time.monotonic() - t0
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert took < 30, f"{took:.0f} s with an unreachable tracking server"
+    assert (tmp_path / "data" / "tracking_pending.json").is_file()
+
+
+def test_sigterm_is_answered_while_the_server_hangs(tmp_path):
+    """A server that accepts connections and never answers: the stage's first store call hangs;
+    SIGTERM (SLURM's preemption) still stops the job at once with the resumable exit code."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from teddy.utils import preemption
+
+    cfg = ["--config", str(BASE), "--config", str(TINY)]
+    assert cli.main(["prepare-data", *cfg, "--out", str(tmp_path / "data")]) == 0
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)  # accepts (the kernel does) and never answers
+    uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+    argv = [sys.executable, "-m", "teddy", "pretrain-pool", *cfg, "--set", "tracking.enabled=true"]
+    argv += ["--data", str(tmp_path / "data"), "--member", "base", "--out", str(tmp_path / "base")]
+    env = stage_env(uri) | {"MLFLOW_HTTP_REQUEST_TIMEOUT": "600"}  # the user's own bound: a long one
+    job = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (tmp_path / "base").is_dir():
+            time.sleep(0.2)  # the job made its output folder: it is in the stage now
+        time.sleep(2)
+        job.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        out, _ = job.communicate(timeout=60)
+        assert time.monotonic() - t0 < 15, out[-2000:]
+        assert job.returncode == preemption.EXIT_CODE, out[-2000:]
+    finally:
+        job.kill()
+        server.close()
