@@ -4,6 +4,7 @@
 #   snakemake --cores all --configfile config/experiments/fashion_mnist.yaml
 #   snakemake --profile slurm ...                         (SLURM; see README)
 import os
+import shlex
 import sys
 
 from teddy.config import ConfigError, resolve_for_workflow
@@ -13,7 +14,7 @@ configfile: "config/config.yaml"
 
 
 # every job (local or on a SLURM node, which inherits the environment) records this invocation
-os.environ.setdefault("TEDDY_COMMAND", " ".join(["snakemake", *sys.argv[1:]]))
+os.environ.setdefault("TEDDY_COMMAND", shlex.join(["snakemake", *sys.argv[1:]]))
 
 
 try:

@@ -62,13 +62,35 @@ def rebuild_target(path: Path) -> Path:
     return path.with_name("members.json") if PRIOR_MEMBER.match(path.name) else path
 
 
+def made_by(path: Path) -> str | None:
+    """The command recorded by the job that wrote ``path`` (``command`` in the metrics.json of its
+    folder, or of the folder above: a pool built in one job holds its members in subfolders): the
+    Snakemake invocation with the user's config files when the workflow ran it, else the teddy
+    command line. None when no readable record is there."""
+    for folder in (path.parent, path.parent.parent):
+        record = folder / "metrics.json"
+        if record.is_file():
+            try:
+                command = json.loads(record.read_text()).get("command")
+            except (ValueError, OSError, AttributeError):
+                return None
+            return command if isinstance(command, str) and command.strip() else None
+    return None
+
+
 def rebuild_hint(path: Path, stage: str | None = None) -> str:
+    """How to rebuild ``path`` with the config it was made with: the recorded command, never a
+    default-config one that would rebuild the data and pool over the user's results."""
+    command, target = made_by(path), rebuild_target(path)
+    if command is None:
+        return (
+            f"rebuild it with the command these results were made with, forcing {target} "
+            f"(no record of the command that made it: {path.parent}/metrics.json is missing)"
+        )
+    if command.startswith("snakemake"):
+        return f"rebuild it with `{command} --force {target}` and then `{command}` (reruns what depends on it)"
     stage = stage or producer(path) or "the stage that wrote it"
-    return (
-        f"rebuild it with `snakemake --cores all --force {rebuild_target(path)}` and then "
-        f"`snakemake --cores all` (reruns what depends on it), or rerun `teddy {stage.replace('_', '-')}` "
-        f"with --out {path.parent}"
-    )
+    return f"rebuild it with `{command}` (the {stage} job that made it), then rerun what reads it"
 
 
 def fail(path: Path, problem: str, stage: str | None = None) -> ArtifactError:
@@ -394,6 +416,24 @@ def verify_tree(root: str | Path) -> tuple[int, list[tuple[Path, str]]]:
     return len(files), list(bad.items())
 
 
-def rebuild_command(bad: list[Path]) -> str:
-    targets = " ".join(sorted({str(rebuild_target(p)) for p in bad}))
-    return f"snakemake --cores all --force {targets} && snakemake --cores all"
+def rebuild_commands(bad: list[Path]) -> list[str]:
+    """The commands that rebuild exactly ``bad``, each with the config it was made with (grouped by
+    the recorded command), and one line naming the files whose command is not recorded."""
+    by_command: dict[str, list[str]] = {}
+    unknown = []
+    for path in bad:
+        command = made_by(path)
+        if command is None:
+            unknown.append(str(path))
+        else:
+            by_command.setdefault(command, []).append(str(rebuild_target(path)))
+    lines = []
+    for command, targets in by_command.items():
+        forced = " ".join(sorted(set(targets)))
+        lines.append(f"{command} --force {forced} && {command}" if command.startswith("snakemake") else command)
+    if unknown:
+        lines.append(
+            f"no record of the command that made {' '.join(unknown)} (its metrics.json is missing): rerun "
+            "the command these results were made with, the same config files, forcing them"
+        )
+    return lines

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -260,8 +261,10 @@ def verify(results: str) -> int:
     if not bad:
         print(f"teddy verify: all {checked} artifacts under {results} are intact")
         return 0
-    print(f"teddy verify: {len(bad)} of {checked} artifacts are damaged. Rebuild exactly these (from the")
-    print(f"workflow's folder): {artifacts.rebuild_command([p for p, _ in bad])}")
+    print(f"teddy verify: {len(bad)} of {checked} artifacts are damaged. Rebuild exactly these, with the")
+    print("config they were made with (from the folder the command ran in):")
+    for line in artifacts.rebuild_commands([p for p, _ in bad]):
+        print(f"  {line}")
     return 1
 
 
@@ -358,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     given = sys.argv[1:] if argv is None else list(argv)
-    os.environ["TEDDY_CLI_COMMAND"] = " ".join(["python -m teddy", *given])  # utils.run_command records it
+    os.environ["TEDDY_CLI_COMMAND"] = shlex.join(
+        ["python", "-m", "teddy", *given]
+    )  # utils.run_command records it
     if args.stage in ("verify", "sync-tracking"):
         return {"verify": verify, "sync-tracking": sync_tracking}[args.stage](args.results)
     if args.stage == "make-miniature":

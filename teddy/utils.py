@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -263,7 +264,7 @@ COMMAND_ENV = "TEDDY_COMMAND"  # the workflow command a job belongs to (set by t
 def run_command() -> str:
     """The command that produced a result: the Snakemake invocation when a workflow ran the job,
     else the teddy command line (set by teddy.cli.main)."""
-    fallback = " ".join(["python -m teddy", *sys.argv[1:]])
+    fallback = shlex.join(["python", "-m", "teddy", *sys.argv[1:]])
     return os.environ.get(COMMAND_ENV) or os.environ.get("TEDDY_CLI_COMMAND") or fallback
 
 
