@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import shlex
 import sys
@@ -50,6 +51,23 @@ def non_negative(flag: str):
             raise argparse.ArgumentTypeError(f"{flag} {text!r}: give a whole number, e.g. {flag} 0") from None
         if value < 0:
             raise argparse.ArgumentTypeError(f"{flag} {value}: must be 0 or more") from None
+        return value
+
+    return parse
+
+
+def positive(flag: str, kind: type = int):
+    """A count (``int``) of 1 or more, or a finite ``float`` above 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: give a number, e.g. {flag} 10") from None
+        if kind is int and value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} {value}: must be 1 or more") from None
+        if kind is float and not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{flag} {value}: must be a positive, finite number") from None
         return value
 
     return parse
@@ -149,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     est.add_argument("--config", action="append", default=[], metavar="YAML", help="config files, base first")
     est.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    est.add_argument("--tflops", type=float, default=None, help="effective TFLOP/s of one GPU (default 15)")
+    est.add_argument(
+        "--tflops",
+        type=positive("--tflops", float),
+        default=None,
+        help="effective TFLOP/s of one GPU (default: the config's resources.gpu_tflops)",
+    )
     est.add_argument("--measure", action="store_true", help="time each architecture on --device instead")
     est.add_argument("--device", default="cpu", help="the device --measure times (cuda, cpu)")
     flow = sub.add_parser(
@@ -174,10 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mini.add_argument("--layout", required=True, choices=["imagefolder", "tiny_imagenet", "imagenet"])
     mini.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
-    mini.add_argument("--classes", type=int, default=10)
-    mini.add_argument("--train", type=int, default=40, help="training images per class")
-    mini.add_argument("--val", type=int, default=10, help="val images per class")
-    mini.add_argument("--size", type=int, default=64, help="side length in pixels")
+    mini.add_argument("--classes", type=positive("--classes"), default=10)
+    mini.add_argument("--train", type=positive("--train"), default=40, help="training images per class")
+    mini.add_argument("--val", type=positive("--val"), default=10, help="val images per class")
+    mini.add_argument("--size", type=positive("--size"), default=64, help="side length in pixels")
     mini.add_argument("--val-style", choices=["folders", "csv", "devkit"], default="csv", help="imagenet's val")
     mini.add_argument("--bad", action="store_true", help="add files no decoder can read")
     return parser

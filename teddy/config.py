@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import math
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -159,14 +160,36 @@ def coerce(value: Any, schema: Mapping) -> Any:
     return value
 
 
+def _number_problems(value: Any, schema: Mapping, where: str = "") -> Iterable[str]:
+    """What JSON Schema lets through: NaN/±Inf (every bound comparison with NaN is false; a learning
+    rate of inf fails only deep inside a stage), and 5.0 where a whole number is meant (Draft 2020
+    counts it as an integer; range(5.0) then fails inside the stage)."""
+    desc = schema.get("description", "").strip()
+    fix = f" — {desc}" if desc else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield f"config key {where}: {value} is not a finite number{fix}"
+    elif isinstance(value, float) and "integer" in _types(schema) and "number" not in _types(schema):
+        whole = f"write {int(value)}" if value.is_integer() else "write a whole number"
+        yield f"config key {where}: {value} is not a whole number ({whole}){fix}"
+    elif isinstance(value, Mapping):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for k, v in value.items():
+            sub = props.get(k, extra if isinstance(extra, Mapping) else {})
+            yield from _number_problems(v, sub, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _number_problems(v, schema.get("items", {}), f"{where}.{i}")
+
+
 def validate(raw: Mapping) -> dict:
     """Validate ``raw`` against the schema, filling defaults; raise ConfigError listing problems."""
     schema = load_schema()
     data = coerce(copy.deepcopy(dict(raw)), schema)
     errors = sorted(_Validator(schema).iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = "\n  ".join(_describe(e, schema) for e in errors)
-        raise ConfigError(f"invalid configuration ({len(errors)} problem(s)):\n  {lines}")
+    problems = [_describe(e, schema) for e in errors] + list(_number_problems(data, schema))
+    if problems:
+        lines = "\n  ".join(problems)
+        raise ConfigError(f"invalid configuration ({len(problems)} problem(s)):\n  {lines}")
     return data
 
 

@@ -339,6 +339,6 @@ def main(args) -> int:
         print(f"teddy estimate: {err}", file=sys.stderr)
         return 2
     device = torch.device(args.device) if args.measure else None
-    rows, info = estimate(cfg, args.tflops or cfg.resources.gpu_tflops, device)
+    rows, info = estimate(cfg, cfg.resources.gpu_tflops if args.tflops is None else args.tflops, device)
     print(table(rows, info))
     return 0 if all(math.isfinite(r.gpu_h) for r in rows) else 1

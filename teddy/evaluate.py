@@ -21,6 +21,7 @@ from teddy.losses import mixed_cross_entropy, soft_kl
 from teddy.pool import Teacher
 from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
 from teddy.utils import (
+    ArtifactError,
     Progress,
     atomic_path,
     data_parallel,
@@ -63,7 +64,7 @@ def train_student(
     n = len(images)
     stored_epochs = soft["crops"].shape[0]
     if stored_epochs < epochs or soft["crops"].shape[1] != n:
-        raise RuntimeError(
+        raise ArtifactError(
             f"soft-label file holds {stored_epochs} epochs × {soft['crops'].shape[1]} images but "
             f"evaluate needs {epochs} × {n}: rerun relabel with the same evaluate.epochs "
             "(evaluate.full_data_epochs for the full-data row)"
@@ -143,6 +144,13 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     spec = models.InputSpec.from_manifest(manifest)
     name = f"{syn['method']} ipc{syn['ipc']} {arch} seed{seed}"
     epochs = student_epochs(cfg, syn["method"], syn["ipc"])
+    stored = soft["crops"].shape[0]
+    if stored < epochs:  # before anything is trained or written
+        raise ArtifactError(
+            f"{Path(inputs['soft_labels']) / artifacts.SOFT_LABELS}: holds views for {stored} student epochs, "
+            f"evaluate.epochs asks for {epochs}: set evaluate.epochs to at most {stored}, or rerun relabel "
+            f"with evaluate.epochs={epochs} (evaluate.full_data_epochs for the full-data row)"
+        )
 
     def student(kind: str, state: Path, labels=None) -> tuple[dict, list, int]:
         """Train one student (same init for both kinds) → (final accuracy, curve, resumed epoch)."""

@@ -463,8 +463,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
-    saved = load_torch(path, map_location)
-    if saved.get("fingerprint") != resume.fingerprint:
+    try:
+        saved = load_torch(path, map_location)
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError/EOFError/UnpicklingError/...
+        log.warning(
+            "not resuming from %s: it cannot be read (%s; damaged outside the job, whose writes are "
+            "atomic); starting afresh",
+            path,
+            first_line(err),
+        )
+        if is_main():
+            path.unlink(missing_ok=True)
+        return None
+    if not isinstance(saved, dict) or saved.get("fingerprint") != resume.fingerprint:
         log.warning(
             "not resuming from %s: it was written for other settings, inputs or code than this job's "
             "(config, input folders, teddy sources); starting afresh",
