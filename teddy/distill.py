@@ -18,6 +18,7 @@ iterations and resumes where it stopped.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ from teddy.utils import (
     read_json,
     save_checkpoint,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,12 @@ def run_shard(
     for it in range(0, len(curve), max(1, len(curve) // 100)):
         tracker.log_metrics({f"loss_{n}": float(curve[it, k]) for k, n in enumerate(objective.names)}, step=it)
     metrics = {f"final_loss_{n}": float(curve[-1, k]) for k, n in enumerate(objective.names) if len(curve)}
+    bad = [n for k, n in enumerate(objective.names) if len(curve) and not torch.isfinite(curve[:, k]).all()]
+    metrics["health"] = [f"diverged: non-finite synthesis loss ({', '.join(bad)})"] if bad else []
+    for problem in metrics["health"]:
+        log.warning(
+            "distill %s ipc%d seed%d: %s (lower distill.lr or the loss weights)", method, ipc, seed, problem
+        )
     return (
         metrics
         | resumed
@@ -429,6 +438,7 @@ def merge_metrics(folders: list[str]) -> dict:
         "pool_members": shards[0].get("pool_members", []),
         "objective": shards[0]["objective"],
         "shard_wall_s": sum(s["wall_s"] for s in shards),
+        "health": sorted({h for s in shards for h in s.get("health", [])}),
         "iter_s": float(np.mean([s["iter_s"] for s in shards])),
         **{k: float(np.mean([s[k] for s in shards])) for k in finals},
     }

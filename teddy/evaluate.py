@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from teddy import artifacts, models
+from teddy import artifacts, health, models
 from teddy.augment import render
 from teddy.config import student_epochs
 from teddy.data.source import open_source
@@ -153,7 +153,8 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
         )
 
     def student(kind: str, state: Path, labels=None) -> tuple[dict, list, int]:
-        """Train one student (same init for both kinds) → (final accuracy, curve, resumed epoch)."""
+        """Train one student (same init for both kinds) → (final accuracy with its ``health``, curve,
+        resumed epoch)."""
         torch.manual_seed(seed)
         model = models.create_model(arch, spec, width=cfg.evaluate.width).to(device)
         every = max(1, epochs // 10)
@@ -161,8 +162,11 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
         prefix = "" if kind == "soft" else "hard_"
         progress = Progress(f"evaluate {name} {kind}-label epochs", epochs)
 
+        losses: list[float] = []
+
         def on_epoch(epoch: int, loss: float, extra) -> list:
             progress.update(epoch)
+            losses.append(float(loss))
             curve[:] = extra or []
             tracker.log_metrics({"hard_train_loss" if prefix else "train_kl": loss}, step=epoch)
             final = epoch == epochs
@@ -189,7 +193,18 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
             epochs,
             progress=progress,
         )
-        return {**curve[-1], "params": models.count_params(model)}, curve, resumed
+        last = curve[-1]
+        problems = health.loss_problems(losses)
+        problems += health.accuracy_problems(last["top1"], manifest["num_classes"], last["val_images"])
+        problems = [f"{kind}-label student {p}" for p in problems]
+        for problem in problems:
+            log.warning("evaluate %s: %s", name, problem)
+        final = {
+            **last,
+            "params": models.count_params(model),
+            "health": problems,
+        }
+        return final, curve, resumed
 
     final, curve, resumed = student("soft", STATE)
     metrics = {
@@ -203,10 +218,12 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
         "epochs": epochs,
         "curve": curve,
         "resumed_from_epoch": resumed,
+        "health": final["health"],  # why this number is not a result (diverged, at chance); empty: none
     }
     if arch in cfg.evaluate.hard_label_archs:
         hard, hard_curve, _ = student("hard", STATE_HARD, labels=syn["labels"])
         metrics |= {"hard_top1": hard["top1"], "hard_top5": hard["top5"], "hard_curve": hard_curve}
+        metrics["health"] += hard["health"]
     plot_curve(metrics, name, out / artifacts.CURVE_PNG)
     tracker.log_artifact(out / artifacts.CURVE_PNG)  # the learning curve, in the run that made it
     return metrics

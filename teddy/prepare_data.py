@@ -239,6 +239,12 @@ def prepare_files(cfg, spec, prep: dict, out: Path) -> dict:
         keep_cls = [c for c in range(len(listing.class_ids)) if c not in small]
         if not keep_cls:
             raise DatasetError(f"{root}: no class has {need} readable training images (distill.ipcs)")
+        if len(keep_cls) < 2:
+            raise DatasetError(
+                f"{root}: 1 class ({listing.classes[keep_cls[0]]!r}) with {need}+ readable training images; "
+                "distillation and every accuracy need at least 2 classes (check the class folders under "
+                "train/, or lower distill.ipcs)"
+            )
         new = {c: i for i, c in enumerate(keep_cls)}
         rows = {s: [y in new for _, y in e] for s, e in kept.items()}
         kept = {s: [(p, new[y]) for p, y in e if y in new] for s, e in kept.items()}

@@ -94,10 +94,40 @@ def collect_row(eval_dir: Path) -> dict:
     row["hard_top1"] = ev.get("hard_top1", float("nan"))  # evaluate.hard_label_archs only
     row["epochs"] = ev["epochs"] if "epochs" in ev else ev["curve"][-1]["epoch"]  # older runs: the curve's end
     row["pool_size"] = syn.get("pool_size", 0)  # members distill drew from (0: real images)
+    problems = [*data.get("health", []), *pool.get("health", []), *syn.get("health", []), *ev.get("health", [])]
+    row["health"] = "; ".join(problems)  # why the number is not a result (teddy.health); "" when none
     row |= {
         f"{stage}_s": round(walls[stage]["wall_s"] + walls[stage].get("shard_wall_s", 0), 3) for stage in STAGES
     }
     return row
+
+
+def flag_below_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """A run at chance where the baseline (same dataset/IPC/arch) is clearly not: said in its
+    ``health`` beside what the baseline reaches (the comparison is then with a failed run)."""
+    df = df.copy()
+    if "health" not in df:
+        df["health"] = ""
+    df["health"] = df["health"].fillna("")
+    base = df[(df.method == baseline) & ~df.health.str.contains("at chance")]
+    reached = base.groupby(["dataset", "ipc", "arch"]).top1.mean()
+    for i, row in df.iterrows():
+        key = (row.dataset, row.ipc, row.arch)
+        if "at chance" in row.health and row.method != baseline and key in reached.index:
+            df.at[i, "health"] += f"; {baseline} reaches {reached[key]:.1f} % here"
+    return df
+
+
+def flagged_section(df: pd.DataFrame) -> list[str]:
+    flagged = df[df.health != ""]
+    if not len(flagged):
+        return []
+    lines = [
+        f"\n**Flagged runs ({len(flagged)}):** their numbers are in the tables above, but they are failures"
+        " (teddy/health.py), not results: fix the setting and rerun them.\n",
+    ]
+    lines += [f"- {r.method} IPC {r.ipc} {r.arch} seed {r.seed}: {r.health}" for r in flagged.itertuples()]
+    return lines
 
 
 def find_evaluations(folders: list[str]) -> list[Path]:
@@ -377,10 +407,14 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     rows = [collect_row(d) for d in find_evaluations(inputs["evaluations"])]
     df = in_config_grid(pd.DataFrame(rows), cfg)
     df = add_hlr(add_ior(df, cfg.report.baseline_method))
+    df = flag_below_baseline(df, cfg.report.baseline_method)
     df = df.sort_values(["dataset", "method", "ipc", "arch", "seed"]).reset_index(drop=True)
     missing = missing_baseline(df, cfg.report.baseline_method)
     if len(missing):
         log.warning("%d run(s) have no %s baseline: no IOR for them", len(missing), cfg.report.baseline_method)
+    flagged = df[df.health != ""]
+    for r in flagged.itertuples():
+        log.warning("flagged run %s ipc%s %s seed%s: %s", r.method, r.ipc, r.arch, r.seed, r.health)
     absent = missing_runs(df, cfg)
     if absent:
         log.warning("%d configured run(s) have no evaluation: %s", len(absent), "; ".join(absent))
@@ -393,6 +427,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     md = [
         f"# Results: {', '.join(df.dataset.unique())}\n",
         provenance_line(prov) + "\n",
+        *flagged_section(df),
         f"Student val top-1 (%), mean ± sample std over seeds {seeds} (a cell without ± is one seed);"
         " rows method/IPC, columns student arch.\n",
         mean_std_table(df, "top1").to_markdown(index=False, disable_numparse=True),
@@ -449,4 +484,5 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     flat = {f"top1.{m}.ipc{i}.{a}": float(v) for (m, i, a), v in means.items()}
     ior = df.dropna(subset=["ior"]).groupby(["method", "ipc", "arch"]).ior.mean()
     flat |= {f"ior.{m}.ipc{i}.{a}": float(v) for (m, i, a), v in ior.items()}  # the pipeline run shows them
-    return {"rows": len(df), "missing_baseline_runs": len(missing), "missing_runs": len(absent), **flat}
+    counts = {"rows": len(df), "missing_baseline_runs": len(missing), "missing_runs": len(absent)}
+    return {**counts, "flagged_runs": len(flagged), **flat}
