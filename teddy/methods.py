@@ -40,6 +40,14 @@ class Method:
     def objective_name(self, cfg: Any) -> str | None:
         return cfg.distill.matching if self.objective == "matching" else self.objective
 
+    def distill_keys(self, section: Any) -> list[str]:
+        """The keys of the distill config ``section`` (mapping) this method's result depends on: a
+        change to any other key leaves its jobs alone. Picking real images reads none of them
+        (which images: IPC and seed, from the job; the grid's size is presentation, not result);
+        an optimising method reads them all (its objective, initialisation and pool decide which,
+        and over-declaring only reruns a job, where under-declaring would keep a stale one)."""
+        return list(section) if self.optimises else []
+
     def reads_real(self, cfg: Any) -> bool:
         """Whether the distill job opens the real training images."""
         d = cfg.distill

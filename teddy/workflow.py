@@ -22,7 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from teddy.config import GRID_KEYS, RESOLVED
+from teddy import config as config_mod
+from teddy import methods
+from teddy.config import GRID_KEYS, RESOLVED, algorithm, full_data_row
 
 
 def pool_job_names(p) -> list[str]:
@@ -242,9 +244,13 @@ def param_keys(data: Mapping, stage: str, method: str | None = None, member: str
         )
         return keys + [f"pretrain_pool.{k}" for k in section]
     grid = GRID_KEYS.get(stage, set())
-    keys += [f"{stage}.{k}" for k in data[stage] if k not in grid]
+    section = [k for k in data[stage] if k not in grid]
+    if stage == "distill" and method is not None:
+        section = methods.get(algorithm(data, method)).distill_keys(section)
+    keys += [f"{stage}.{k}" for k in section]
     if stage == "distill" and method in data["distill"]["variants"]:
         keys.append(f"distill.variants.{method}")
+
     if stage == "relabel":
         keys.append("evaluate.epochs")  # one stored view per student epoch
         if data["evaluate"]["full_data"]:
@@ -327,9 +333,6 @@ def _pool_jobs(data: Mapping, w: dict) -> list[Job]:
 
 def evaluation_grid(data: Mapping) -> list[dict]:
     """(method, ipc, arch, seed) of every evaluation, the full-data row included."""
-    from teddy import methods
-    from teddy.config import full_data_row
-
     d, e = data["distill"], data["evaluate"]
     sets = [(m, i) for m in d["methods"] for i in d["ipcs"]]
     full = full_data_row(data)
@@ -346,9 +349,6 @@ def evaluation_grid(data: Mapping) -> list[dict]:
 
 def plan(data: Mapping) -> list[Job]:
     """Every job of the resolved config ``data`` in an order that respects dependencies."""
-    from teddy import methods
-    from teddy.config import algorithm
-
     w = {"dataset": data["run"]["dataset"]}
     data_dir, pool = path("prepare_data", **w), path("pretrain_pool", **w)
     manifest = f"{pool}/manifest.json"
@@ -501,8 +501,6 @@ def dvc_yaml(config_files: list[str]) -> str:
     """dvc.yaml for the config ``config_files`` (base first, then deltas): one DVC stage per job of
     plan(), the same commands, each with its code files, its inputs and the keys it depends on
     (each read from the file whose value wins) as deps and params."""
-    from teddy import config as config_mod
-
     data = config_mod.to_dict(config_mod.load(config_files))
     raws = [config_mod.read_yaml(f) for f in config_files]
     config_args = [arg for f in config_files for arg in ("--config", f)]
