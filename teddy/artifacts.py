@@ -26,6 +26,8 @@ from teddy.utils import ArtifactError, atomic_path, first_line, is_main, read_js
 CACHE, DATA_MANIFEST, INDEX = "cache.pt", "manifest.json", "index.json"  # prepare_data
 CACHE_NPY = {"train": "train_u8.npy", "val": "val_u8.npy"}  # prepare_data, image-file datasets
 POOL_MANIFEST, BASE_MODEL, POST_MEMBER = "manifest.json", "base.pt", "member.pt"  # pretrain_pool
+POOL_MEMBERS = "members.json"  # pretrain_pool: each job's own record of the members it wrote
+
 BATCHES, SYNTHETIC, GRID = "batches.pt", "synthetic.pt", "grid.png"  # distill
 SOFT_LABELS = "soft_labels.pt"  # relabel
 CURVE_PNG = "curve.png"  # evaluate: the student's learning curve
@@ -192,6 +194,22 @@ def require_labels(path: Path, what: str, labels: torch.Tensor, num_classes: int
         )
 
 
+def require_counts(path: Path, split: str, labels: torch.Tensor, manifest: dict) -> None:
+    """The labels per class against the manifest's count of them: labels shifted or permuted after
+    the manifest was written (checksums redone) no longer match it."""
+    recorded = manifest.get(f"{split}_per_class")
+    if recorded is None:
+        return  # a manifest from before per-class counts were recorded
+    counts = torch.bincount(labels, minlength=manifest["num_classes"]).tolist()
+    if counts != list(recorded):
+        first = next(c for c, (a, b) in enumerate(zip(counts, recorded, strict=True)) if a != b)
+        raise fail(
+            path,
+            f"its {split} labels per class differ from {DATA_MANIFEST}'s {split}_per_class (class {first}: "
+            f"{counts[first]} here, {recorded[first]} recorded): the labels were changed after preparation",
+        )
+
+
 def folder_selection(path: Path) -> dict:
     """method/IPC/seed that the workflow's folder layout (``<method>/ipc<K>/seed<S>/``) says."""
     match = re.search(r"/([^/]+)/ipc(\d+)/seed(\d+)(?:/|$)", path.parent.as_posix())
@@ -221,6 +239,7 @@ def load_cache(data_dir: str | Path) -> dict:
         if x.dtype != torch.uint8 or len(x) != len(y) or len(y) != manifest[f"{split}_count"]:
             raise fail(path, f"its {split} split does not match {DATA_MANIFEST} (dtype, count)")
         require_labels(path, f"{split} labels", y, manifest["num_classes"])
+        require_counts(path, split, y, manifest)
     return data
 
 
@@ -237,10 +256,17 @@ def load_index(data_dir: str | Path, manifest: dict) -> dict:
                 raise fail(path, f"its {split} split does not match {DATA_MANIFEST} (count)")
             y = torch.tensor(labels, dtype=torch.long)
             require_labels(path, f"{split} labels", y, manifest["num_classes"])
+            require_counts(path, split, y, manifest)
         index["root"]
     except (ValueError, KeyError, TypeError) as err:
         raise fail(path, f"is not a dataset index ({first_line(err)})") from None
     return index
+
+
+def data_digest(data_dir: str | Path) -> str:
+    """What identifies a prepared dataset: the checksum of its cache or index (manifest.json)."""
+    manifest = read_json(Path(data_dir) / DATA_MANIFEST)
+    return manifest.get("cache_sha256") or manifest.get("index_sha256") or ""
 
 
 def verify_large(path: Path) -> None:

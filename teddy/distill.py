@@ -276,12 +276,14 @@ def run_shard(
     data = open_source(data_dir, cfg.prepare_data.workers) if spec.reads_real(cfg) else None
     archs = d.pool_archs if spec.pool == "members" else None
     pool, pool_manifest = load_pool(
-        inputs["pool"], spec.pool_kind(cfg), device, d.pool_size, archs, built_for=cfg.pretrain_pool
+        inputs["pool"], spec.pool_kind(cfg), device, d.pool_size, archs, built_for=cfg, data_dir=inputs["data"]
     )
     draw = pool_sampler(d.pool_sampling, pool_manifest)
     objective = make_objective(method, cfg, data, device)
     teacher = (
-        Teacher(inputs["pool"], cfg.relabel.teacher, device, cfg.pretrain_pool) if d.init == "teacher" else None
+        Teacher(inputs["pool"], cfg.relabel.teacher, device, cfg, inputs["data"])
+        if d.init == "teacher"
+        else None
     )
     batches = batches_of(cfg, manifest["num_classes"], ipc)[shard[0] :: shard[1]]
     ckpt_path = out / "checkpoint.pt"

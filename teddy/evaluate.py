@@ -18,7 +18,7 @@ from teddy.augment import render
 from teddy.config import student_epochs
 from teddy.data.source import open_source
 from teddy.losses import mixed_cross_entropy, soft_kl
-from teddy.pool import Teacher
+from teddy.pool import Teacher, check_stored_logits
 from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
 from teddy.utils import (
     ArtifactError,
@@ -129,15 +129,18 @@ def curve_subset(n_val: int, n: int) -> torch.Tensor | None:
 
 
 def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, tracker) -> dict:
-    """inputs: ``data``, ``synthetic``, ``soft_labels`` (+ ``pool``: online relabel) dirs; outputs: ``out``."""
+    """inputs: ``data``, ``synthetic``, ``soft_labels`` (+ ``pool``: the teacher, for online relabel and
+    to check stored logits against) dirs; outputs: ``out``."""
     data_dir = Path(inputs["data"])
     manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
     source = open_source(data_dir, cfg.prepare_data.workers)
     syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
     soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
-    teacher = (
-        Teacher(inputs["pool"], soft["teacher"], device, cfg.pretrain_pool) if "replay" not in soft else None
-    )
+    teacher = Teacher(inputs["pool"], soft["teacher"], device, cfg, data_dir) if "pool" in inputs else None
+    if teacher is not None and "replay" in soft:  # stored logits: are they this teacher's?
+        path = Path(inputs["soft_labels"]) / artifacts.SOFT_LABELS
+        check_stored_logits(teacher, syn["images"], soft, path, device)
+        teacher = None  # the stored logits serve the student
     probe = curve_subset(source.count("val"), cfg.evaluate.curve_val_images)
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)

@@ -6,30 +6,44 @@ teacher. They read it only through here, so no stage module imports another.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from teddy import artifacts, models, workflow
+from teddy import config as config_mod
 from teddy.artifacts import POOL_MANIFEST as MANIFEST
-from teddy.utils import read_json
+from teddy.artifacts import POOL_MEMBERS as MEMBERS
+from teddy.augment import render
+from teddy.utils import ArtifactError, read_json
 
 
 def load_pool(
-    pool_dir: str | Path, which: str, device, size: int | None = None, archs=None, built_for=None
+    pool_dir: str | Path,
+    which: str,
+    device,
+    size: int | None = None,
+    archs=None,
+    built_for=None,
+    data_dir: str | Path | None = None,
 ) -> tuple[list, list[dict]]:
     """``which``: 'base' → [base model]; 'prior' / 'post' / 'both' → those members, at most ``size``
     spread evenly over the manifest's order (prior: by architecture, seed, then epoch); 'both' takes
     half from each and alternates them; ``archs`` keeps only members of those architectures (None:
-    all). Checksums are verified; with ``built_for`` (the pretrain_pool config section) members are
-    drawn only from a pool assembled from the jobs that section asks for (``check_jobs``).
+    all). Checksums are verified; with ``built_for`` (the reader's config) the manifest must list
+    every job's own members, members are drawn only from a pool assembled from the jobs the config
+    asks for (``check_jobs``), and each member loaded must have been built by the recipe the config
+    gives and, with ``data_dir``, on that prepared data (``check_recipe``).
 
     Returns the models (eval mode, frozen, channels_last on CUDA) and their manifest entries.
     """
     pool_dir = Path(pool_dir)
     manifest = read_json(pool_dir / MANIFEST)
+    if built_for is not None:
+        check_members(manifest, pool_dir / MANIFEST)
     if built_for is not None and which != "base":
-        check_jobs(manifest, pool_dir / MANIFEST, built_for)
+        check_jobs(manifest, pool_dir / MANIFEST, built_for.pretrain_pool)
     if which == "base":
         entries = [manifest["base"]]
     else:
@@ -51,6 +65,8 @@ def load_pool(
             f"{pool_dir / MANIFEST} lists no {which} members{among}: set pretrain_pool.prior_epochs, "
             "pretrain_pool.post_members or pretrain_pool.member_archs (and distill.pool_archs)"
         )
+    if built_for is not None:
+        check_recipe(entries, pool_dir / MANIFEST, built_for, data_dir)
     pool = []
     for entry in entries:
         path = pool_dir / entry["file"]
@@ -79,13 +95,76 @@ def check_jobs(manifest: dict, path: Path, p) -> None:
     missing, extra = [j for j in want if j not in have], [j for j in have if j not in want]
     if missing or extra:
         told = [f"missing {missing}" if missing else "", f"not configured {extra}" if extra else ""]
-        raise artifacts.fail(
-            path,
-            f"assembled from pool jobs {have}, but pretrain_pool (member_archs, prior_seeds, "
+        raise ArtifactError(
+            f"{path}: assembled from pool jobs {have}, but pretrain_pool (member_archs, prior_seeds, "
             f"post_members) now asks for {want} ({'; '.join(t for t in told if t)}): the pool was built "
-            "for another config",
-            "pretrain_pool",
+            f"for another config; {rebuild_advice(path)}"
         )
+
+
+def rebuild_advice(path: Path) -> str:
+    """A pool built for another config: rebuilding it with the command that made it would make the
+    same pool again, so the advice is this config's pool, or the pool's own config."""
+    return (
+        "build the pool for this config (Snakemake reruns it when run with these config files; by "
+        f"hand: `teddy pretrain-pool` with this config and --out {path.parent}), or run this stage with "
+        f"the config the pool was built with ({path.parent / 'config.resolved.yaml'})"
+    )
+
+
+def _shown(value) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def check_recipe(entries: list[dict], path: Path, cfg, data_dir: str | Path | None = None) -> None:
+    """Fail unless every member in ``entries`` was built by the recipe ``cfg`` gives for its kind
+    (``workflow.pool_recipe``: the pretrain_pool keys, dataset and dtype its job depends on) and,
+    with ``data_dir``, trained on that prepared data. Members written before recipes were recorded
+    carry none and are not checked."""
+    data = config_mod.to_dict(cfg)
+    here = artifacts.data_digest(data_dir) if data_dir is not None else None
+    for entry in entries:
+        recipe = entry.get("recipe")
+        if recipe is None:
+            continue
+        had = recipe.get("config", {})
+        want = workflow.pool_recipe(data, entry["origin"])
+        diff = [
+            f"{k}: {_shown(had[k]) if k in had else '(not recorded)'} in the pool, {_shown(v)} in this config"
+            for k, v in want.items()
+            if k not in had or had[k] != v
+        ]
+        if diff:
+            raise ArtifactError(
+                f"{path}: member {entry['file']} was built by another recipe ({'; '.join(diff[:4])}"
+                f"{'; …' if len(diff) > 4 else ''}); {rebuild_advice(path)}"
+            )
+        if here is not None and recipe.get("data") and recipe["data"] != here:
+            raise ArtifactError(
+                f"{path}: member {entry['file']} was trained on other data than {data_dir} (its prepared "
+                f"cache/index checksum differs); {rebuild_advice(path)}"
+            )
+
+
+def check_members(manifest: dict, path: Path) -> None:
+    """Fail unless the manifest lists exactly the members each of its jobs recorded in its own
+    members.json (a job folder beside it): a manifest edited or assembled from part of a job would
+    otherwise be drawn from silently."""
+    for job in manifest.get("jobs", []):
+        record = path.parent / job / MEMBERS
+        if not record.is_file():
+            continue  # a job folder elsewhere (assembled by hand): the checksums still hold
+        own = {(Path(job) / e["file"]).as_posix() for e in read_json(record)}
+        listed = {e["file"] for e in [manifest["base"], *manifest["members"]] if e.get("job") == job}
+        if own != listed:
+            gone, added = sorted(own - listed), sorted(listed - own)
+            told = "; ".join([f"missing {gone}"] * bool(gone) + [f"not in its record {added}"] * bool(added))
+
+            raise ArtifactError(
+                f"{path}: lists other members of job {job} than its {record} ({told}): "
+                "edited or assembled from part of the job; reassemble it (`teddy pretrain-pool --assemble` "
+                "over the job folders, or rerun the workflow)"
+            )
 
 
 def spread(entries: list[dict], size: int | None) -> list[dict]:
@@ -116,12 +195,37 @@ def pool_sampler(mode: str, entries: list[dict]):
     raise ValueError(f"config key distill.pool_sampling: unknown mode {mode!r}")
 
 
+AGREEMENT_VIEWS, AGREEMENT_MIN = 64, 0.9  # views re-run per checked epoch; top-1 agreement required
+
+
+def check_stored_logits(teacher, images: torch.Tensor, soft: dict, path: Path, device) -> float:
+    """Stored soft labels against a re-run of their ``teacher`` on a sample of views (first and
+    last stored epoch): logits written by something else (random numbers, another teacher's, another
+    set's) with the checksum redone agree with it at about chance. Returns the top-1 agreement."""
+    epochs, n = soft["crops"].shape[:2]
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:AGREEMENT_VIEWS].sort().values
+    views = {"crops": soft["crops"].to(device), "mix": soft["mix"].to(device), "mix_mode": soft["mix_mode"]}
+    agree = []
+    for epoch in sorted({0, epochs - 1}):
+        with torch.no_grad():
+            fresh = teacher(render(images.to(device), views, epoch, idx.to(device))).float().cpu()
+        stored = soft["replay"](epoch, idx, "cpu").float()
+        agree.append((fresh.argmax(-1) == stored.argmax(-1)).float().mean().item())
+    if min(agree) < AGREEMENT_MIN:
+        raise ArtifactError(
+            f"{path}: its stored teacher logits disagree with the teacher ({soft['teacher']}) re-run on "
+            f"{len(idx)} of its views (top-1 agreement {min(agree):.0%}, at least {AGREEMENT_MIN:.0%} "
+            "expected): written by something else than relabel with this pool; rerun relabel"
+        )
+    return min(agree)
+
+
 class Teacher:
     """Logits of the base model, or (``ensemble``) the mean logits of every pool member, prior and post."""
 
-    def __init__(self, pool_dir, which: str, device, built_for=None):
+    def __init__(self, pool_dir, which: str, device, built_for=None, data_dir=None):
         self.models, self.entries = load_pool(
-            pool_dir, "base" if which == "base" else "both", device, built_for=built_for
+            pool_dir, "base" if which == "base" else "both", device, built_for=built_for, data_dir=data_dir
         )
 
     @torch.no_grad()

@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from teddy import artifacts, augment, models, workflow
+from teddy import artifacts, augment, health, models, workflow
+from teddy import config as config_mod
+from teddy.data.datasets import DatasetError
 from teddy.data.source import open_source
 from teddy.prune import prune, recalibrate_bn
 from teddy.train import TrainState, accuracy_of, make_optimizer, to_unit, warmup_cosine
@@ -38,7 +40,8 @@ from teddy.utils import (
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-MEMBERS = "members.json"  # each job's entries (files relative to its folder)
+MEMBERS = artifacts.POOL_MEMBERS  # each job's entries (files relative to its folder)
+
 STATE = "train_state.pt"  # resumable training state, removed when the job completes
 
 
@@ -199,7 +202,28 @@ def build_base(cfg, source, spec, out: Path, device, tracker) -> list[dict]:
         no_members = lambda epoch, model, extra: (False, None)  # noqa: E731
         model = train_trajectory(cfg, source, spec, p.seed, device, tracker, no_members, out / STATE)
         info = {"origin": "base", "seed": p.seed, "epoch": p.epochs}
-    return [save_member(model, out / "base.pt", cfg, source, spec, device, **info)]
+    entry = save_member(model, out / "base.pt", cfg, source, spec, device, **info)
+    return [check_base(entry, out / "base.pt", spec.num_classes, source.count("val"))]
+
+
+def check_base(entry: dict, path: Path, num_classes: int, val_images: int) -> dict:
+    """A base model below chance on val contradicts its own training labels: the val labels disagree
+    with the training ones (shifted, permuted, another dataset's), so nothing built on it means
+    anything: stop, removing what was written. One at chance is kept, its ``health`` saying so."""
+    top1, chance = entry["val_top1"], health.chance_top1(num_classes)
+    p = 1 / num_classes
+    if top1 < chance - health.CHANCE_SE * 100 * (p * (1 - p) / max(1, val_images)) ** 0.5:
+        for file in (path, artifacts.checksum_path(path)):
+            file.unlink(missing_ok=True)
+        raise DatasetError(
+            f"{path}: the base model scores {top1:.2f} % on val, below chance ({chance:.2f} %): the val "
+            "labels disagree with the training labels it learnt (shifted or permuted after preparation, "
+            "or another dataset's); prepare the data again (prepare_data)"
+        )
+    problems = health.accuracy_problems(top1, num_classes, val_images, "base model val top-1")
+    for problem in problems:
+        log.warning("pretrain_pool base: %s: every later stage learns from this teacher", problem)
+    return entry | {"health": problems}
 
 
 def build_prior(
@@ -287,6 +311,8 @@ def assemble(job_dirs: list[Path], out: Path, arch: str, tracker) -> dict:
     write_json(manifest, out / MANIFEST)
     tracker.log_artifact(out / MANIFEST)
     metrics = {"base_val_top1": base["val_top1"], "base_flops": base["flops"], "pool_members": len(members)}
+    metrics["health"] = base.get("health", [])  # a base model at chance: every later number learns from it
+
     # the member jobs' own runtimes (Snakemake: one job each), counted into the stage's runtime like
     # distill's shards; an all-in-one build has no per-job metrics and its wall_s covers everything
     job_metrics = [job / "metrics.json" for job in job_dirs if (job / "metrics.json").is_file()]
@@ -314,6 +340,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
     source = open_source(data_dir, cfg.prepare_data.workers)
     spec = models.InputSpec.from_manifest(read_json(data_dir / artifacts.DATA_MANIFEST))
     todo = [member] if member else workflow.pool_job_names(p)
+    data = config_mod.to_dict(cfg)
     dirs = []
     for job in todo:
         kind, index, arch = workflow.parse_member(cfg.pretrain_pool, job)
@@ -327,6 +354,8 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
             entries = build_prior(cfg, source, spec, index, job_dir, device, tracker, base_top1, arch)
         else:
             entries = build_post(cfg, source, spec, index, base_dir / "base.pt", job_dir, device)
+        recipe = {"config": workflow.pool_recipe(data, kind), "data": artifacts.data_digest(data_dir)}
+        entries = [e | {"recipe": recipe} for e in entries]  # what every reader checks its config against
         write_json(entries, job_dir / MEMBERS)
         dirs.append(job_dir)
     if member:

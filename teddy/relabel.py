@@ -69,7 +69,8 @@ def run(cfg, inputs: dict, outputs: dict, *, seed: int, device, tracker) -> dict
     out = Path(outputs["out"])
     out.mkdir(parents=True, exist_ok=True)
     if r.mode == "precomputed":
-        teacher = Teacher(inputs["pool"], r.teacher, device, cfg.pretrain_pool)
+        teacher = Teacher(inputs["pool"], r.teacher, device, cfg)
+
         dev_views = {**views, "crops": views["crops"].to(device), "mix": views["mix"].to(device)}
         agree = 0.0
         step = r.shard_epochs or epochs

@@ -268,6 +268,13 @@ def params_of(data: Mapping, keys: list[str]) -> dict:
     return {key: lookup(data, key) for key in keys}
 
 
+def pool_recipe(data: Mapping, origin: str) -> dict:
+    """The config a pool member of ``origin`` (base / prior / post) depends on, {dotted key: value}:
+    recorded with every member its job writes, and compared by every reader of the pool with its own
+    config (teddy.pool.check_recipe): a pool of another recipe is never drawn from."""
+    return params_of(data, param_keys(data, "pretrain_pool", member=origin))
+
+
 # -- every job of a config, as both tools run it ---------------------------------------------------
 
 

@@ -174,15 +174,17 @@ def test_a_pool_built_for_another_pool_config_is_refused(pool_dir, tmp_path, cap
     assert cli.main(argv) == 1  # bad input: what and the fix
     err = capsys.readouterr().err
     assert "manifest.json: assembled from pool jobs" in err and "missing ['post_002']" in err
-    assert "rebuild it with `python -m teddy pretrain-pool" in err  # the command that assembled it
+    assert "build the pool for this config" in err and "config.resolved.yaml" in err  # not the old command
+
     assert not list(out.rglob("*.pt"))
-    fewer = config_of([*CFG, "--set", "pretrain_pool.post_members=1"]).pretrain_pool
+    fewer = config_of([*CFG, "--set", "pretrain_pool.post_members=1"])
     with pytest.raises(ArtifactError, match=r"not configured \['post_001'\]"):
         pool.Teacher(pool_dir / "pool", "ensemble", "cpu", fewer)  # the ensemble teacher draws them all
     assert len(pool.Teacher(pool_dir / "pool", "base", "cpu", fewer).models) == 1  # the base alone is fine
     older = {k: v for k, v in manifest.items() if k != "jobs"}  # before "jobs": read off the entries
     with pytest.raises(ArtifactError, match=r"not configured \['post_001'\]"):
-        pool.check_jobs(older, pool_dir / "pool" / "manifest.json", fewer)
+        pool.check_jobs(older, pool_dir / "pool" / "manifest.json", fewer.pretrain_pool)
+
     pool.check_jobs(older, pool_dir / "pool" / "manifest.json", config_of(CFG).pretrain_pool)
 
 

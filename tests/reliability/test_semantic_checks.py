@@ -1,0 +1,89 @@
+"""Checksums prove a file is the one written, not that it is right (issue 36, 3): data, teacher and
+soft labels that stay internally consistent after a wrong edit (checksums redone) are still caught by
+cheap semantic checks: per-class label counts against the manifest, a base model below chance on
+val, stored soft labels against a re-run of the teacher on a sample of views."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from teddy import artifacts, cli
+
+from ..conftest import evaluate_args, tiny_synthetic_set
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("semantic")
+    cfg, data, pool, syn = tiny_synthetic_set(tmp)
+    soft = tmp / "soft"
+    assert (
+        cli.main(
+            ["relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
+        )
+        == 0
+    )
+    return cfg, data, pool, syn, soft
+
+
+def shift_val_labels(data, fix_counts: bool) -> None:
+    """Every val label moved to the next class, the cache's checksum (and the manifest's) redone."""
+    cache = torch.load(data / "cache.pt", weights_only=True)
+    cache["val_y"] = (cache["val_y"] + 1) % 10
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["cache_sha256"] = artifacts.save(cache, data / "cache.pt")
+    if fix_counts:
+        manifest["val_per_class"] = torch.bincount(cache["val_y"], minlength=10).tolist()
+    (data / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_shifted_val_labels_are_caught_by_their_counts(tiny, tmp_path, capsys):
+    data = shutil.copytree(tiny[1], tmp_path / "results" / "data")
+    shift_val_labels(data, fix_counts=False)
+    assert cli.main(["verify", str(tmp_path / "results")]) == 1
+    out = capsys.readouterr().out
+    assert "BAD" in out and "cache.pt" in out and "per class" in out, out
+
+
+def test_a_base_model_below_chance_stops_the_pool(tiny, tmp_path, capsys):
+    cfg = tiny[0]
+    data = shutil.copytree(tiny[1], tmp_path / "data")
+    shift_val_labels(data, fix_counts=True)  # consistent in every recorded number
+    code = cli.main(
+        ["pretrain-pool", *cfg, "--data", str(data), "--member", "base", "--out", str(tmp_path / "base")]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "below chance" in err and "val labels" in err, err
+    assert not (tmp_path / "base" / "members.json").exists()
+
+
+def test_random_logits_in_a_soft_label_file_are_caught(tiny, tmp_path, capsys):
+    cfg, data, pool, syn, soft = tiny
+    forged = shutil.copytree(soft, tmp_path / "soft")
+    record = torch.load(forged / "soft_labels.pt", weights_only=True)
+    record["logits"] = torch.randn_like(record["logits"].float()).half() * 5
+    artifacts.save(record, forged / "soft_labels.pt")  # checksum redone
+    argv = [
+        "evaluate",
+        *cfg,
+        *evaluate_args(data, syn, forged),
+        "--pool",
+        str(pool),
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "disagree with the teacher" in err, err
+    honest = [
+        "evaluate",
+        *cfg,
+        *evaluate_args(data, syn, soft),
+        "--pool",
+        str(pool),
+        "--out",
+        str(tmp_path / "ok"),
+    ]
+    assert cli.main(honest) == 0
