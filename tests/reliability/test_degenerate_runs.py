@@ -34,10 +34,16 @@ def evaluate(tiny, out, *overrides):
     return json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize(("lr", "said"), [("1e30", "non-finite training loss"), ("1e6", "training loss grew")])
-def test_a_diverged_student_is_named(tiny, tmp_path, caplog, lr, said):
+NAN_LOSS = ("evaluate.lr=1e6", "evaluate.batch_size=4", "evaluate.epochs=3")  # NaN from epoch 1
+HUGE_LOSS = ("evaluate.lr=1e6", "evaluate.epochs=3")  # finite, but 1e25 times its first epoch's
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"), [(NAN_LOSS, "non-finite training loss"), (HUGE_LOSS, "loss grew")]
+)
+def test_a_diverged_student_is_named(tiny, tmp_path, caplog, overrides, said):
     with caplog.at_level(logging.WARNING):
-        metrics = evaluate(tiny, tmp_path / "ev", f"evaluate.lr={lr}", "evaluate.epochs=3")
+        metrics = evaluate(tiny, tmp_path / "ev", *overrides)
     assert any("diverged" in h and said in h for h in metrics["health"]), metrics["health"]
     assert "diverged" in caplog.text and said in caplog.text
 
@@ -52,7 +58,7 @@ def test_a_student_at_chance_is_named_and_a_healthy_one_is_not(tiny, tmp_path):
 def test_the_report_names_flagged_runs(tiny, tmp_path):
     cfg = tiny[0]
     ev = tmp_path / "evaluate" / "random" / "ipc2" / "convnet" / "seed0"
-    evaluate(tiny, ev, "evaluate.lr=1e30", "evaluate.epochs=2")
+    evaluate(tiny, ev, *NAN_LOSS)
     out = tmp_path / "report"
     assert (
         cli.main(
