@@ -2,8 +2,10 @@
 
 torchvision.io's decoders (libjpeg-turbo, libpng, libwebp, giflib; benchmarks/data.py chose them
 over PIL) handle JPEG incl. CMYK, PNG with alpha or palette, GIF and WebP and convert grey/RGBA/CMYK
-to the channels asked for; formats they do not read (BMP, TIFF, PNM) go through Pillow. A file
-neither can read fully (empty, truncated, not an image) raises :class:`BadImage` with the reason.
+to the channels asked for; formats they do not read (BMP, TIFF, PNM) go through Pillow. Decoded as
+a viewer shows them: EXIF orientation applied, the first frame of an animation, 16-bit images
+scaled to 8 bits (not clipped). A file neither can read fully (empty, truncated, not an image) or
+whose pixels have no defined 8-bit reading (32-bit float) raises :class:`BadImage` with the reason.
 Resizing: shorter side to S (bilinear, antialiased, as prepare_data resizes array datasets), then
 the centre S×S square.
 """
@@ -42,14 +44,32 @@ def _torchvision(data: bytes, channels: int) -> torch.Tensor:
     with warnings.catch_warnings():
         # torchvision 0.29 announces the move of its decoders to TorchCodec; the pinned version has them
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+        img = decode_image(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode, apply_exif_orientation=True
+        )
+    if img.ndim == 4:  # an animated GIF/WebP: its frames; the first is what a viewer shows
+        img = img[0]
+    if img.shape[0] == 3 and channels == 1:  # the GIF decoder ignores the mode: ITU-R 601 luma, as Pillow
+        weights = torch.tensor([299, 587, 114], dtype=torch.int32).view(3, 1, 1)
+        img = ((img.int() * weights).sum(0, keepdim=True) + 500).div(1000, rounding_mode="floor").byte()
+
+    if img.dtype == torch.uint16:  # 16-bit PNG: scaled to 8 bits, 65535 → 255 (a cast would clip)
+        img = (img.float() / 257).round().to(torch.uint8)
+    return img
 
 
 def _pillow(path: Path, channels: int) -> torch.Tensor:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
-        img.load()  # reads every byte: truncated files raise here
+        img.load()  # reads every byte (the first frame): truncated files raise here
+        img = ImageOps.exif_transpose(img)
+        if img.mode == "F":
+            raise BadImage("32-bit float pixels have no defined 8-bit reading: convert it to 8 or 16 bits")
+        if img.mode.startswith("I"):  # 16/32-bit integer grey: scaled, as Pillow's convert would clip
+            wide = np.asarray(img).astype(np.float64)
+            bits = 16 if img.mode.startswith("I;16") or wide.max() <= 65535 else 32
+            img = Image.fromarray((wide * 255 / (2**bits - 1)).round().clip(0, 255).astype(np.uint8))
         arr = np.asarray(img.convert("RGB" if channels == 3 else "L"))
     return torch.from_numpy(arr.copy()).reshape(arr.shape[0], arr.shape[1], channels).permute(2, 0, 1)
 

@@ -39,6 +39,28 @@ class Listing:
     val: list[tuple[str, int]] | None
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) found listing
 
+    def __post_init__(self) -> None:
+        """Each file once: a path that reaches a file already listed (a symbolic link, in another
+        class or split) is a problem, never a second copy of the image — one image in train and val
+        would score the test on training data. Val is listed first, so such a file stays in val."""
+        first: dict[str, tuple[str, str]] = {}  # real path → (split, listed path)
+        for split in ("val", "train"):
+            entries = getattr(self, split)
+            if entries is None:
+                continue
+            kept = []
+            for path, label in entries:
+                real = os.path.realpath(self.root / path)
+                if real in first:
+                    where, shown = first[real]
+                    self.problems.append(
+                        (path, f"the same file as {shown} ({where}): listed twice through a link")
+                    )
+                    continue
+                first[real] = (split, path)
+                kept.append((path, label))
+            setattr(self, split, kept)
+
     def per_class(self, split: str = "train") -> list[int]:
         counts = [0] * len(self.class_ids)
         for _, label in getattr(self, split) or []:
@@ -61,9 +83,15 @@ def root_of(prep: Mapping, name: str) -> Path:
 def _images(folder: Path, root: Path) -> list[str]:
     """Image files under ``folder`` (recursive, sorted), as paths relative to ``root``. Hidden
     files and files with other suffixes (annotations, boxes) are not images of the dataset."""
-    found = []
+    found, walked = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:  # a link back to a folder already walked (a loop): its files are listed
+            dirnames[:] = []
+            continue
+        walked.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 found.append(os.path.relpath(os.path.join(dirpath, name), root))
