@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
     from teddy.data.datasets import DatasetError
-    from teddy.utils import ArtifactError, DeviceUnavailable, Preempted, preemption
+    from teddy.utils import DISK_FULL, ArtifactError, DeviceUnavailable, Preempted, disk_full, preemption
 
     try:
         with preemption.handling():
@@ -438,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         return preemption.EXIT_CODE
     except (ArtifactError, DeviceUnavailable, DatasetError) as err:  # bad input, no GPU: what and the fix
         print(f"teddy {args.stage}: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a write outside the atomic helpers (which name their file) ran out of space
+        if err.errno not in DISK_FULL:
+            raise
+        where = Path(err.filename) if err.filename else Path(args.out) / "(a file)"
+        print(f"teddy {args.stage}: {disk_full(where)}", file=sys.stderr)
         return 1
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -10,6 +11,7 @@ import os
 import random
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -83,12 +85,34 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(path: Path, need: int | None = None) -> ArtifactError:
+    """The one-line error for a write to ``path`` that ran out of space (or quota)."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    sizes = f"{free / 2**20:.0f} MB free" if free is not None else "free space unknown"
+    sizes += f", about {need / 2**20:.1f} MB needed" if need else ""
+    return ArtifactError(
+        f"{path}: no space left on the device writing it ({sizes}); free space there, or point the "
+        "results elsewhere, and rerun: nothing was replaced (an earlier version of the file is intact)"
+    )
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
+def atomic_path(path: str | Path, size: int | None = None):
+    """Yield a temporary path next to ``path``; move it into place only if the block succeeds.
+    Running out of space (``size``: what the block writes, when known) is one :func:`disk_full`
+    error naming the path; the temporary file goes and an earlier ``path`` stays as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise disk_full(path, size) if err.errno in DISK_FULL else err from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -96,6 +120,10 @@ def atomic_path(path: str | Path):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise disk_full(path, size) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -110,7 +138,7 @@ def save_torch(obj: Any, path: str | Path) -> str:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     if is_main():
-        with atomic_path(path) as tmp:
+        with atomic_path(path, size=buffer.getbuffer().nbytes) as tmp:
             tmp.write_bytes(buffer.getbuffer())
     return hashlib.sha256(buffer.getbuffer()).hexdigest()
 
@@ -190,8 +218,9 @@ def share_weight(local: int, total: int) -> float:
 def write_json(obj: Any, path: str | Path) -> None:
     if not is_main():  # torch.distributed: rank 0 writes
         return
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    with atomic_path(path, size=len(text.encode())) as tmp:
+        tmp.write_text(text)
 
 
 def first_line(err: BaseException) -> str:

@@ -140,8 +140,9 @@ def test_disk_full_leaves_no_file_a_later_stage_could_accept(tmp_path, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(Path, "write_bytes", half_then_enospc)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(artifacts.ArtifactError, match="no space left on the device writing it"):
         artifacts.save({"images": torch.rand(4, 1, 8, 8)}, target)
+
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []  # no target, no checksum record, no temporary file
     with pytest.raises(artifacts.ArtifactError, match="does not exist"):
