@@ -18,7 +18,7 @@ from teddy.augment import render
 from teddy.config import student_epochs
 from teddy.data.source import open_source
 from teddy.losses import mixed_cross_entropy, soft_kl
-from teddy.pool import Teacher, check_stored_logits
+from teddy.pool import Teacher, check_stored_logits, check_teacher_accuracy
 from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
 from teddy.utils import (
     ArtifactError,
@@ -137,6 +137,8 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
     soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
     teacher = Teacher(inputs["pool"], soft["teacher"], device, cfg, data_dir) if "pool" in inputs else None
+    if teacher is not None:  # the teacher still scores what it did when it was built
+        check_teacher_accuracy(teacher, source, Path(inputs["pool"]) / artifacts.POOL_MANIFEST, device)
     if teacher is not None and "replay" in soft:  # stored logits: are they this teacher's?
         path = Path(inputs["soft_labels"]) / artifacts.SOFT_LABELS
         check_stored_logits(teacher, syn["images"], soft, path, device)

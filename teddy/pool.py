@@ -16,6 +16,7 @@ from teddy import config as config_mod
 from teddy.artifacts import POOL_MANIFEST as MANIFEST
 from teddy.artifacts import POOL_MEMBERS as MEMBERS
 from teddy.augment import render
+from teddy.train import accuracy_of
 from teddy.utils import ArtifactError, read_json
 
 
@@ -193,6 +194,32 @@ def pool_sampler(mode: str, entries: list[dict]):
         weights = torch.tensor([e["val_top1"] for e in entries], dtype=torch.float)
         return lambda it, gen: int(torch.multinomial(weights, 1, generator=gen))
     raise ValueError(f"config key distill.pool_sampling: unknown mode {mode!r}")
+
+
+RESCORE_IMAGES, RESCORE_DROP = 512, 10.0  # val images the teacher is re-scored on; points it may lose
+
+
+def check_teacher_accuracy(teacher, source, path: Path, device) -> float | None:
+    """The base-model teacher re-scored on a seeded sample of val images against the val top-1
+    recorded when it was built: far below it (more than RESCORE_DROP points and 4 binomial standard
+    errors) means the model file or the val labels changed since, consistently enough to pass every
+    checksum. Returns the re-scored top-1 (None: an ensemble, which has no one recorded accuracy)."""
+    if len(teacher.entries) != 1:
+        return None
+    recorded = teacher.entries[0]["val_top1"]
+    n = source.count("val")
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:RESCORE_IMAGES].sort().values
+    top1 = accuracy_of(teacher.models[0], source.batches("val", idx, 256), device)["top1"]
+    p = max(min(recorded / 100, 0.99), 0.01)
+    se = 100 * (p * (1 - p) / len(idx)) ** 0.5
+    if top1 < recorded - max(RESCORE_DROP, 4 * se):
+        raise ArtifactError(
+            f"{path}: its base model ({teacher.entries[0]['file']}) scores {top1:.1f} % on {len(idx)} val "
+            f"images, {recorded:.1f} % recorded when it was built: the model file or the val labels "
+            "changed since (consistently enough to pass the checksums); prepare the data and build the "
+            "pool again"
+        )
+    return top1
 
 
 AGREEMENT_VIEWS, AGREEMENT_MIN = 64, 0.9  # views re-run per checked epoch; top-1 agreement required

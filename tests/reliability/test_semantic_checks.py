@@ -87,3 +87,22 @@ def test_random_logits_in_a_soft_label_file_are_caught(tiny, tmp_path, capsys):
         str(tmp_path / "ok"),
     ]
     assert cli.main(honest) == 0
+
+
+def test_a_base_model_swapped_with_checksums_redone_is_caught(tiny, tmp_path, capsys):
+    """Another model's weights under base.pt, every checksum and record redone: the teacher no
+    longer scores the val top-1 recorded when it was built."""
+    cfg, data, pool, syn, soft = tiny
+    swapped = shutil.copytree(pool, tmp_path / "pool")
+    base = swapped / "base" / "base.pt"
+    shutil.copy(swapped / "prior_s0" / "e001.pt", base)  # an early checkpoint: far weaker
+    digest = artifacts.hash_file(base)
+    artifacts.record_checksum(base, digest)
+    for record, key in ((swapped / "manifest.json", "base"), (swapped / "base" / "members.json", 0)):
+        content = json.loads(record.read_text())
+        content[key]["sha256"] = digest
+        record.write_text(json.dumps(content))
+    argv = ["evaluate", *cfg, *evaluate_args(data, syn, soft), "--pool", str(swapped)]
+    code = cli.main([*argv, "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "recorded when it was built" in err, err
