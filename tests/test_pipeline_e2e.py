@@ -263,6 +263,13 @@ def test_a_finished_pipeline_goes_to_the_default_remote_and_comes_back(dvc_proje
     evaluate = ["evaluate", "--config", "config/config.yaml", "--data", str(d / "data"), "--synthetic", str(s)]
     evaluate += ["--soft-labels", str(r), "--pool", str(d / "pool"), "--arch", "convnet", "--seed", "0"]
     run([sys.executable, "-m", "teddy", *evaluate, "--out", str(tmp_path / "again")], clone)
+    # and in the project itself: its DVC-versioned results deleted, then pulled back
+    for stage in ("data", "pool", "distill", "relabel", "evaluate"):
+        shutil.rmtree(project / "results" / "digits" / stage)
+    run([str(BIN / "dvc"), "pull"], project)
+    verified = run([sys.executable, "-m", "teddy", "verify", "results"], project)
+    assert "artifacts under results are intact" in verified
+    assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], project)
 
 
 def test_dvc_sweep_reruns_only_what_the_parameter_touches(dvc_project):
