@@ -73,3 +73,15 @@ def tiny_synthetic_set(tmp: Path, *extra: str, ipc: int = 2) -> tuple[list[str],
         if not (out / "metrics.json").exists():
             assert cli.main([stage, *cfg, *args, "--out", str(out)]) == 0
     return cfg, d, p, s
+
+
+def tiny_soft_labels(tmp: Path, *extra: str) -> tuple[list[str], Path, Path, Path, Path]:
+    """tiny_synthetic_set, then relabel (seed 0) into ``tmp``/soft: the config args and the data,
+    pool, synthetic-set and soft-label folders."""
+    from teddy import cli
+
+    cfg, d, p, s = tiny_synthetic_set(tmp, *extra)
+    soft = tmp / "soft"
+    if not (soft / "metrics.json").exists():
+        assert cli.main(["relabel", *cfg, *relabel_args(p, s), "--out", str(soft)]) == 0
+    return cfg, d, p, s, soft

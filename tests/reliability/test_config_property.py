@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from teddy import cli, config
 
-from ..conftest import BASE, TINY, evaluate_args, tiny_synthetic_set
+from ..conftest import BASE, TINY, evaluate_args, tiny_soft_labels
 
 
 def numeric_keys() -> list[tuple[str, dict]]:
@@ -90,11 +90,7 @@ def test_any_value_on_any_numeric_key_loads_right_or_names_the_key(key_schema, v
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("property")
-    cfg, data, pool, syn = tiny_synthetic_set(tmp)
-    soft = tmp / "soft"
-    relabel = ["relabel", *cfg, "--set", "evaluate.epochs=4", "--synthetic", str(syn), "--pool", str(pool)]
-    assert cli.main([*relabel, "--seed", "0", "--out", str(soft)]) == 0
-    return tmp, cfg, data, pool, syn, soft
+    return tmp, *tiny_soft_labels(tmp, "--set", "evaluate.epochs=4")  # views for up to 4 epochs
 
 
 EVALUATE_KEYS = [(k, s) for k, s in KEYS if k.startswith("evaluate.") and "full_data" not in k]

@@ -11,20 +11,13 @@ import torch
 from teddy import artifacts, cli
 from teddy.utils import sha256
 
-from ..conftest import tiny_synthetic_set
+from ..conftest import tiny_soft_labels
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("damage")
-    cfg, data, pool, syn = tiny_synthetic_set(tmp)
-    soft = tmp / "soft"
-    assert (
-        cli.main(
-            ["relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
-        )
-        == 0
-    )
+    cfg, data, pool, syn, soft = tiny_soft_labels(tmp)
     return cfg, data, pool, syn, soft
 
 

@@ -9,21 +9,13 @@ import pytest
 
 from teddy import cli
 
-from ..conftest import evaluate_args, tiny_synthetic_set
+from ..conftest import evaluate_args, tiny_soft_labels
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("degenerate")
-    cfg, data, pool, syn = tiny_synthetic_set(tmp)
-    soft = tmp / "soft"
-    cfg = [*cfg, "--set", "evaluate.epochs=30"]  # views for up to 30 student epochs
-    assert (
-        cli.main(
-            ["relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
-        )
-        == 0
-    )
+    cfg, data, pool, syn, soft = tiny_soft_labels(tmp, "--set", "evaluate.epochs=30")  # views for 30 epochs
     return cfg, data, pool, syn, soft
 
 

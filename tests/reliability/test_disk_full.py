@@ -9,16 +9,13 @@ import pytest
 
 from teddy import cli
 
-from ..conftest import relabel_args, tiny_synthetic_set
+from ..conftest import relabel_args, tiny_soft_labels
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("full")
-    cfg, data, pool, syn = tiny_synthetic_set(tmp)
-    soft = tmp / "soft"
-    assert cli.main(["relabel", *cfg, *relabel_args(pool, syn), "--out", str(soft)]) == 0
-    return tmp, cfg, data, pool, syn, soft
+    return tmp, *tiny_soft_labels(tmp)
 
 
 def stage_argv(tiny, stage):

@@ -8,7 +8,7 @@ import torch
 
 from teddy import cli, config
 
-from ..conftest import BASE, TINY, evaluate_args, tiny_synthetic_set
+from ..conftest import BASE, TINY, evaluate_args, tiny_soft_labels, tiny_synthetic_set
 
 
 def one_line(capsys, code, *names):
@@ -48,14 +48,7 @@ def test_a_float_iterations_is_one_line_not_a_traceback(tmp_path, capsys):
 
 
 def test_evaluate_epochs_beyond_the_stored_views(tmp_path, capsys):
-    cfg, data, pool, syn = tiny_synthetic_set(tmp_path)
-    soft = tmp_path / "soft"
-    assert (
-        cli.main(
-            ["relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
-        )
-        == 0
-    )
+    cfg, data, pool, syn, soft = tiny_soft_labels(tmp_path)
     capsys.readouterr()
     argv = [
         "evaluate",
@@ -70,14 +63,7 @@ def test_evaluate_epochs_beyond_the_stored_views(tmp_path, capsys):
 
 
 def test_a_truncated_student_state_is_a_fresh_start(tmp_path, caplog):
-    cfg, data, pool, syn = tiny_synthetic_set(tmp_path)
-    soft = tmp_path / "soft"
-    assert (
-        cli.main(
-            ["relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
-        )
-        == 0
-    )
+    cfg, data, pool, syn, soft = tiny_soft_labels(tmp_path)
     out = tmp_path / "e"
     out.mkdir()
     torch.save({"epoch": 1, "model": {}}, out / "train_state.pt")

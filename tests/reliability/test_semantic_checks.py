@@ -11,20 +11,13 @@ import torch
 
 from teddy import artifacts, cli
 
-from ..conftest import evaluate_args, tiny_synthetic_set
+from ..conftest import evaluate_args, tiny_soft_labels
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("semantic")
-    cfg, data, pool, syn = tiny_synthetic_set(tmp)
-    soft = tmp / "soft"
-    assert (
-        cli.main(
-            ["relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
-        )
-        == 0
-    )
+    cfg, data, pool, syn, soft = tiny_soft_labels(tmp)
     return cfg, data, pool, syn, soft
 
 
