@@ -181,9 +181,17 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(file: Path, only_functions: tuple[str, ...] | None = None) -> set[str]:
+# A registry names classes by string ("teddy.objectives:BNMatching", methods.OBJECTIVES) and imports
+# them when a stage asks (Method.make_objective). Only the stages here ask, so only their code files
+# include what such strings name: editing the loss reruns distill and what follows, never data
+# preparation or the pool. tests/test_workflow.py checks that no other stage's code calls the resolver.
+RESOLVES_BY_NAME = {"distill": "make_objective"}
+
+
+def _imports(file: Path, only_functions: tuple[str, ...] | None = None, by_name: bool = False) -> set[str]:
     """teddy modules ``file`` imports (anywhere; ``only_functions``: at module level and in those
-    functions), including ones named by string, e.g. methods.OBJECTIVES' "teddy.objectives:Class"."""
+    functions), and with ``by_name`` the ones it names by string (methods.OBJECTIVES'
+    "teddy.objectives:Class")."""
     tree = ast.parse(file.read_text())
     nodes = list(ast.walk(tree))
     if only_functions is not None:
@@ -200,7 +208,7 @@ def _imports(file: Path, only_functions: tuple[str, ...] | None = None) -> set[s
             found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        elif by_name and isinstance(node, ast.Constant) and isinstance(node.value, str):
             match = re.fullmatch(r"(teddy(?:\.\w+)+)(?::\w+)?", node.value)
             found |= {match[1]} if match else set()
     return {name for name in found if name.split(".")[0] == "teddy" and _module_file(name)}
@@ -226,7 +234,8 @@ def _closure(stage: str) -> tuple[str, ...]:
         if file in seen:
             continue
         seen.add(file)
-        todo += sorted(_imports(file))
+        todo += sorted(_imports(file, by_name=stage in RESOLVES_BY_NAME))
+
     return tuple(sorted(str(f.relative_to(PACKAGE.parent)) for f in seen))
 
 

@@ -237,6 +237,41 @@ def test_a_code_change_reruns_exactly_the_stages_downstream_of_it(snakemake_proj
     assert dvc_ran(dvc_project) == {"relabel", "evaluate", "report"}
 
 
+def dvc_changed(project: Path) -> set[str]:
+    """The stages (Snakemake's rule names) whose dependencies `dvc status` says have changed."""
+    out = run([str(BIN / "dvc"), "status"], project)
+    names = re.findall(r"^(\S+):\s*$", out, re.M)
+    return {next(k for k in KINDS if n == k or n.startswith(k + "_")) for n in names}
+
+
+def test_a_library_module_change_schedules_only_the_stages_that_run_it(snakemake_project, dvc_project):
+    """Editing the loss schedules distill and what follows, never data preparation or the pool;
+    editing the image decoder schedules everything (Snakemake's dry run, `dvc status`)."""
+    run([str(BIN / "snakemake"), "--cores", "2"], snakemake_project)  # up to date after the test above
+    expected = {  # module → (Snakemake: the jobs that rerun, DVC: the stages whose code changed)
+        "losses.py": (
+            {"distill_shard", "distill", "relabel", "evaluate", "report"},
+            {"distill_shard", "distill", "evaluate"},  # relabel's inputs are unchanged bytes: DVC skips it
+        ),
+        "data/decode.py": (
+            set(KINDS),
+            {"prepare_data", "pretrain_pool", "distill_shard", "distill", "evaluate"},
+        ),
+    }
+    for module, (rerun, changed) in expected.items():
+        kept = (ROOT / "teddy" / module).read_text()
+        for project in (snakemake_project, dvc_project):
+            edit(project, module)
+        planned = {
+            next(k for k in KINDS if n == k or n.startswith(k + "_")) for n in snakemake_plan(snakemake_project)
+        }
+        status = dvc_changed(dvc_project)
+        for project in (snakemake_project, dvc_project):
+            (project / "teddy" / module).write_text(kept)
+        assert planned == rerun, module
+        assert status == changed, module
+
+
 def test_a_finished_pipeline_goes_to_the_default_remote_and_comes_back(dvc_project, tmp_path):
     """`dvc push` to the committed default remote (a folder beside the project: the shared file
     system on a cluster), then a fresh clone pulls every artifact back and is up to date."""

@@ -179,3 +179,30 @@ def test_the_full_data_row_runs_on_full_data_archs_only():
     assert {g["arch"] for g in at_full if g["method"] == "random"} == {"convnet", "resnet18"}
     with pytest.raises(config.ConfigError, match=r"evaluate.full_data_archs: \['vgg'\] not in evaluate.archs"):
         config.load([BASE], [*over, "evaluate.full_data_archs=[vgg]"])
+
+
+def test_only_the_stages_that_resolve_registry_strings_depend_on_what_they_name():
+    """A stage outside workflow.RESOLVES_BY_NAME must not call the resolver (else a change to an
+    objective would not rerun it); and the loss is distill's and evaluate's code, not data prep's."""
+    import ast
+
+    from teddy import workflow
+
+    for stage in ("prepare_data", "pretrain_pool", "distill", "relabel", "evaluate", "report"):
+        files = workflow.code_files(stage, absolute=True)
+        if stage in workflow.RESOLVES_BY_NAME:
+            assert any(f.endswith("teddy/objectives.py") for f in files)
+            continue
+        resolver = set(workflow.RESOLVES_BY_NAME.values())
+        for file in files:
+            if file.endswith("teddy/methods.py"):
+                continue  # where the resolver is defined
+            calls = [
+                n
+                for n in ast.walk(ast.parse(Path(file).read_text()))
+                if isinstance(n, ast.Call)
+                and (getattr(n.func, "attr", None) in resolver or getattr(n.func, "id", None) in resolver)
+            ]
+            assert not calls, f"{stage}: {file} calls {resolver} but does not depend on what it resolves"
+    for stage in ("prepare_data", "pretrain_pool"):
+        assert not any(f.endswith(("losses.py", "objectives.py")) for f in workflow.code_files(stage))
