@@ -35,6 +35,7 @@ from teddy.objectives import make_objective
 from teddy.pool import Teacher, load_pool, pool_sampler
 from teddy.train import to_unit, warmup_cosine
 from teddy.utils import (
+    ArtifactError,
     Preempted,
     Progress,
     atomic_path,
@@ -365,7 +366,7 @@ def merge(folders: list[Path], expected: int) -> tuple[torch.Tensor, torch.Tenso
     for folder in folders:
         done |= artifacts.load_batches(folder)
     if sorted(done) != list(range(expected)):
-        raise RuntimeError(
+        raise ArtifactError(
             f"shards {folders} hold batches {sorted(done)}, expected 0..{expected - 1}: "
             "a shard is missing or belongs to another configuration"
         )

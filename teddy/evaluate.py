@@ -71,7 +71,9 @@ def train_student(
         )
     replay = soft.get("replay")
     if replay is None and teacher is None and hard_labels is None:
-        raise RuntimeError("the soft-label file was made with relabel.mode=online: pass --pool for the teacher")
+        raise ArtifactError(
+            "the soft-label file was made with relabel.mode=online: pass --pool for the teacher"
+        )
     batch = min(e.batch_size, n)
     net = data_parallel(model)
     opt = make_optimizer(model, e.optimizer, e.lr, e.weight_decay)

@@ -62,7 +62,7 @@ def load_pool(
             entries = spread(by_origin[which], size)
     if not entries:
         among = "" if archs is None else f" of architectures {list(archs)}"
-        raise RuntimeError(
+        raise ArtifactError(
             f"{pool_dir / MANIFEST} lists no {which} members{among}: set pretrain_pool.prior_epochs, "
             "pretrain_pool.post_members or pretrain_pool.member_archs (and distill.pool_archs)"
         )

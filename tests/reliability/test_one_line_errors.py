@@ -96,3 +96,40 @@ def test_estimate_help_names_the_default_it_uses(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "resources.gpu_tflops" in text and "default 15" not in text
     assert math.isfinite(config.load([BASE]).resources.gpu_tflops)
+
+
+def test_a_missing_shard_is_one_line(tmp_path, capsys):
+    cfg, data, pool, _ = tiny_synthetic_set(tmp_path)
+    shard = ["distill", *cfg, "--set", "distill.shards=2", "--data", str(data), "--pool", str(pool)]
+    shard += ["--method", "teddy", "--ipc", "2", "--seed", "0"]
+    assert cli.main([*shard, "--shard", "0/2", "--out", str(tmp_path / "s0")]) == 0
+    capsys.readouterr()
+    merge = ["distill", *cfg, "--set", "distill.shards=2", "--data", str(data), "--merge", str(tmp_path / "s0")]
+    code = cli.main([*merge, "--method", "teddy", "--ipc", "2", "--seed", "0", "--out", str(tmp_path / "set")])
+    one_line(capsys, code, "a shard is missing")
+
+
+def test_online_soft_labels_without_a_pool_is_one_line(tmp_path, capsys):
+    cfg, data, pool, syn = tiny_synthetic_set(tmp_path)
+    soft = tmp_path / "online"
+    online = [*cfg, "--set", "relabel.mode=online"]
+    assert (
+        cli.main(
+            [
+                "relabel",
+                *online,
+                "--synthetic",
+                str(syn),
+                "--pool",
+                str(pool),
+                "--seed",
+                "0",
+                "--out",
+                str(soft),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    code = cli.main(["evaluate", *online, *evaluate_args(data, syn, soft), "--out", str(tmp_path / "e")])
+    one_line(capsys, code, "pass --pool")
