@@ -159,8 +159,8 @@ def check_members(manifest: dict, path: Path) -> None:
         listed = {e["file"] for e in [manifest["base"], *manifest["members"]] if e.get("job") == job}
         if own != listed:
             gone, added = sorted(own - listed), sorted(listed - own)
-            told = "; ".join([f"missing {gone}"] * bool(gone) + [f"not in its record {added}"] * bool(added))
-
+            told = [f"missing {gone}" if gone else "", f"not in its record {added}" if added else ""]
+            told = "; ".join(t for t in told if t)
             raise ArtifactError(
                 f"{path}: lists other members of job {job} than its {record} ({told}): "
                 "edited or assembled from part of the job; reassemble it (`teddy pretrain-pool --assemble` "

@@ -127,13 +127,16 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _set_experiment(mlflow, name: str) -> None:
-    for attempt in range(5):  # concurrent jobs may race to create the experiment
+def _set_experiment(mlflow, name: str, uri: str) -> None:
+    """Concurrent jobs on one sqlite file may race to create the experiment: retried there. A
+    server is asked once (its client already retries within tracking.timeout_s)."""
+    attempts = 5 if uri.startswith("sqlite:") else 1
+    for attempt in range(attempts):
         try:
             mlflow.set_experiment(name)
             return
         except Exception:  # noqa: BLE001 - retried, then re-raised
-            if attempt == 4:
+            if attempt == attempts - 1:
                 raise
             time.sleep(0.5 * (attempt + 1))
 
@@ -209,7 +212,8 @@ def init_store(uri: str, experiment: str, timeout_s: float = 10.0):
     else:
         os.environ["MLFLOW_TRACKING_URI"] = exported
     with _store_lock(uri):
-        _set_experiment(mlflow, experiment)
+        _set_experiment(mlflow, experiment, uri)
+
     return mlflow
 
 

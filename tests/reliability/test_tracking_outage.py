@@ -171,3 +171,28 @@ def test_sigterm_is_answered_while_the_server_hangs(tmp_path):
     finally:
         job.kill()
         server.close()
+
+
+def test_a_server_that_never_answers_costs_about_its_timeout(tmp_path):
+    """Accepts connections, never answers: each request gives up after tracking.timeout_s (one
+    retry), the first failure sends the rest to the pending record, and nothing retries beyond."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+    argv = [sys.executable, "-m", "teddy", "prepare-data", "--config", str(BASE), "--config", str(TINY)]
+    argv += ["--set", "tracking.enabled=true", "--set", "tracking.timeout_s=2", "--out", str(tmp_path / "data")]
+    try:
+        t0 = time.monotonic()
+        done = subprocess.run(argv, env=stage_env(uri), capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        server.close()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert took < 30, f"{took:.0f} s with a silent tracking server and a 2 s bound"  # idle: ~9 s
+    assert (tmp_path / "data" / "tracking_pending.json").is_file()
