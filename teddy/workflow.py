@@ -527,7 +527,11 @@ def dvc_yaml(config_files: list[str]) -> str:
             source = _key_source(key, config_files, raws)
             if source is not None:
                 params.setdefault(source, []).append(key)
-        argv = ["python", "-m", "teddy", job.command[0], *config_args, *job.command[1:]]
+        # the threads Snakemake gives the job (resources.<stage>.cpus → --set run.threads): CPU float
+        # reductions differ with the thread count, so both tools must run a job alike to agree
+        threads = ["--set", f"run.threads={data['resources'][job.code]['cpus']}"]
+        argv = ["python", "-m", "teddy", job.command[0], *config_args, *threads, *job.command[1:]]
+
         stage = {
             "cmd": " ".join(shlex.quote(a) for a in argv),
             "deps": [*code_files(job.code), SCHEMA, *job.deps],

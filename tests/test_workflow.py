@@ -206,3 +206,15 @@ def test_only_the_stages_that_resolve_registry_strings_depend_on_what_they_name(
             assert not calls, f"{stage}: {file} calls {resolver} but does not depend on what it resolves"
     for stage in ("prepare_data", "pretrain_pool"):
         assert not any(f.endswith(("losses.py", "objectives.py")) for f in workflow.code_files(stage))
+
+
+def test_dvc_runs_each_job_with_the_threads_snakemake_gives_it():
+    """Snakemake passes --set run.threads={threads} (resources.<stage>.cpus); a DVC stage without
+    it ran with torch's default threads and gave other numbers for the same config."""
+    from teddy import config, workflow
+
+    stages = yaml.safe_load(workflow.dvc_yaml(["config/config.yaml"]))["stages"]
+    cpus = config.to_dict(config.load([BASE]))["resources"]
+    for job in workflow.plan(config.to_dict(config.load([BASE]))):
+        assert f"--set run.threads={cpus[job.code]['cpus']} " in stages[job.name]["cmd"], job.name
+
