@@ -217,4 +217,3 @@ def test_dvc_runs_each_job_with_the_threads_snakemake_gives_it():
     cpus = config.to_dict(config.load([BASE]))["resources"]
     for job in workflow.plan(config.to_dict(config.load([BASE]))):
         assert f"--set run.threads={cpus[job.code]['cpus']} " in stages[job.name]["cmd"], job.name
-

@@ -98,17 +98,6 @@ def test_estimate_help_names_the_default_it_uses(capsys):
     assert math.isfinite(config.load([BASE]).resources.gpu_tflops)
 
 
-def test_a_missing_shard_is_one_line(tmp_path, capsys):
-    cfg, data, pool, _ = tiny_synthetic_set(tmp_path)
-    shard = ["distill", *cfg, "--set", "distill.shards=2", "--data", str(data), "--pool", str(pool)]
-    shard += ["--method", "teddy", "--ipc", "2", "--seed", "0"]
-    assert cli.main([*shard, "--shard", "0/2", "--out", str(tmp_path / "s0")]) == 0
-    capsys.readouterr()
-    merge = ["distill", *cfg, "--set", "distill.shards=2", "--data", str(data), "--merge", str(tmp_path / "s0")]
-    code = cli.main([*merge, "--method", "teddy", "--ipc", "2", "--seed", "0", "--out", str(tmp_path / "set")])
-    one_line(capsys, code, "a shard is missing")
-
-
 def test_online_soft_labels_without_a_pool_is_one_line(tmp_path, capsys):
     cfg, data, pool, syn = tiny_synthetic_set(tmp_path)
     soft = tmp_path / "online"
