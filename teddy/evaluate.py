@@ -138,16 +138,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
     source = open_source(data_dir, cfg.prepare_data.workers)
     syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
     soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
-    teacher = Teacher(inputs["pool"], soft["teacher"], device, cfg, data_dir) if "pool" in inputs else None
-    if teacher is not None:  # the teacher still scores what it did when it was built
-        check_teacher_accuracy(teacher, source, Path(inputs["pool"]) / artifacts.POOL_MANIFEST, device)
-    if teacher is not None and "replay" in soft:  # stored logits: are they this teacher's?
-        path = Path(inputs["soft_labels"]) / artifacts.SOFT_LABELS
-        check_stored_logits(teacher, syn["images"], soft, path, device)
-        teacher = None  # the stored logits serve the student
     probe = curve_subset(source.count("val"), cfg.evaluate.curve_val_images)
-    out = Path(outputs["out"])
-    out.mkdir(parents=True, exist_ok=True)
     spec = models.InputSpec.from_manifest(manifest)
     name = f"{syn['method']} ipc{syn['ipc']} {arch} seed{seed}"
     epochs = student_epochs(cfg, syn["method"], syn["ipc"])
@@ -158,6 +149,15 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
             f"evaluate.epochs asks for {epochs}: set evaluate.epochs to at most {stored}, or rerun relabel "
             f"with evaluate.epochs={epochs} (evaluate.full_data_epochs for the full-data row)"
         )
+    teacher = Teacher(inputs["pool"], soft["teacher"], device, cfg, data_dir) if "pool" in inputs else None
+    if teacher is not None:  # the teacher still scores what it did when it was built
+        check_teacher_accuracy(teacher, source, Path(inputs["pool"]) / artifacts.POOL_MANIFEST, device)
+    if teacher is not None and "replay" in soft:  # stored logits: are they this teacher's?
+        path = Path(inputs["soft_labels"]) / artifacts.SOFT_LABELS
+        check_stored_logits(teacher, syn["images"], soft, path, device)
+        teacher = None  # the stored logits serve the student
+    out = Path(outputs["out"])
+    out.mkdir(parents=True, exist_ok=True)
 
     def student(kind: str, state: Path, labels=None) -> tuple[dict, list, int]:
         """Train one student (same init for both kinds) → (final accuracy with its ``health``, curve,

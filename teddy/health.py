@@ -26,14 +26,23 @@ def chance_top1(num_classes: int) -> float:
     return 100.0 / num_classes
 
 
+def chance_se(num_classes: int, images: int) -> float:
+    """One binomial standard error (%) of guessing among ``num_classes`` on ``images``."""
+    p = 1.0 / num_classes
+    return 100.0 * math.sqrt(p * (1 - p) / max(1, images))
+
+
 def at_chance(top1: float, num_classes: int, images: int) -> bool:
     """``top1`` (%) on ``images`` is not distinguishable from guessing among ``num_classes``: within
     CHANCE_SE binomial standard errors of 100/num_classes (or not a number at all)."""
     if not math.isfinite(top1):
         return True
-    p = 1.0 / num_classes
-    se = 100.0 * math.sqrt(p * (1 - p) / max(1, images))
-    return top1 <= 100.0 * p + CHANCE_SE * se
+    return top1 <= chance_top1(num_classes) + CHANCE_SE * chance_se(num_classes, images)
+
+
+def below_chance(top1: float, num_classes: int, images: int) -> bool:
+    """``top1`` is clearly worse than guessing: more than CHANCE_SE standard errors below chance."""
+    return top1 < chance_top1(num_classes) - CHANCE_SE * chance_se(num_classes, images)
 
 
 def accuracy_problems(top1: float, num_classes: int, images: int, what: str = "val top-1") -> list[str]:

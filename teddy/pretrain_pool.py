@@ -211,8 +211,7 @@ def check_base(entry: dict, path: Path, num_classes: int, val_images: int) -> di
     with the training ones (shifted, permuted, another dataset's), so nothing built on it means
     anything: stop, removing what was written. One at chance is kept, its ``health`` saying so."""
     top1, chance = entry["val_top1"], health.chance_top1(num_classes)
-    p = 1 / num_classes
-    if top1 < chance - health.CHANCE_SE * 100 * (p * (1 - p) / max(1, val_images)) ** 0.5:
+    if health.below_chance(top1, num_classes, val_images):
         for file in (path, artifacts.checksum_path(path)):
             file.unlink(missing_ok=True)
         raise DatasetError(
