@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-quick test-slurm lint dvc-yaml repro mutation report-html plots mlflow-ui bench bench-fidelity bench-data gpu-check lock clean
+.PHONY: run test test-quick test-slurm lint dvc-yaml repro index mutation report-html plots mlflow-ui bench bench-fidelity bench-data gpu-check lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 # profiles/local: rerun-incomplete (an interrupted run's half-written outputs are redone), one retry
 # (a stage stopped by SIGTERM resumes from its checkpoint), keep-going.
+# STUDY: a study of config/studies/ (several: STUDY=a,b); `make run` builds the quickstart study.
+STUDY ?= quickstart
 run: $(STAMP)
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
-	@echo "Results: results/digits/report/summary.md — MLflow: make mlflow-ui"
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --config study=$(STUDY)
+	@echo "Results: results/<dataset>/$(STUDY)/report/summary.md — MLflow: make mlflow-ui"
 
 # pytest-xdist: one worker per core (2 here), one torch thread per worker (tests/conftest.py)
 TEST_WORKERS ?= 2
@@ -47,14 +49,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check teddy tests benchmarks workflow/scripts
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
-# dvc.yaml is generated from teddy/workflow.py's stage table (the jobs Snakemake runs) and the config;
-# DVC_CONFIG="config/config.yaml config/experiments/x.yaml" layers experiment files.
-DVC_CONFIG ?= config/config.yaml
+# dvc.yaml is generated from teddy/workflow.py's stage table (the jobs Snakemake runs) for STUDY
+# (STUDY=a,b several, STUDY=all every committed study); `make repro STUDY=x` regenerates it for x
+# and reproduces x's report (and whatever it needs) with dvc repro.
+COMMA := ,
 dvc-yaml: $(STAMP)
-	$(BIN)/python -m teddy workflow dvc $(addprefix --config ,$(DVC_CONFIG))
+	$(BIN)/python -m teddy workflow dvc $(addprefix --study ,$(subst $(COMMA), ,$(STUDY)))
 
 repro: dvc-yaml
 	$(BIN)/dvc repro
+
+# results/INDEX.md: one row per study (question, headline, where it ran, command, commit)
+index: $(STAMP)
+	$(BIN)/python -m teddy index
 
 report-html: $(STAMP)
 	$(BIN)/snakemake --report results/report.html
@@ -108,4 +115,4 @@ lock:
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf results/*/data results/*/pool results/*/distill results/*/relabel results/*/evaluate logs .snakemake
+	rm -rf results/*/data results/*/pool results/*/*/distill results/*/*/relabel results/*/*/evaluate logs .snakemake

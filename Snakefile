@@ -1,13 +1,14 @@
 # Teddy: prepare_data → pretrain_pool → distill → relabel → evaluate → report.
 # All logic lives in the `teddy` package; rules only name files and call its CLI.
-#   snakemake --cores 2                                   (local, config/config.yaml)
-#   snakemake --cores all --configfile config/experiments/fashion_mnist.yaml
-#   snakemake --profile slurm ...                         (SLURM; see README)
+#   snakemake --cores all --config study=<name>           (a study: config/studies/<name>.yaml)
+#   snakemake --cores all --config study=a,b              (several side by side, shared data/pool once)
+#   snakemake --profile slurm --config study=<name>       (SLURM; see docs/slurm.md)
+#   snakemake --cores 2                                   (config/config.yaml as study `default`)
 import os
 import shlex
 import sys
 
-from teddy.config import ConfigError, resolve_for_workflow
+from teddy.config import ConfigError, workflow_studies
 
 
 configfile: "config/config.yaml"
@@ -18,11 +19,15 @@ os.environ.setdefault("TEDDY_COMMAND", shlex.join(["snakemake", *sys.argv[1:]]))
 
 
 try:
-    # Same JSON Schema as the package (workflow/schemas/config.schema.yaml), defaults filled,
-    # plus the checks a schema cannot express; fails here, before any job starts.
-    config, RESOLVED_CONFIG = resolve_for_workflow(config, ".snakemake/teddy")
+    # Each study's file (or the merged config), checked against the package's JSON Schema with
+    # defaults filled, plus the checks a schema cannot express; fails here, before any job starts.
+    # {study: (resolved config, its file)}: every job runs with its study's file.
+    STUDIES = workflow_studies(config, ".snakemake/teddy")
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+config = next(iter(STUDIES.values()))[
+    0
+]  # machine keys (tracking, threads) are the same for all
 
 
 include: "workflow/rules/common.smk"
@@ -42,7 +47,7 @@ onstart:
 
         # creates the store and experiment; where it cannot (no mlflow on a GPU node, the store
         # unreachable), it warns and every stage keeps its run in tracking_pending.json
-        open_pipeline_run(config, " ".join(sys.argv))
+        open_pipeline_run(config, " ".join(sys.argv), list(STUDIES))
 
 
 onsuccess:
@@ -60,7 +65,7 @@ onerror:
 rule all:
     default_target: True
     input:
-        final_outputs(config),
+        all_outputs(),
 
 
 report: "workflow/report/workflow.rst"

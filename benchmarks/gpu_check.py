@@ -171,8 +171,9 @@ def stage_walls(results: Path) -> dict:
     folders = {"data": "prepare_data", "pool": "pretrain_pool", "distill": "distill"}
     folders |= {"relabel": "relabel", "evaluate": "evaluate", "report": "report"}
     walls: dict[str, float] = {}
-    for path in sorted(results.glob("*/**/metrics.json")) + sorted(results.glob("*/metrics.json")):
-        stage = folders.get(path.relative_to(results).parts[0])
+    for path in sorted(results.glob("*/**/metrics.json")):  # ** matches no folder too: every depth ≥ 2
+        parts = path.relative_to(results).parts  # data/<key>/…, pool/<key>/…, <study>/<stage>/…
+        stage = folders.get(parts[0]) or folders.get(parts[1] if len(parts) > 2 else "")
         wall = json.loads(path.read_text()).get("wall_s")
         if stage and isinstance(wall, int | float):
             walls[stage] = walls.get(stage, 0.0) + wall

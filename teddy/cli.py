@@ -187,10 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="YAML",
         help="config files, base first (default: config/config.yaml)",
     )
+    flow.add_argument(
+        "--study",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"a study (config/studies/NAME.yaml); repeat for several, 'all' for every committed study "
+        f"(default: {config_mod.DEFAULT_STUDY})",
+    )
     flow.add_argument("--out", default="dvc.yaml", metavar="FILE", help="where to write it (default: dvc.yaml)")
     flow.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if --out is not what it would be"
     )
+    index = sub.add_parser(
+        "index", help="Write results/INDEX.md: one row per study of config/studies/ from its committed report."
+    )
+    index.add_argument("--out", default="results/INDEX.md", metavar="FILE")
+    index.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out is not current")
     mini = sub.add_parser(
         "make-miniature",
         help="Write a small copy of an image-file layout (from Fashion-MNIST or digits) to try a layout on.",
@@ -224,27 +237,43 @@ def write_workflow(args) -> int:
     """``teddy workflow dvc``: dvc.yaml generated from the stage table, or --check that it is current."""
     from teddy.utils import atomic_path
 
-    files = args.config or ["config/config.yaml"]
+    studies = config_mod.study_names() if "all" in args.study else args.study
+    if not args.config and not studies:
+        studies = [config_mod.DEFAULT_STUDY]
+    sets = ([args.config] if args.config else []) + [[f"config/studies/{name}.yaml"] for name in studies]
     try:
-        text = workflow.dvc_yaml(files)
+        for name in studies:
+            config_mod.study_path(name)
+        text = workflow.dvc_yaml(sets)
     except (config_mod.ConfigError, OSError) as err:
         print(f"teddy workflow: {err}", file=sys.stderr)
         return 2
+    given = " ".join([*("--config " + f for f in args.config), *("--study " + n for n in studies)])
     out = Path(args.out)
     if args.check:
         if out.is_file() and out.read_text() == text:
-            print(f"teddy workflow: {out} is current for {' '.join(files)}")
+            print(f"teddy workflow: {out} is current for {given}")
             return 0
         print(
-            f"teddy workflow: {out} does not match the stage table and {' '.join(files)}: regenerate it with "
-            f"`python -m teddy workflow dvc {' '.join('--config ' + f for f in files)}` (or `make dvc-yaml`)",
+            f"teddy workflow: {out} does not match the stage table and {given}: regenerate it with "
+            f"`python -m teddy workflow dvc {given}` (or `make dvc-yaml STUDY=...`)",
             file=sys.stderr,
         )
         return 1
     with atomic_path(out) as tmp:
         tmp.write_text(text)
-    print(f"teddy workflow: wrote {out} ({text.count('cmd:')} stages) for {' '.join(files)}")
+    print(f"teddy workflow: wrote {out} ({text.count('cmd:')} stages) for {given}")
     return 0
+
+
+def write_index(args) -> int:
+    from teddy import studies
+
+    try:
+        return studies.write(Path(args.out), args.check)
+    except (config_mod.ConfigError, OSError, KeyError, ValueError) as err:
+        print(f"teddy index: {err}", file=sys.stderr)
+        return 2
 
 
 def sync_tracking(results: str) -> int:
@@ -306,6 +335,7 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
     from teddy.tracking import NullTracker
     from teddy.utils import (
         Progress,
+        device_name,
         distributed,
         fingerprint,
         init_distributed,
@@ -330,7 +360,14 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
     prov = provenance()
     # relabel and evaluate name their set by folder (distill/<method>/ipc<K>/seed<S>): tag and name by it
     from_set = artifacts.folder_selection(Path(inputs["synthetic"]) / "x") if "synthetic" in inputs else {}
-    tags = {"stage": stage, "dataset": cfg.run.dataset, **from_set, **selection, "git_sha": prov["git_sha"]}
+    tags = {
+        "stage": stage,
+        "study": cfg.study.name,
+        "dataset": cfg.run.dataset,
+        **from_set,
+        **selection,
+        "git_sha": prov["git_sha"],
+    }
     if {"ipc", "arch", "method"} <= set(tags):  # the MLflow UI's "Group by: setting": a method's seeds
         tags["setting"] = f"ipc{tags['ipc']} {tags['arch']} {tags['method']}"
     out.mkdir(parents=True, exist_ok=True)
@@ -362,6 +399,7 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
             **metrics,
             "inputs": inputs,
             "device": str(device),
+            "device_name": device_name(device),
             **prov,
         }
         if distributed():
@@ -395,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         return write_workflow(args)
     if args.stage == "estimate":
         return run_estimate(args)
+    if args.stage == "index":
+        return write_index(args)
     _, ins, sel = STAGES[args.stage]
     try:
         cfg = config_mod.load(args.config, args.overrides)

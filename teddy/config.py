@@ -65,6 +65,116 @@ def read_yaml(path: str | Path) -> dict:
     return dict(data)
 
 
+ROOT = DEFAULT_CONFIG.parent.parent
+STUDIES_DIR = ROOT / "config" / "studies"
+DEFAULT_STUDY = "quickstart"  # what `make run` and the committed dvc.yaml build
+STUDY_FILE_KEYS = ("question", "headline", "extends")  # a study file's keys besides config sections
+# Where and how a job runs, not what it computes: the profile or --set gives them, never a study file
+# (whole sections: None). A study run on a GPU cluster and on a laptop is the same study.
+MACHINE_KEYS: dict[str, set[str] | None] = {
+    "run": {"device", "threads", "dtype", "progress_seconds", "checkpoint_minutes"},
+    "distill": {"shards", "checkpoint_every"},
+    "prepare_data": {"root", "fashion_mnist_dir", "workers", "storage", "cache_max_gb"},
+    "tracking": None,
+    "resources": None,
+}
+
+
+def is_machine_key(section: str, key: str | None = None) -> bool:
+    keys = MACHINE_KEYS.get(section, set())
+    return keys is None or key in keys
+
+
+def study_path(name: str) -> Path:
+    """config/studies/<name>.yaml, or a ConfigError listing the committed studies."""
+    path = STUDIES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))) or "none"
+        raise ConfigError(f"study {name!r}: {path} does not exist; committed studies: {known}")
+    return path
+
+
+def study_names() -> list[str]:
+    return sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
+
+
+def _project_of(path: Path) -> Path:
+    """The project a config file belongs to: the folder holding config/ for a file in config/<x>/
+    (a study, a protocol), else this package's project."""
+    parent = path.resolve().parent
+    return parent.parent.parent if parent.parent.name == "config" else ROOT
+
+
+def _extends_path(value: Any, child: Path) -> Path:
+    """A study name (a file beside ``child`` in config/studies/) or a file relative to the project."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{child}: extends must name a study or a config file, got {value!r}")
+    project = _project_of(child)
+    if value.endswith((".yaml", ".yml")) or "/" in value:
+        target = Path(value) if Path(value).is_absolute() else project / value
+        if not target.is_file():
+            raise ConfigError(f"{child}: extends {value!r}, but {target} does not exist")
+        return target
+    target = project / "config" / "studies" / f"{value}.yaml"
+    if not target.is_file():
+        raise ConfigError(f"{child}: extends {value!r}, but there is no study {target}")
+    return target
+
+
+def layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The config files ``path`` stands for, base first: its ``extends:`` chain (a study name or a
+    file; a study without one extends config/config.yaml), then ``path`` itself. A study file (one
+    with a top-level ``question:``) becomes the ``study`` section (name = its file name) and may not
+    set machine keys."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        chain = " → ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"{path}: extends forms a cycle ({chain}); break it")
+    raw = read_yaml(path)
+    study = "question" in raw
+    parent = raw.pop("extends", None)
+    if parent is None and study:
+        parent = "config/config.yaml"  # the project's own defaults
+    if study:
+        _check_study_file(path, raw)
+        raw["study"] = {
+            "name": path.stem,
+            "question": raw.pop("question"),
+            "headline": raw.pop("headline", None),
+        }
+    below = layers(_extends_path(parent, path), (*_seen, path.resolve())) if parent is not None else []
+    return [*below, (path, raw)]
+
+
+def _check_study_file(path: Path, raw: Mapping) -> None:
+    problems = []
+    if not isinstance(raw.get("question"), str) or not raw["question"].strip():
+        problems.append("question: say in one sentence what the study answers")
+    if "study" in raw:
+        problems.append("study: set by the loader from the file name and question; remove it")
+    for section, value in raw.items():
+        if section in STUDY_FILE_KEYS or not isinstance(value, Mapping):
+            continue
+        for key in sorted(value):
+            if is_machine_key(section, key):
+                problems.append(
+                    f"{section}.{key}: a machine choice, not part of a study; give it in the Snakemake "
+                    f"profile or on the command line (--set {section}.{key}=... ; snakemake --config "
+                    f"{section}='{{{key}: ...}}')"
+                )
+    if problems:
+        raise ConfigError(f"study file {path}:\n  " + "\n  ".join(problems))
+
+
+def merged(paths: Iterable[str | Path]) -> dict:
+    """The raw mapping of config files (each with its extends chain), first = base."""
+    raw: dict = {}
+    for path in paths:
+        for _, layer in layers(path):
+            raw = deep_merge(raw, layer)
+    return raw
+
+
 def parse_override(item: str) -> dict:
     """``"distill.iterations=5"`` → ``{"distill": {"iterations": 5}}`` (value parsed as YAML)."""
     if "=" not in item:
@@ -244,10 +354,7 @@ def freeze(data: Mapping) -> Any:
 def load(paths: Iterable[str | Path] = (), overrides: Iterable[str] = (), check_data: bool = True) -> Any:
     """Compose config files (first = base) and overrides, validate, check (unless ``check_data``
     is false: planning before the data is there), and freeze."""
-    paths = list(paths) or [DEFAULT_CONFIG]
-    raw: dict = {}
-    for path in paths:
-        raw = deep_merge(raw, read_yaml(path))
+    raw = merged(list(paths) or [DEFAULT_CONFIG])
     for item in overrides:
         raw = deep_merge(raw, parse_override(item))
     data = validate(raw)
@@ -341,7 +448,8 @@ def check(data: Mapping) -> None:
             merged = copy.deepcopy(dict(data))
             merged["distill"] = {**merged["distill"], **_variant_keys(variant)}
             merged["distill"] |= {"variants": {}, "methods": [variant["method"]]}
-            merged["report"] = {**merged["report"], "baseline_method": variant["method"]}
+            merged["report"] = {**merged["report"], "baseline_method": variant["method"], "also_against": []}
+            merged["study"] = {**merged.get("study", {}), "headline": None}
             merged["evaluate"] = {
                 **merged["evaluate"],
                 "full_data": False,
@@ -388,6 +496,20 @@ def check(data: Mapping) -> None:
             f"config key report.baseline_method: {data['report']['baseline_method']!r} is not in "
             f"distill.methods {data['distill']['methods']}; add it there or change the baseline"
         )
+    listed = data["distill"]["methods"]
+    for name in data["report"]["also_against"]:
+        if name not in listed:
+            problems.append(f"config key report.also_against: {name!r} is not in distill.methods {listed}")
+    headline = data.get("study", {}).get("headline")
+    for key, names in (("method", data["distill"]["methods"]), ("baseline", data["distill"]["methods"])):
+        if headline and key in headline and headline[key] not in names:
+            problems.append(
+                f"config key study.headline.{key}: {headline[key]!r} is not in distill.methods {names}"
+            )
+    if headline and headline["ipc"] not in data["distill"]["ipcs"]:
+        problems.append(
+            f"config key study.headline.ipc: {headline['ipc']} is not in distill.ipcs {data['distill']['ipcs']}"
+        )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -417,6 +539,52 @@ def resolve_for_workflow(raw: Mapping, folder: str | Path) -> tuple[dict, Path]:
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     return data, path
+
+
+def workflow_studies(raw: Mapping, folder: str | Path) -> dict[str, tuple[dict, Path]]:
+    """Snakemake's merged config → {study name: (resolved config, its file in ``folder``)}.
+
+    Without a ``study`` item the merged config is one study (its ``study.name``, default
+    ``default``). With ``--config study=a`` (or ``study=a,b``: several side by side) each study file
+    is the config, with the machine keys (MACHINE_KEYS) that the profile, ``--configfile`` or
+    ``--config`` set differently from config/config.yaml laid over it; any other key set there is
+    refused: what a study computes lives in its file, so one command always rebuilds the same thing.
+    """
+    raw = dict(raw)
+    names = raw.pop("study", None)
+    if names is None or isinstance(names, Mapping):
+        data, path = resolve_for_workflow(raw if names is None else {**raw, "study": names}, folder)
+        return {data["study"]["name"]: (data, path)}
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"--config study={names!r}: name one study or several (study=a,b)")
+    schema = load_schema()
+    given, default = coerce(raw, schema), coerce(read_yaml(DEFAULT_CONFIG), schema)
+    machine: dict = {}
+    stray = []
+    for section, values in given.items():
+        if not isinstance(values, Mapping):
+            stray.append(section)
+            continue
+        for key, value in values.items():
+            if value == default.get(section, {}).get(key):
+                continue
+            if is_machine_key(section, key):
+                machine.setdefault(section, {})[key] = value
+            else:
+                stray.append(f"{section}.{key}")
+    if stray:
+        raise ConfigError(
+            f"--config study={','.join(names)}: {', '.join(stray)} set on the command line or in a "
+            "--configfile; a study's settings live in its file (config/studies/<name>.yaml) so that one "
+            "command rebuilds it: put them there, or in a new study that extends it. Only machine keys "
+            "(device, threads, dtype, shards, data locations, tracking, resources) may come from outside"
+        )
+    return {
+        name: resolve_for_workflow(deep_merge(merged([study_path(name)]), machine), folder)
+        for name in dict.fromkeys(names)
+    }
 
 
 # Keys that only define the workflow's grid of jobs (one job per value), not what a job computes.

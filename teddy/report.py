@@ -31,7 +31,24 @@ def provenance_of(cfg) -> dict:
     from teddy.utils import provenance
 
     config_json = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
-    return provenance() | {"config_sha256": hashlib.sha256(config_json).hexdigest()}
+    return provenance() | {"config_sha256": hashlib.sha256(config_json).hexdigest(), "study": study_record(cfg)}
+
+
+def study_record(cfg) -> dict:
+    """The study a report belongs to: its name, file (None: a config that is no committed study) and
+    the commands that rebuild it."""
+    from teddy.config import STUDIES_DIR
+
+    name = cfg.study.name
+    file = STUDIES_DIR / f"{name}.yaml"
+    return {
+        "name": name,
+        "file": f"config/studies/{name}.yaml" if file.is_file() else None,
+        "question": cfg.study.question,
+        "rebuild": [f"snakemake --cores all --config study={name}", f"make repro STUDY={name}"]
+        if file.is_file()
+        else [],
+    }
 
 
 def provenance_line(prov: dict) -> str:
@@ -39,7 +56,10 @@ def provenance_line(prov: dict) -> str:
         code = f"no git commit ({prov['git_note']})"
     else:
         code = f"commit `{prov['git_sha'][:12]}`" + (" + uncommitted changes" if prov["git_dirty"] else "")
+    study = prov.get("study") or {}
+    rebuilt = f" Rebuild: `{study['rebuild'][0]}`." if study.get("rebuild") else ""
     return (
+        f"Study `{study.get('name', '?')}`.{rebuilt} "
         f"Made by {code}; teddy sources sha256 `{prov['teddy_sources_sha256'][:12]}`, config sha256 "
         f"`{prov['config_sha256'][:12]}`; command: `{prov['command']}`. "
         "`teddy verify` on this folder says whether the current code still matches."
@@ -252,6 +272,25 @@ def paired_interval(diffs: pd.Series, level: float = 0.95) -> tuple[float, float
 ACROSS = "mean over students"  # the paired IOR table's column over every fully paired student
 
 
+def against_sections(df: pd.DataFrame, cfg) -> list[str]:
+    """A paired table against each method of report.also_against (a study's second comparisons,
+    e.g. a variant against the paper form), computed like the main one."""
+    out = []
+    for other in cfg.report.also_against:
+        if other not in set(df.method):
+            out.append(f"\nPaired difference to `{other}`: no evaluation of `{other}` here.\n")
+            continue
+        paired = add_ior(df.drop(columns=["ior"]), other)
+        out += [
+            f"\nPaired difference to `{other}` (report.also_against): mean over the seeds both ran, "
+            "[95 % Student-t interval] (n = seeds), as the paired IOR table above.\n",
+            ior_interval_table(paired, other, list(cfg.run.seeds)).to_markdown(
+                index=False, disable_numparse=True
+            ),
+        ]
+    return out
+
+
 def ior_interval_table(df: pd.DataFrame, baseline: str, seeds: list[int] | None = None) -> pd.DataFrame:
     """Paired IOR per method/IPC/arch: mean difference to ``baseline`` over the seeds both ran
     (same seed = same teacher, relabel views and student init) with its 95 % t-interval. With
@@ -404,7 +443,8 @@ def pool_ablation(df: pd.DataFrame, cfg) -> pd.DataFrame | None:
 
 def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     """inputs: ``evaluations`` (list of evaluate dirs); outputs: ``out`` dir."""
-    rows = [collect_row(d) for d in find_evaluations(inputs["evaluations"])]
+    evaluations = find_evaluations(inputs["evaluations"])
+    rows = [collect_row(d) for d in evaluations]
     df = in_config_grid(pd.DataFrame(rows), cfg)
     df = add_hlr(add_ior(df, cfg.report.baseline_method))
     df = flag_below_baseline(df, cfg.report.baseline_method)
@@ -424,8 +464,12 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         df.to_csv(tmp, index=False, float_format="%.4f")
     seeds = ", ".join(str(s) for s in sorted(df.seed.unique()))
     prov = provenance_of(cfg)
+    prov["devices"] = sorted(  # where the students trained (results/INDEX.md's "ran on")
+        {(m := read_json(d / "metrics.json")).get("device_name") or m.get("device", "?") for d in evaluations}
+    )
     md = [
-        f"# Results: {', '.join(df.dataset.unique())}\n",
+        f"# Study `{cfg.study.name}`: {', '.join(df.dataset.unique())}\n",
+        *([f"Question: {cfg.study.question}\n"] if cfg.study.question else []),
         provenance_line(prov) + "\n",
         *flagged_section(df),
         f"Student val top-1 (%), mean ± sample std over seeds {seeds} (a cell without ± is one seed);"
@@ -440,6 +484,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         ior_interval_table(df, cfg.report.baseline_method, list(cfg.run.seeds)).to_markdown(
             index=False, disable_numparse=True
         ),
+        *against_sections(df, cfg),
         "\nMean wall seconds per job (distill, relabel: per synthetic set; evaluate: per student).\n",
         stage_times(df).to_markdown(index=False, floatfmt=".1f"),
         *([missing_baseline_note(missing, cfg.report.baseline_method)] if len(missing) else []),

@@ -261,9 +261,10 @@ def dataset_input(mlflow, manifest_path: Path) -> None:
     mlflow.log_input(MetaDataset(source, name=manifest["dataset"], digest=digest[:12]), context="real images")
 
 
-def open_pipeline_run(cfg_data: Mapping, command: str) -> str | None:
-    """The parent run of one pipeline invocation (Snakemake's onstart); its id goes to the jobs
-    through the environment. None when tracking is off or the store is unreachable."""
+def open_pipeline_run(cfg_data: Mapping, command: str, studies: list[str] | None = None) -> str | None:
+    """The parent run of one pipeline invocation (Snakemake's onstart), named and tagged with its
+    ``studies`` (default: the config's); its id goes to the jobs through the environment. None when
+    tracking is off or the store is unreachable."""
     if not cfg_data["tracking"]["enabled"]:
         return None
     t = cfg_data["tracking"]
@@ -271,8 +272,9 @@ def open_pipeline_run(cfg_data: Mapping, command: str) -> str | None:
         mlflow = init_store(t["uri"], t["experiment"], t["timeout_s"])
         client = mlflow.MlflowClient(resolve_uri(cfg_data["tracking"]["uri"]))
         experiment = client.get_experiment_by_name(cfg_data["tracking"]["experiment"])
-        tags = {"stage": "pipeline", "dataset": cfg_data["run"]["dataset"], "command": command}
-        name = f"pipeline {cfg_data['run']['dataset']} {time.strftime('%Y-%m-%d %H:%M')}"
+        study = ",".join(studies or [cfg_data["study"]["name"]])
+        tags = {"stage": "pipeline", "study": study, "dataset": cfg_data["run"]["dataset"], "command": command}
+        name = f"pipeline {study} {cfg_data['run']['dataset']} {time.strftime('%Y-%m-%d %H:%M')}"
         run = client.create_run(experiment.experiment_id, run_name=name, tags=tags)
     except Exception as err:  # noqa: BLE001 - the stages keep their own fallback
         log.warning("MLflow: no pipeline run (%s); stage runs will not be grouped", first_line(err))

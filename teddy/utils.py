@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import random
 import resource
 import shlex
@@ -315,6 +316,19 @@ def provenance() -> dict:
         )
         prov["slurm"] = {k.lower(): os.environ[k] for k in keys if k in os.environ}
     return prov
+
+
+def device_name(device: torch.device) -> str:
+    """What ran a job, for readers of its results: the GPU's model, or the CPU's model and core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"CPU {model} ({os.cpu_count()} cores)"
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
+import json
 import os
 import re
 import shlex
@@ -106,8 +108,6 @@ _RUNTIMES: dict[str, dict] = {}
 
 
 def _estimated_runtimes(data: Mapping) -> dict:
-    import json
-
     from teddy import estimate
 
     key = json.dumps(data, sort_keys=True, default=str)
@@ -133,16 +133,20 @@ def result_params(data: Mapping, stage: str, selection: Mapping, member: str | N
 # Snakemake's rules take their paths from here (workflow/rules/*.smk) and schedule plan()'s final
 # outputs; dvc.yaml is generated from plan() (`teddy workflow dvc`), so the two cannot drift.
 
+# A study's own jobs write under results/<dataset>/<study>/; the prepared data and the pool are
+# shared by every study whose recipe for them is the same, in a folder named by the recipe's
+# fingerprint (recipe_keys): never built twice, never shared between different recipes.
 FOLDERS = {
-    "prepare_data": "results/{dataset}/data",
-    "pool_job": "results/{dataset}/pool/{job}",  # base, prior_s<S>, prior_<arch>_s<S>, post_<III>
-    "pretrain_pool": "results/{dataset}/pool",
-    "distill_shard": "results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}/shards/{shard}-of-{nshards}",
-    "distill": "results/{dataset}/distill/{method}/ipc{ipc}/seed{seed}",
-    "relabel": "results/{dataset}/relabel/{method}/ipc{ipc}/seed{seed}",
-    "evaluate": "results/{dataset}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}",
-    "report": "results/{dataset}/report",
+    "prepare_data": "results/{dataset}/data/{data_key}",
+    "pool_job": "results/{dataset}/pool/{pool_key}/{job}",  # base, prior_s<S>, prior_<arch>_s<S>, post_<III>
+    "pretrain_pool": "results/{dataset}/pool/{pool_key}",
+    "distill_shard": "results/{dataset}/{study}/distill/{method}/ipc{ipc}/seed{seed}/shards/{shard}-of-{nshards}",  # noqa: E501
+    "distill": "results/{dataset}/{study}/distill/{method}/ipc{ipc}/seed{seed}",
+    "relabel": "results/{dataset}/{study}/relabel/{method}/ipc{ipc}/seed{seed}",
+    "evaluate": "results/{dataset}/{study}/evaluate/{method}/ipc{ipc}/{arch}/seed{seed}",
+    "report": "results/{dataset}/{study}/report",
 }
+KEY_PATTERN = r"[0-9a-f]{10}"
 REPORT_FILES = ("summary.csv", "summary.md", "accuracy.png", "accuracy.json", "metrics.json", "provenance.json")
 CHECKSUM = ".sha256"  # teddy.artifacts.CHECKSUM_SUFFIX (not imported here: it would load torch into Snakemake)
 SCHEMA = "workflow/schemas/config.schema.yaml"  # its defaults are config too
@@ -277,6 +281,31 @@ def params_of(data: Mapping, keys: list[str]) -> dict:
     return {key: lookup(data, key) for key in keys}
 
 
+def _fingerprint(values: Mapping) -> str:
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def recipe_keys(data: Mapping) -> dict:
+    """{"dataset", "study", "data_key", "pool_key"}: where a config's jobs write (FOLDERS' fields).
+    data_key fingerprints the config keys the prepared data depends on, pool_key those of the pool
+    and its data; machine keys that do not change the arrays (where the files are, how many loader
+    processes, cache or files) are left out, so a study run on another machine finds the same folder."""
+    prep = {
+        k: v
+        for k, v in params_of(data, param_keys(data, "prepare_data")).items()
+        if not (k.startswith("prepare_data.") and config_mod.is_machine_key("prepare_data", k.split(".", 1)[1]))
+    }
+    data_key = _fingerprint(prep)
+    pool = params_of(data, param_keys(data, "pretrain_pool"))
+    return {
+        "dataset": data["run"]["dataset"],
+        "study": data["study"]["name"],
+        "data_key": data_key,
+        "pool_key": _fingerprint({"data": data_key, **pool}),
+    }
+
+
 def pool_recipe(data: Mapping, origin: str) -> dict:
     """The config a pool member of ``origin`` (base / prior / post) depends on, {dotted key: value}:
     recorded with every member its job writes, and compared by every reader of the pool with its own
@@ -314,7 +343,7 @@ def _pool_jobs(data: Mapping, w: dict) -> list[Job]:
                 stage={"base": "pretrain_pool_base", "post": "pretrain_pool_post"}.get(
                     kind, "pretrain_pool_prior" if arch == p["arch"] else "pretrain_pool_prior_arch"
                 ),
-                name=f"pretrain_pool_{name}",
+                name=f"pretrain_pool_{name}_{w['pool_key']}",
                 command=(
                     "pretrain-pool",
                     "--data",
@@ -336,7 +365,7 @@ def _pool_jobs(data: Mapping, w: dict) -> list[Job]:
     jobs.append(
         Job(
             stage="pretrain_pool",
-            name="pretrain_pool",
+            name=f"pretrain_pool_{w['pool_key']}",
             command=("pretrain-pool", "--assemble", *folders, "--out", pool),
             deps=tuple(folders),
             outs=declared(pool, ("manifest.json", "metrics.json")),
@@ -365,13 +394,13 @@ def evaluation_grid(data: Mapping) -> list[dict]:
 
 def plan(data: Mapping) -> list[Job]:
     """Every job of the resolved config ``data`` in an order that respects dependencies."""
-    w = {"dataset": data["run"]["dataset"]}
+    w = recipe_keys(data)
     data_dir, pool = path("prepare_data", **w), path("pretrain_pool", **w)
     manifest = f"{pool}/manifest.json"
     jobs = [
         Job(
             "prepare_data",
-            "prepare_data",
+            f"prepare_data_{w['data_key']}",
             ("prepare-data", "--out", data_dir),
             (),
             (data_dir,),
@@ -384,7 +413,7 @@ def plan(data: Mapping) -> list[Job]:
     sets = list(dict.fromkeys((g["method"], g["ipc"], g["seed"]) for g in grid))
     for method, ipc, seed in sets:
         s = {"method": method, "ipc": ipc, "seed": seed}
-        tag = f"{method}_ipc{ipc}_seed{seed}"
+        tag = f"{w['study']}_{method}_ipc{ipc}_seed{seed}"
         syn = path("distill", **w, **s)
         keys = tuple(param_keys(data, "distill", method=method))
         selection = ("--method", method, "--ipc", str(ipc), "--seed", str(seed))
@@ -449,7 +478,7 @@ def plan(data: Mapping) -> list[Job]:
         jobs.append(
             Job(
                 "evaluate",
-                f"evaluate_{g['method']}_ipc{g['ipc']}_{arch_slug(g['arch'])}_seed{g['seed']}",
+                f"evaluate_{w['study']}_{g['method']}_ipc{g['ipc']}_{arch_slug(g['arch'])}_seed{g['seed']}",
                 (
                     "evaluate",
                     "--data",
@@ -477,7 +506,7 @@ def plan(data: Mapping) -> list[Job]:
     jobs.append(
         Job(
             "report",
-            "report",
+            f"report_{w['study']}",
             ("report", "--evaluations", *evaluations, "--out", report),
             tuple(evaluations),
             declared(report, REPORT_FILES),
@@ -513,18 +542,37 @@ def _key_source(key: str, files: list[str], raws: list[dict]) -> str | None:
     return None
 
 
-def dvc_yaml(config_files: list[str]) -> str:
-    """dvc.yaml for the config ``config_files`` (base first, then deltas): one DVC stage per job of
-    plan(), the same commands, each with its code files, its inputs and the keys it depends on
-    (each read from the file whose value wins) as deps and params."""
+def _relative(path: Path) -> str:
+    """A config layer's path as dvc.yaml names it: relative to the project root when inside it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(PACKAGE.parent)) if resolved.is_relative_to(PACKAGE.parent) else str(path)
+
+
+def dvc_yaml(config_sets: list[list[str]]) -> str:
+    """dvc.yaml for one or more configs, each a list of files (base first, then deltas; a study is
+    its one file, whose extends chain the loader follows): one DVC stage per job of their plans (a
+    job two studies share, such as the data or the pool of one recipe, once), the same commands,
+    each with its code files, its inputs and the keys it depends on (each read from the file whose
+    value wins) as deps and params."""
+    stages: dict = {}
+    for config_files in config_sets:
+        _add_stages(stages, config_files)
+    described = " + ".join(" ".join(files) for files in config_sets)
+    header = DVC_HEADER + f"# Config: {described}\n"
+    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=100_000)
+
+
+def _add_stages(stages: dict, config_files: list[str]) -> None:
     data = config_mod.to_dict(config_mod.load(config_files))
-    raws = [config_mod.read_yaml(f) for f in config_files]
+    chain = [(_relative(p), raw) for f in config_files for p, raw in config_mod.layers(f)]
+    files, raws = [f for f, _ in chain], [raw for _, raw in chain]
     config_args = [arg for f in config_files for arg in ("--config", f)]
-    stages = {}
     for job in plan(data):
+        if job.name in stages:  # shared with a study added before (same recipe, same folder)
+            continue
         params: dict[str, list[str]] = {}
         for key in job.params:
-            source = _key_source(key, config_files, raws)
+            source = _key_source(key, files, raws)
             if source is not None:
                 params.setdefault(source, []).append(key)
         # the threads Snakemake gives the job (resources.<stage>.cpus → --set run.threads): CPU float
@@ -557,5 +605,3 @@ def dvc_yaml(config_files: list[str]) -> str:
         else:
             stage["outs"] = list(job.outs)
         stages[job.name] = stage
-    header = DVC_HEADER + f"# Config: {' '.join(config_files)}\n"
-    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=100_000)

@@ -59,13 +59,15 @@ def paper_run(tmp_path, experiment: str, **sections):
 
 def check_results(project, dataset: str, archs: list[str], classes: int) -> pd.DataFrame:
     results = project / "results" / dataset
-    manifest = json.loads((results / "data" / "manifest.json").read_text())
+    manifest = json.loads(next((results / "data").glob("*/manifest.json")).read_text())  # data/<recipe key>/
     assert manifest["num_classes"] == classes and manifest["classes"] == miniature.NAMES[:classes]
-    summary = pd.read_csv(results / "report" / "summary.csv")
+    summary = pd.read_csv(results / "default" / "report" / "summary.csv")  # no study given: study `default`
     assert set(summary["method"]) == {"teddy", "random"} and set(summary["arch"]) == set(archs)
     assert summary["top1"].between(0, 100).all() and summary["top1"].notna().all()
     for method in ("teddy", "random"):  # every set holds IPC × classes images of the real size
-        syn = torch.load(results / "distill" / method / "ipc2" / "seed0" / "synthetic.pt", weights_only=True)
+        syn = torch.load(
+            results / "default" / "distill" / method / "ipc2" / "seed0" / "synthetic.pt", weights_only=True
+        )
         assert syn["images"].shape == (2 * classes, 3, manifest["image_size"], manifest["image_size"])
         assert torch.bincount(syn["labels"], minlength=classes).tolist() == [2] * classes
     check = subprocess.run(
@@ -87,7 +89,9 @@ def test_tiny_imagenet_paper_config_on_a_miniature(tmp_path):
         evaluate={"archs": ["resnet18"]},
     )
     check_results(project, "tiny_imagenet", ["resnet18"], 6)
-    manifest = json.loads((project / "results" / "tiny_imagenet" / "data" / "manifest.json").read_text())
+    manifest = json.loads(
+        next((project / "results" / "tiny_imagenet" / "data").glob("*/manifest.json")).read_text()
+    )
     assert manifest["storage"] == "cache" and len(manifest["bad_files"]) == 3  # left out and recorded
 
 
@@ -109,5 +113,5 @@ def test_imagenet_paper_config_on_a_miniature_with_torchvision_weights(tmp_path)
         evaluate={"archs": ["resnet18", "torchvision:regnet_x_400mf"]},
     )
     check_results(project, "imagenet", ["resnet18", "torchvision:regnet_x_400mf"], 5)
-    pool = json.loads((project / "results" / "imagenet" / "pool" / "manifest.json").read_text())
+    pool = json.loads(next((project / "results" / "imagenet" / "pool").glob("*/manifest.json")).read_text())
     assert pool["base"]["source"] == str(weights)

@@ -1,5 +1,6 @@
-"""The whole workflow, end to end, on the tiny digits config with a variant and the full-data row,
-built once by Snakemake and once by `dvc repro` (dvc.yaml generated from the same stage table):
+"""The whole workflow, end to end: a miniature study (the tiny digits config with a variant and the
+full-data row) built once by Snakemake (`--config study=mini`) and once by `dvc repro` (dvc.yaml
+generated for the study from the same stage table):
 each builds everything, a second run does nothing, both give the same report and the same
 synthetic sets, a code change reruns exactly the stages downstream of it in both, and a finished
 DVC pipeline goes to a remote and comes back in a fresh clone."""
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, copy_project
+from .conftest import ROOT, copy_project, project_path
 
 BIN = Path(sys.executable).parent
 # one worker builds the two projects once for every test here (make test: --dist loadscope)
@@ -50,6 +51,15 @@ def run(cmd, cwd):
 
 
 GIT = ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.org"]
+STUDY = "question: Does the workflow rebuild a study byte for byte?\nheadline: {method: teddy_sel, ipc: 1}\n"
+SNAKEMAKE = [str(BIN / "snakemake"), "--config", "study=mini", "--cores"]  # + the cores, then options
+
+
+def with_study(project: Path) -> Path:
+    """The miniature study: config/studies/mini.yaml extends the copy's (tiny) config/config.yaml."""
+    (project / "config" / "studies").mkdir()
+    (project / "config" / "studies" / "mini.yaml").write_text(STUDY)
+    return project
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +70,7 @@ def copies(tmp_path_factory):
     )
     dvc_dir = tmp_path_factory.mktemp("dvc") / "project"  # its parent holds the default DVC remote
     dvc_dir.mkdir()
-    return snakemake_dir, copy_project(dvc_dir, **GRID)
+    return with_study(snakemake_dir), with_study(copy_project(dvc_dir, **GRID))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +79,7 @@ def snakemake_project(copies):
     project = copies[0]
     offline = offline_prefix()
     assert offline or os.geteuid() != 0, "root could not make a network namespace: unshare -n failed"
-    run([*offline, str(BIN / "snakemake"), "--cores", "2"], project)
+    run([*offline, *SNAKEMAKE, "2"], project)
     return project
 
 
@@ -83,7 +93,7 @@ def dvc_project(copies):
     shutil.copy(ROOT / ".dvc" / "config", project / ".dvc" / "config")
     shutil.copy(ROOT / ".gitignore", project / ".gitignore")  # git holds no artifact: DVC carries them
     shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")
-    run([sys.executable, "-m", "teddy", "workflow", "dvc"], project)
+    run([sys.executable, "-m", "teddy", "workflow", "dvc", "--study", "mini"], project)
     run([str(BIN / "dvc"), "repro"], project)
     run(["git", "add", "-A"], project)
     run([*GIT, "commit", "-qm", "pipeline"], project)
@@ -104,13 +114,14 @@ def test_snakemake_builds_everything_then_nothing(snakemake_project):
     project = snakemake_project
     assert (project / "mlflow.db").is_file() and not list(project.rglob("tracking_pending.json"))
     check_mlflow_store(project)
-    report = project / "results" / "digits" / "report"
+    report = project / "results" / "digits" / "mini" / "report"
     assert (report / "summary.csv").is_file() and (report / "accuracy.png").is_file()
+    assert json.loads((report / "provenance.json").read_text())["study"]["name"] == "mini"
     assert len(list((project / "logs").rglob("*.log"))) > 5
-    again = run([str(BIN / "snakemake"), "--cores", "2", "-n"], project)
+    again = run([*SNAKEMAKE, "2", "-n"], project)
     assert "Nothing to be done" in again
     # the self-contained HTML report with the captioned tables, plots and image grids
-    run([str(BIN / "snakemake"), "--report", "report.html"], project)
+    run([*SNAKEMAKE, "1", "--report", "report.html"], project)
     html = (project / "report.html").read_text()
     assert "bar a distillation method must clear" in html  # accuracy.png caption
     assert "One row per (method, IPC, student architecture, seed)" in html  # summary.csv caption
@@ -128,9 +139,10 @@ def check_mlflow_store(project):
     experiment = client.get_experiment_by_name("teddy")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     (pipeline,) = [r for r in runs if r.data.tags.get("stage") == "pipeline"]
-    assert pipeline.info.status == "FINISHED" and pipeline.info.run_name.startswith("pipeline digits ")
+    assert pipeline.info.status == "FINISHED" and pipeline.info.run_name.startswith("pipeline mini digits ")
     stages = [r for r in runs if r is not pipeline]
     assert stages and all(r.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id for r in stages)
+    assert {r.data.tags.get("study") for r in runs} == {"mini"}  # the UI filters one study: tags.study = 'mini'
     names = {r.info.run_name for r in stages}
     assert {"evaluate teddy ipc1 convnet s0", "evaluate random ipc1 convnet s0", "report"} <= names
     assert any(n.startswith("distill teddy ipc1 s0 shard 0/") for n in names) and "pretrain_pool base" in names
@@ -161,8 +173,8 @@ def check_mlflow_store(project):
 
 def test_dvc_repro_builds_everything_then_nothing(dvc_project):
     project = dvc_project
-    assert (project / "results" / "digits" / "report" / "accuracy.json").is_file()
-    run([sys.executable, "-m", "teddy", "workflow", "dvc", "--check"], project)
+    assert (project / "results" / "digits" / "mini" / "report" / "accuracy.json").is_file()
+    run([sys.executable, "-m", "teddy", "workflow", "dvc", "--check", "--study", "mini"], project)
     again = run([str(BIN / "dvc"), "repro"], project)
     assert "Data and pipelines are up to date" in again
     metrics = run([str(BIN / "dvc"), "metrics", "show"], project)
@@ -183,7 +195,7 @@ def test_snakemake_and_dvc_give_the_same_results(snakemake_project, dvc_project)
     import pandas as pd
 
     columns = ["dataset", "method", "ipc", "arch", "seed", "top1", "top5", "hard_top1", "ior", "hlr"]
-    summary = "results/digits/report/summary.csv"
+    summary = "results/digits/mini/report/summary.csv"
     by_snakemake = pd.read_csv(snakemake_project / summary)[columns]
     by_dvc = pd.read_csv(dvc_project / summary)[columns]
     pd.testing.assert_frame_equal(by_snakemake, by_dvc)
@@ -196,7 +208,7 @@ def test_snakemake_and_dvc_give_the_same_results(snakemake_project, dvc_project)
     for project in (snakemake_project, dvc_project):
         epochs = {
             json.loads(m.read_text())["ipc"]: json.loads(m.read_text())["epochs"]
-            for m in (project / "results" / "digits" / "evaluate").rglob("metrics.json")
+            for m in (project / "results" / "digits" / "mini" / "evaluate").rglob("metrics.json")
         }
         full = max(epochs)
         assert epochs == {1: 2, full: 1} and full > 1
@@ -209,7 +221,7 @@ def edit(project: Path, module: str) -> None:
 
 
 def snakemake_plan(project: Path) -> set[str]:
-    out = run([str(BIN / "snakemake"), "--cores", "1", "-n"], project)
+    out = run([*SNAKEMAKE, "1", "-n"], project)
     return set(re.findall(r"^(\w+)\s+\d+$", out, re.M)) - {"job", "all", "total"}
 
 
@@ -230,7 +242,7 @@ def test_a_code_change_reruns_exactly_the_stages_downstream_of_it(snakemake_proj
     assert snakemake_plan(snakemake_project) == {"report"}
     assert dvc_ran(dvc_project) == {"report"}
     # relabel.py: the relabel jobs, and everything downstream of them
-    run([str(BIN / "snakemake"), "--cores", "2"], snakemake_project)
+    run([*SNAKEMAKE, "2"], snakemake_project)
     for project in (snakemake_project, dvc_project):
         edit(project, "relabel.py")
     assert snakemake_plan(snakemake_project) == {"relabel", "evaluate", "report"}
@@ -247,7 +259,7 @@ def dvc_changed(project: Path) -> set[str]:
 def test_a_library_module_change_schedules_only_the_stages_that_run_it(snakemake_project, dvc_project):
     """Editing the loss schedules distill and what follows, never data preparation or the pool;
     editing the image decoder schedules everything (Snakemake's dry run, `dvc status`)."""
-    run([str(BIN / "snakemake"), "--cores", "2"], snakemake_project)  # up to date after the test above
+    run([*SNAKEMAKE, "2"], snakemake_project)  # up to date after the test above
     expected = {  # module → (Snakemake: the jobs that rerun, DVC: the stages whose code changed)
         "losses.py": (
             {"distill_shard", "distill", "relabel", "evaluate", "report"},
@@ -292,15 +304,17 @@ def test_a_finished_pipeline_goes_to_the_default_remote_and_comes_back(dvc_proje
     # the pulled artifacts are usable: their checksum records came along (issue 36, 2)
     verified = run([sys.executable, "-m", "teddy", "verify", "results"], clone)
     assert "artifacts under results are intact" in verified
-    d = clone / "results" / "digits"
-    s = d / "distill" / "teddy" / "ipc1" / "seed0"
-    r = d / "relabel" / "teddy" / "ipc1" / "seed0"
-    evaluate = ["evaluate", "--config", "config/config.yaml", "--data", str(d / "data"), "--synthetic", str(s)]
-    evaluate += ["--soft-labels", str(r), "--pool", str(d / "pool"), "--arch", "convnet", "--seed", "0"]
+    s, r = (
+        clone / project_path(clone, kind, study="mini", method="teddy", ipc=1, seed=0)
+        for kind in ("distill", "relabel")
+    )
+    data, pool = (clone / project_path(clone, kind, study="mini") for kind in ("prepare_data", "pretrain_pool"))
+    evaluate = ["evaluate", "--config", "config/studies/mini.yaml", "--data", str(data), "--synthetic", str(s)]
+    evaluate += ["--soft-labels", str(r), "--pool", str(pool), "--arch", "convnet", "--seed", "0"]
     run([sys.executable, "-m", "teddy", *evaluate, "--out", str(tmp_path / "again")], clone)
     # and in the project itself: its DVC-versioned results deleted, then pulled back
-    for stage in ("data", "pool", "distill", "relabel", "evaluate"):
-        shutil.rmtree(project / "results" / "digits" / stage)
+    for folder in ("data", "pool", "mini/distill", "mini/relabel", "mini/evaluate"):
+        shutil.rmtree(project / "results" / "digits" / folder)
     run([str(BIN / "dvc"), "pull"], project)
     verified = run([sys.executable, "-m", "teddy", "verify", "results"], project)
     assert "artifacts under results are intact" in verified
@@ -315,3 +329,32 @@ def test_dvc_sweep_reruns_only_what_the_parameter_touches(dvc_project):
     ran = set(re.findall(r"Running stage '([^']+)'", exp))
     assert ran and all(name.startswith(("relabel_", "evaluate_", "report")) for name in ran), ran
     assert "epochs3" in run([str(BIN / "dvc"), "exp", "show", "--csv"], project)
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[str, int]]:
+    return {
+        str(p): (sha256(p), p.stat().st_mtime_ns) for f in folders for p in sorted(f.rglob("*")) if p.is_file()
+    }
+
+
+def test_two_studies_run_side_by_side_in_one_invocation(snakemake_project):
+    """A second study on the same dataset, run in one invocation with the first: its own folder, the
+    data and the pool (same recipe) shared and not rebuilt, the first study's files untouched."""
+    project = snakemake_project
+    run([*SNAKEMAKE, "2"], project)  # up to date after the code edits of the tests above
+    (project / "config" / "studies" / "other.yaml").write_text(
+        "question: A second study beside mini.\n"
+        "distill: {methods: [teddy, random], iterations: 2}\n"
+        "evaluate: {full_data: false, hard_label_archs: []}\n"
+    )
+    digits = project / "results" / "digits"
+    before = snapshot(digits / "mini", digits / "data", digits / "pool")
+    both = [str(BIN / "snakemake"), "--config", "study=mini,other", "--cores", "2"]
+    out = run(both, project)
+    assert "prepare_data" not in out and "pretrain_pool" not in out  # shared, not rebuilt
+    assert snapshot(digits / "mini", digits / "data", digits / "pool") == before
+    assert (digits / "other" / "report" / "summary.csv").is_file()
+    assert len(list((digits / "data").iterdir())) == 1 and len(list((digits / "pool").iterdir())) == 1
+    prov = json.loads((digits / "other" / "report" / "provenance.json").read_text())
+    assert prov["study"]["name"] == "other" and "study=mini,other" in prov["command"]
+    assert "Nothing to be done" in run([*both[:-2], "--cores", "1", "-n"], project)

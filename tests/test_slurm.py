@@ -103,5 +103,5 @@ def test_digits_pipeline_on_slurm_equals_local_run(tmp_path):
     for path in (local / "results").rglob("evaluate/**/metrics.json"):
         a, b = json.loads(path.read_text()), json.loads((cluster / path.relative_to(local)).read_text())
         assert (a["top1"], a["top5"]) == (b["top1"], b["top5"]), path
-    assert (cluster / "results" / "digits" / "report" / "summary.csv").is_file()
+    assert (cluster / "results" / "digits" / "default" / "report" / "summary.csv").is_file()
     assert (cluster / "mlflow.db").is_file()  # all cluster jobs wrote one MLflow store

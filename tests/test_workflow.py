@@ -30,6 +30,7 @@ def test_one_name_per_stage_everywhere():
     dvc_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     kinds = {next(k for k in KINDS if n == k or n.startswith(k + "_")) for n in dvc_stages}
     sections = set(yaml.safe_load((ROOT / "config" / "config.yaml").read_text())) - {
+        "study",
         "run",
         "tracking",
         "resources",
@@ -42,7 +43,7 @@ def test_committed_dvc_yaml_is_the_generated_one():
     regenerating fails here, and `teddy workflow dvc --check` says how to fix it."""
     from teddy import workflow
 
-    assert (ROOT / "dvc.yaml").read_text() == workflow.dvc_yaml(["config/config.yaml"])
+    assert (ROOT / "dvc.yaml").read_text() == workflow.dvc_yaml([["config/studies/quickstart.yaml"]])
 
 
 def test_workflow_check_names_the_fix(tmp_path, monkeypatch):
@@ -213,7 +214,7 @@ def test_dvc_runs_each_job_with_the_threads_snakemake_gives_it():
     it ran with torch's default threads and gave other numbers for the same config."""
     from teddy import config, workflow
 
-    stages = yaml.safe_load(workflow.dvc_yaml(["config/config.yaml"]))["stages"]
+    stages = yaml.safe_load(workflow.dvc_yaml([["config/config.yaml"]]))["stages"]
     cpus = config.to_dict(config.load([BASE]))["resources"]
     for job in workflow.plan(config.to_dict(config.load([BASE]))):
         assert f"--set run.threads={cpus[job.code]['cpus']} " in stages[job.name]["cmd"], job.name

@@ -22,6 +22,8 @@ def numeric_keys() -> list[tuple[str, dict]]:
     def walk(schema: dict, where: str) -> None:
         for key, sub in schema.get("properties", {}).items():
             dotted = f"{where}.{key}" if where else key
+            if dotted == "study":  # filled from a study file's name and question, not set by a value
+                continue
             kinds = sub.get("type", [])
             kinds = [kinds] if isinstance(kinds, str) else kinds
             if sub.get("type") == "object" or "properties" in sub:

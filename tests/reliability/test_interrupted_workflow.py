@@ -11,10 +11,9 @@ from pathlib import Path
 
 from teddy import cli
 
-from ..conftest import copy_project
+from ..conftest import copy_project, project_path
 
 BIN = Path(sys.executable).parent
-TARGET = "results/digits/pool/manifest.json"  # data + pool jobs: enough to interrupt mid-run
 
 
 def snakemake(project, *args, **kw):
@@ -24,7 +23,8 @@ def snakemake(project, *args, **kw):
 
 def test_kill_9_of_snakemake_then_the_same_command_finishes(tmp_path):
     project = copy_project(tmp_path, pretrain_pool={"epochs": 30, "prior_epochs": [10, 20]})
-    first = snakemake(project, TARGET, start_new_session=True)
+    target = project_path(project, "pretrain_pool", "manifest.json")  # data + pool jobs: enough to interrupt
+    first = snakemake(project, target, start_new_session=True)
     deadline = time.monotonic() + 300
     while not (states := list((project / "results").rglob("train_state.pt"))):  # a pool job mid-training
         assert first.poll() is None, first.stdout.read()
@@ -32,20 +32,20 @@ def test_kill_9_of_snakemake_then_the_same_command_finishes(tmp_path):
         time.sleep(0.05)
     os.killpg(first.pid, signal.SIGKILL)  # Snakemake and its jobs, as a lost node would
     first.wait()
-    assert not (project / TARGET).exists()
+    assert not (project / target).exists()
     # what a job killed while writing leaves: a declared output half there (Snakemake marked it
     # incomplete when the job started); only rerun-incomplete lets the next run redo it
     (states[0].parent / "members.json").write_text('[{"file": "base.pt", "val_')
 
-    locked = snakemake(project, TARGET)
+    locked = snakemake(project, target)
     out, _ = locked.communicate(timeout=300)
     assert locked.returncode != 0 and "unlock" in out  # the stale lock, named with its fix
 
     subprocess.run(
         [str(BIN / "snakemake"), "--unlock", "--cores", "1"], cwd=project, check=True, capture_output=True
     )
-    again = snakemake(project, TARGET)
+    again = snakemake(project, target)
     out, _ = again.communicate(timeout=600)
     assert again.returncode == 0, out[-3000:]
-    assert (project / TARGET).is_file()
+    assert (project / target).is_file()
     assert cli.main(["verify", str(project / "results")]) == 0

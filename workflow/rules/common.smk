@@ -4,6 +4,7 @@ import sys
 
 from teddy.config import algorithm, data_file
 from teddy.workflow import (
+    KEY_PATTERN,
     arch_slug,
     code_files,
     evaluation_grid,
@@ -11,38 +12,87 @@ from teddy.workflow import (
     job_params,
     path,
     pool_job_names,
+    recipe_keys,
 )
 from teddy.workflow import stage_resources as config_stage_resources
 from teddy import methods
 
-DATASET = config["run"]["dataset"]
-DATA_FILE = data_file(DATASET)
+# STUDIES (Snakefile): {study: (resolved config, its file)}. A study's own jobs carry {study} in their
+# paths; the data and pool folders carry the fingerprint of their recipe ({data_key}, {pool_key}), and
+# run with the config of the first study of that recipe (the others agree on every key they read).
+KEYS = {name: recipe_keys(data) for name, (data, _) in STUDIES.items()}
+BY_KEY = {}
+for _name, _keys in KEYS.items():
+    BY_KEY.setdefault(_keys["data_key"], _name)
+    BY_KEY.setdefault(_keys["pool_key"], _name)
 TEDDY = f"{sys.executable} -m teddy"
-CONFIG_ARG = f"--config {RESOLVED_CONFIG}"
+CONFIGS = [data for data, _ in STUDIES.values()]
+MEMBER_ARCHS = {
+    arch_slug(a): a for data in CONFIGS for a in data["pretrain_pool"]["member_archs"]
+}
+DATA_FILES = {
+    data["run"]["dataset"]: data_file(data["run"]["dataset"]) for data in CONFIGS
+}
 
 
-MEMBER_ARCHS = {arch_slug(a): a for a in config["pretrain_pool"]["member_archs"]}
+def alternatives(names):
+    return "|".join(map(re.escape, sorted(set(names)))) or "(?!)"
 
 
 wildcard_constraints:
-    member_arch="|".join(map(re.escape, MEMBER_ARCHS)) or "(?!)",
-    dataset=DATASET,
-    method="|".join(map(re.escape, config["distill"]["methods"])),
+    study=alternatives(STUDIES),
+    data_key=KEY_PATTERN,
+    pool_key=KEY_PATTERN,
+    member_arch=alternatives(MEMBER_ARCHS),
+    dataset=alternatives(DATA_FILES),
+    method=alternatives(m for data in CONFIGS for m in data["distill"]["methods"]),
     ipc=r"\d+",
     seed=r"\d+",
-    arch="|".join(map(re.escape, config["evaluate"]["archs"])),
+    arch=alternatives(a for data in CONFIGS for a in data["evaluate"]["archs"]),
     shard=r"\d+",
     index=r"\d{3}",
     nshards=r"\d+",
 
 
+def study_of(wildcards):
+    name = getattr(wildcards, "study", None)
+    if name is None:
+        name = BY_KEY[getattr(wildcards, "pool_key", None) or wildcards.data_key]
+    return name
+
+
+def cfg(wildcards):
+    """The resolved config a job runs with."""
+    return STUDIES[study_of(wildcards)][0]
+
+
+def config_arg(wildcards):
+    return f"--config {STUDIES[study_of(wildcards)][1]}"
+
+
+def at(kind, file, **fixed):
+    """An input of a job: ``file`` in the ``kind`` folder of the job's study (its data and pool keys)."""
+    return lambda w: path(
+        kind, file, **{**KEYS[study_of(w)], **dict(w.items()), **fixed}
+    )
+
+
+def all_outputs():
+    """What the invocation builds: every study's synthetic-set grids and report."""
+    return list(dict.fromkeys(o for data in CONFIGS for o in final_outputs(data)))
+
+
 def stage_params(stage, method=None, member=None):
     """Config a job's result depends on (teddy.workflow.param_keys); a change reruns the job."""
-    return job_params(config, stage, method, member)
+    return lambda w: job_params(
+        cfg(w), stage, getattr(w, "method", None) if method else None, member
+    )
 
 
 def stage_resources(stage):
-    return config_stage_resources(config, stage)
+    """The largest of the studies' resources for the stage (runtime estimates differ by study)."""
+    res = [config_stage_resources(data, stage) for data in CONFIGS]
+    return {k: max(r[k] for r in res) for k in res[0]}
 
 
 def stage_threads(stage):
@@ -51,19 +101,31 @@ def stage_threads(stage):
 
 def prior_base_input(wildcards):
     """Prior trajectories wait for the base model only when they target a fraction of its accuracy."""
-    if config["pretrain_pool"]["prior_targets"]:
-        return [path("pool_job", "members.json", dataset=wildcards.dataset, job="base")]
+    if cfg(wildcards)["pretrain_pool"]["prior_targets"]:
+        return [path("pool_job", "members.json", **dict(wildcards.items()), job="base")]
     return []
+
+
+def get_pool_jobs(wildcards):
+    names = pool_job_names(cfg(wildcards)["pretrain_pool"])
+    return [
+        path("pool_job", "members.json", **dict(wildcards.items()), job=j)
+        for j in names
+    ]
 
 
 def get_distill_shards(wildcards):
     """random picks real images in one job; optimised methods run distill.shards shard jobs."""
-    if not methods.get(algorithm(config, wildcards.method)).optimises:
+    data = cfg(wildcards)
+    if not methods.get(algorithm(data, wildcards.method)).optimises:
         return []
-    n = config["distill"]["shards"]
-    return expand(
-        path("distill_shard", "batches.pt"), **wildcards, shard=range(n), nshards=n
-    )
+    n = data["distill"]["shards"]
+    return [
+        path(
+            "distill_shard", "batches.pt", **dict(wildcards.items()), shard=i, nshards=n
+        )
+        for i in range(n)
+    ]
 
 
 def merge_args(shards):
@@ -71,8 +133,8 @@ def merge_args(shards):
 
 
 def get_evaluations(wildcards):
-    """Every evaluation of the config (the full-data row included): teddy.workflow's plan."""
+    """Every evaluation of the study (the full-data row included): teddy.workflow's plan."""
     return [
-        path("evaluate", "metrics.json", **g, dataset=wildcards.dataset)
-        for g in evaluation_grid(config)
+        path("evaluate", "metrics.json", **KEYS[wildcards.study], **g)
+        for g in evaluation_grid(cfg(wildcards))
     ]

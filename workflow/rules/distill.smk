@@ -1,20 +1,21 @@
 rule distill_shard:
     input:
         code=code_files("distill", absolute=True),
-        data=path("prepare_data", "manifest.json"),
-        pool=path("pretrain_pool", "manifest.json"),
+        data=at("prepare_data", "manifest.json"),
+        pool=at("pretrain_pool", "manifest.json"),
     output:
         batches=path("distill_shard", "batches.pt"),
         metrics=path("distill_shard", "metrics.json"),
     log:
-        "logs/{dataset}/distill/{method}_ipc{ipc}_seed{seed}_shard{shard}-of-{nshards}.log",
+        "logs/{dataset}/{study}/distill/{method}_ipc{ipc}_seed{seed}_shard{shard}-of-{nshards}.log",
     threads: stage_threads("distill")
     resources:
         **stage_resources("distill"),
     params:
-        cfg=lambda wildcards: stage_params("distill", wildcards.method),
+        cfg=stage_params("distill", method=True),
+        config=config_arg,
     shell:
-        "{TEDDY} distill {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} distill {params.config} --set run.threads={threads} --data $(dirname {input.data})"
         " --pool $(dirname {input.pool}) --method {wildcards.method} --ipc {wildcards.ipc}"
         " --seed {wildcards.seed} --shard {wildcards.shard}/{wildcards.nshards}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"
@@ -23,7 +24,7 @@ rule distill_shard:
 rule distill:
     input:
         code=code_files("distill", absolute=True),
-        data=path("prepare_data", "manifest.json"),
+        data=at("prepare_data", "manifest.json"),
         shards=get_distill_shards,
     output:
         synthetic=path("distill", "synthetic.pt"),
@@ -35,14 +36,15 @@ rule distill:
         ),
         metrics=path("distill", "metrics.json"),
     log:
-        "logs/{dataset}/distill/{method}_ipc{ipc}_seed{seed}.log",
+        "logs/{dataset}/{study}/distill/{method}_ipc{ipc}_seed{seed}.log",
     threads: stage_threads("distill")
     resources:
         **stage_resources("distill"),
     params:
-        cfg=lambda wildcards: stage_params("distill", wildcards.method),
+        cfg=stage_params("distill", method=True),
+        config=config_arg,
         merge=lambda w, input: merge_args(input.shards),
     shell:
-        "{TEDDY} distill {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} distill {params.config} --set run.threads={threads} --data $(dirname {input.data})"
         " {params.merge} --method {wildcards.method} --ipc {wildcards.ipc} --seed {wildcards.seed}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"

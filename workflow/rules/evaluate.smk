@@ -1,21 +1,22 @@
 rule evaluate:
     input:
         code=code_files("evaluate", absolute=True),
-        data=path("prepare_data", "manifest.json"),
+        data=at("prepare_data", "manifest.json"),
         synthetic=path("distill", "synthetic.pt"),
         soft=path("relabel", "soft_labels.pt"),
-        pool=path("pretrain_pool", "manifest.json"),
+        pool=at("pretrain_pool", "manifest.json"),
     output:
         metrics=path("evaluate", "metrics.json"),
     log:
-        "logs/{dataset}/evaluate/{method}_ipc{ipc}_{arch}_seed{seed}.log",
+        "logs/{dataset}/{study}/evaluate/{method}_ipc{ipc}_{arch}_seed{seed}.log",
     threads: stage_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
     params:
         cfg=stage_params("evaluate"),
+        config=config_arg,
     shell:
-        "{TEDDY} evaluate {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} evaluate {params.config} --set run.threads={threads} --data $(dirname {input.data})"
         " --synthetic $(dirname {input.synthetic}) --soft-labels $(dirname {input.soft})"
         " --pool $(dirname {input.pool})"
         " --arch {wildcards.arch} --seed {wildcards.seed}"

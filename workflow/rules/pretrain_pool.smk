@@ -2,43 +2,45 @@
 rule pretrain_pool_base:
     input:
         code=code_files("pretrain_pool", absolute=True),
-        data=path("prepare_data", "manifest.json"),
+        data=at("prepare_data", "manifest.json"),
     output:
         model=path("pool_job", "base.pt", job="base"),
         members=path("pool_job", "members.json", job="base"),
         metrics=path("pool_job", "metrics.json", job="base"),
     log:
-        "logs/{dataset}/pretrain_pool/base.log",
+        "logs/{dataset}/pool/{pool_key}/base.log",
     threads: stage_threads("pretrain_pool")
     resources:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="base"),
+        config=config_arg,
     shell:
-        "{TEDDY} pretrain-pool {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} pretrain-pool {params.config} --set run.threads={threads} --data $(dirname {input.data})"
         " --member base --out $(dirname {output.members}) > {log} 2>&1"
 
 
 rule pretrain_pool_prior:
     input:
         code=code_files("pretrain_pool", absolute=True),
-        data=path("prepare_data", "manifest.json"),
+        data=at("prepare_data", "manifest.json"),
         base=prior_base_input,
     output:
         members=path("pool_job", "members.json", job="prior_s{seed}"),
         metrics=path("pool_job", "metrics.json", job="prior_s{seed}"),
     log:
-        "logs/{dataset}/pretrain_pool/prior_s{seed}.log",
+        "logs/{dataset}/pool/{pool_key}/prior_s{seed}.log",
     threads: stage_threads("pretrain_pool")
     resources:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="prior"),
+        config=config_arg,
         base=lambda wildcards, input: (
             f"--base {os.path.dirname(input.base[0])}" if input.base else ""
         ),
     shell:
-        "{TEDDY} pretrain-pool {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} pretrain-pool {params.config} --set run.threads={threads} --data $(dirname {input.data})"
         " {params.base} --member prior:{wildcards.seed} --out $(dirname {output.members}) > {log} 2>&1"
 
 
@@ -46,24 +48,25 @@ rule pretrain_pool_prior_arch:
     # prior members of another architecture (pretrain_pool.member_archs): its own trajectory
     input:
         code=code_files("pretrain_pool", absolute=True),
-        data=path("prepare_data", "manifest.json"),
+        data=at("prepare_data", "manifest.json"),
         base=prior_base_input,
     output:
         members=path("pool_job", "members.json", job="prior_{member_arch}_s{seed}"),
         metrics=path("pool_job", "metrics.json", job="prior_{member_arch}_s{seed}"),
     log:
-        "logs/{dataset}/pretrain_pool/prior_{member_arch}_s{seed}.log",
+        "logs/{dataset}/pool/{pool_key}/prior_{member_arch}_s{seed}.log",
     threads: stage_threads("pretrain_pool")
     resources:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="prior"),
+        config=config_arg,
         arch=lambda wildcards: MEMBER_ARCHS[wildcards.member_arch],
         base=lambda wildcards, input: (
             f"--base {os.path.dirname(input.base[0])}" if input.base else ""
         ),
     shell:
-        "{TEDDY} pretrain-pool {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} pretrain-pool {params.config} --set run.threads={threads} --data $(dirname {input.data})"
         " {params.base} --member prior:{params.arch}:{wildcards.seed} --out $(dirname {output.members})"
         " > {log} 2>&1"
 
@@ -71,21 +74,22 @@ rule pretrain_pool_prior_arch:
 rule pretrain_pool_post:
     input:
         code=code_files("pretrain_pool", absolute=True),
-        data=path("prepare_data", "manifest.json"),
+        data=at("prepare_data", "manifest.json"),
         base=path("pool_job", "members.json", job="base"),
     output:
         model=path("pool_job", "member.pt", job="post_{index}"),
         members=path("pool_job", "members.json", job="post_{index}"),
         metrics=path("pool_job", "metrics.json", job="post_{index}"),
     log:
-        "logs/{dataset}/pretrain_pool/post_{index}.log",
+        "logs/{dataset}/pool/{pool_key}/post_{index}.log",
     threads: stage_threads("pretrain_pool")
     resources:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="post"),
+        config=config_arg,
     shell:
-        "{TEDDY} pretrain-pool {CONFIG_ARG} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} pretrain-pool {params.config} --set run.threads={threads} --data $(dirname {input.data})"
         " --base $(dirname {input.base}) --member post:{wildcards.index} --out $(dirname {output.members})"
         " > {log} 2>&1"
 
@@ -93,10 +97,7 @@ rule pretrain_pool_post:
 rule pretrain_pool:
     input:
         code=code_files("pretrain_pool", absolute=True),
-        jobs=expand(
-            path("pool_job", "members.json", dataset="{{dataset}}"),
-            job=pool_job_names(config["pretrain_pool"]),
-        ),
+        jobs=get_pool_jobs,
     output:
         manifest=report(
             path("pretrain_pool", "manifest.json"),
@@ -105,8 +106,10 @@ rule pretrain_pool:
         ),
         metrics=path("pretrain_pool", "metrics.json"),
     log:
-        "logs/{dataset}/pretrain_pool/manifest.log",
+        "logs/{dataset}/pool/{pool_key}/manifest.log",
     localrule: True
+    params:
+        config=config_arg,
     shell:
-        "{TEDDY} pretrain-pool {CONFIG_ARG} --assemble $(dirname {input.jobs})"
+        "{TEDDY} pretrain-pool {params.config} --assemble $(dirname {input.jobs})"
         " --out $(dirname {output.manifest}) > {log} 2>&1"

@@ -18,15 +18,16 @@ rule report:
         metrics=path("report", "metrics.json"),
         provenance=path("report", "provenance.json"),
     log:
-        "logs/{dataset}/report.log",
+        "logs/{dataset}/{study}/report.log",
     threads: stage_threads("report")
     resources:
         **stage_resources("report"),
     params:
         cfg=stage_params("report"),
+        config=config_arg,
         evaluations=lambda w, input: " ".join(
             os.path.dirname(f) for f in input.evaluations
         ),
     shell:
-        "{TEDDY} report {CONFIG_ARG} --set run.threads={threads} --evaluations {params.evaluations}"
+        "{TEDDY} report {params.config} --set run.threads={threads} --evaluations {params.evaluations}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"
