@@ -51,10 +51,11 @@ lint: $(STAMP)
 
 # dvc.yaml is generated from teddy/workflow.py's stage table (the jobs Snakemake runs) for STUDY
 # (STUDY=a,b several, STUDY=all every committed study); `make repro STUDY=x` regenerates it for x
-# and reproduces x's report (and whatever it needs) with dvc repro.
+# and reproduces x's report (and whatever it needs) with dvc repro; DVC_SET="run.device=cuda" gives
+# every command machine keys (never what the study computes).
 COMMA := ,
 dvc-yaml: $(STAMP)
-	$(BIN)/python -m teddy workflow dvc $(addprefix --study ,$(subst $(COMMA), ,$(STUDY)))
+	$(BIN)/python -m teddy workflow dvc $(addprefix --study ,$(subst $(COMMA), ,$(STUDY))) $(addprefix --set ,$(DVC_SET))
 
 repro: dvc-yaml
 	$(BIN)/dvc repro

@@ -195,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a study (config/studies/NAME.yaml); repeat for several, 'all' for every committed study "
         f"(default: {config_mod.DEFAULT_STUDY})",
     )
+    flow.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="a machine key every command gets (run.device=cuda); repeatable",
+    )
     flow.add_argument("--out", default="dvc.yaml", metavar="FILE", help="where to write it (default: dvc.yaml)")
     flow.add_argument(
         "--check", action="store_true", help="write nothing; exit 1 if --out is not what it would be"
@@ -244,11 +252,14 @@ def write_workflow(args) -> int:
     try:
         for name in studies:
             config_mod.study_path(name)
-        text = workflow.dvc_yaml(sets)
+        text = workflow.dvc_yaml(sets, args.overrides)
     except (config_mod.ConfigError, OSError) as err:
         print(f"teddy workflow: {err}", file=sys.stderr)
         return 2
-    given = " ".join([*("--config " + f for f in args.config), *("--study " + n for n in studies)])
+    given = " ".join(
+        [*("--config " + f for f in args.config), *("--study " + n for n in studies)]
+        + [f"--set {shlex.quote(o)}" for o in args.overrides]
+    )
     out = Path(args.out)
     if args.check:
         if out.is_file() and out.read_text() == text:

@@ -78,6 +78,13 @@ def row(name: str) -> dict:
     }
 
 
+def command(name: str, ran_on: str) -> str:
+    """The command that rebuilds a study where it ran: on a GPU it asks for one (a machine key, never
+    in the study file)."""
+    gpu = any(word in ran_on for word in ("NVIDIA", "GPU", "cuda"))
+    return f"snakemake --cores all --config study={name}" + (" run='{device: cuda}'" if gpu else "")
+
+
 def render(names: list[str]) -> str:
     lines = [
         HEADER,
@@ -91,7 +98,7 @@ def render(names: list[str]) -> str:
         lines.append(
             f"| {link} ({r['dataset']}; [report]({r['report'].relative_to('results')}/summary.md)) "
             f"| {r['question']} | {r['headline']} | {r.get('n', '—')} | {r['ran_on']} | {r['commit']} "
-            f"| `snakemake --cores all --config study={name}` |"
+            f"| `{command(name, r['ran_on'])}` |"
         )
     return "\n".join(lines) + "\n"
 

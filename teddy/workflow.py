@@ -548,22 +548,31 @@ def _relative(path: Path) -> str:
     return str(resolved.relative_to(PACKAGE.parent)) if resolved.is_relative_to(PACKAGE.parent) else str(path)
 
 
-def dvc_yaml(config_sets: list[list[str]]) -> str:
+def dvc_yaml(config_sets: list[list[str]], machine: list[str] = ()) -> str:
     """dvc.yaml for one or more configs, each a list of files (base first, then deltas; a study is
     its one file, whose extends chain the loader follows): one DVC stage per job of their plans (a
     job two studies share, such as the data or the pool of one recipe, once), the same commands,
     each with its code files, its inputs and the keys it depends on (each read from the file whose
-    value wins) as deps and params."""
+    value wins) as deps and params. ``machine``: ``key=value`` overrides of machine keys (a GPU:
+    ``run.device=cuda``) that every command gets, as Snakemake's ``--config`` gives them."""
+    for item in machine:
+        section, _, key = item.partition("=")[0].partition(".")
+        if not config_mod.is_machine_key(section, key.split(".")[0]):
+            raise config_mod.ConfigError(
+                f"--set {item}: only machine keys may be set for a study's DVC stages (device, threads, dtype, "
+                "shards, data locations, tracking, resources); what a study computes lives in its file"
+            )
     stages: dict = {}
     for config_files in config_sets:
-        _add_stages(stages, config_files)
+        _add_stages(stages, config_files, list(machine))
     described = " + ".join(" ".join(files) for files in config_sets)
-    header = DVC_HEADER + f"# Config: {described}\n"
+    header = DVC_HEADER + f"# Config: {described}\n" + "".join(f"# Set: {m}\n" for m in machine)
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=100_000)
 
 
-def _add_stages(stages: dict, config_files: list[str]) -> None:
-    data = config_mod.to_dict(config_mod.load(config_files))
+def _add_stages(stages: dict, config_files: list[str], machine: list[str]) -> None:
+    data = config_mod.to_dict(config_mod.load(config_files, machine))
+    sets = [arg for item in machine for arg in ("--set", item)]
     chain = [(_relative(p), raw) for f in config_files for p, raw in config_mod.layers(f)]
     files, raws = [f for f, _ in chain], [raw for _, raw in chain]
     config_args = [arg for f in config_files for arg in ("--config", f)]
@@ -578,7 +587,7 @@ def _add_stages(stages: dict, config_files: list[str]) -> None:
         # the threads Snakemake gives the job (resources.<stage>.cpus → --set run.threads): CPU float
         # reductions differ with the thread count, so both tools must run a job alike to agree
         threads = ["--set", f"run.threads={data['resources'][job.code]['cpus']}"]
-        argv = ["python", "-m", "teddy", job.command[0], *config_args, *threads, *job.command[1:]]
+        argv = ["python", "-m", "teddy", job.command[0], *config_args, *sets, *threads, *job.command[1:]]
 
         stage = {
             "cmd": " ".join(shlex.quote(a) for a in argv),

@@ -209,3 +209,21 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
         if "://" not in target and not (page.parent / target).exists()
     ]
     assert not broken, broken
+
+
+def test_dvc_stages_of_a_study_take_machine_keys_only(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "dvc.yaml"
+    assert (
+        cli.main(["workflow", "dvc", "--study", "quickstart", "--set", "run.device=cuda", "--out", str(out)])
+        == 0
+    )
+    commands = [s["cmd"] for s in yaml.safe_load(out.read_text())["stages"].values()]
+    assert all(" --set run.device=cuda " in c for c in commands)
+    assert (
+        cli.main(
+            ["workflow", "dvc", "--study", "quickstart", "--set", "distill.iterations=3", "--out", str(out)]
+        )
+        == 2
+    )
+    assert "only machine keys" in capsys.readouterr().err
