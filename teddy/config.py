@@ -587,6 +587,21 @@ def workflow_studies(raw: Mapping, folder: str | Path) -> dict[str, tuple[dict, 
     }
 
 
+def stable_copy(source: Path, folder: str | Path, name: str) -> Path:
+    """``folder/<name>.yaml`` holding ``source``'s text, rewritten only when it differs. A job's
+    command names its study's config by this stable path (built from its wildcards): a
+    content-addressed path there would change every job's command, hence rerun every job, whenever
+    any key of the study changed."""
+    target = Path(folder) / f"{name}.yaml"
+    text = Path(source).read_text()
+    if not target.is_file() or target.read_text() != text:
+        from teddy.utils import atomic_path
+
+        with atomic_path(target) as tmp:
+            tmp.write_text(text)
+    return target
+
+
 # Keys that only define the workflow's grid of jobs (one job per value), not what a job computes.
 GRID_KEYS = {
     "run": {"seeds", "threads"},

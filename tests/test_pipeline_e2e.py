@@ -331,6 +331,24 @@ def test_dvc_sweep_reruns_only_what_the_parameter_touches(dvc_project):
     assert "epochs3" in run([str(BIN / "dvc"), "exp", "show", "--csv"], project)
 
 
+def test_a_study_edit_reruns_only_the_jobs_of_the_keys_it_changes(snakemake_project):
+    """Each job's command reads its study's config by a stable path: a report-only key reruns the
+    report, a synthesis knob the synthesised sets and what follows, never data, pool or random."""
+    project = snakemake_project
+    run([*SNAKEMAKE, "2"], project)  # up to date after the code edits of the tests above
+    study = project / "config" / "studies" / "mini.yaml"
+    kept = study.read_text()
+    try:
+        study.write_text(kept + "report: {also_against: [random]}\n")
+        assert snakemake_plan(project) == {"report"}
+        study.write_text(kept + "distill: {iterations: 3}\n")
+        planned = run([*SNAKEMAKE, "1", "-n"], project)
+        assert snakemake_plan(project) == {"distill_shard", "distill", "relabel", "evaluate", "report"}
+        assert "results/digits/mini/distill/random" not in planned  # random reads no synthesis key
+    finally:
+        study.write_text(kept)
+
+
 def snapshot(*folders: Path) -> dict[str, tuple[str, int]]:
     return {
         str(p): (sha256(p), p.stat().st_mtime_ns) for f in folders for p in sorted(f.rglob("*")) if p.is_file()

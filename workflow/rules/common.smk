@@ -2,7 +2,7 @@ import os
 import re
 import sys
 
-from teddy.config import algorithm, data_file
+from teddy.config import algorithm, data_file, stable_copy
 from teddy.workflow import (
     KEY_PATTERN,
     arch_slug,
@@ -25,6 +25,14 @@ BY_KEY = {}
 for _name, _keys in KEYS.items():
     BY_KEY.setdefault(_keys["data_key"], _name)
     BY_KEY.setdefault(_keys["pool_key"], _name)
+# Each job reads its config from a path its wildcards name (shell: study-{wildcards.study}.yaml,
+# recipe-{wildcards.data_key}.yaml, ...), never from params: the rerun triggers are the keys a job
+# depends on (stage_params), not the whole study.
+CONFIG_DIR = ".snakemake/teddy"
+for _name, (_, _file) in STUDIES.items():
+    stable_copy(_file, CONFIG_DIR, f"study-{_name}")
+for _key, _name in BY_KEY.items():
+    stable_copy(STUDIES[_name][1], CONFIG_DIR, f"recipe-{_key}")
 TEDDY = f"{sys.executable} -m teddy"
 CONFIGS = [data for data, _ in STUDIES.values()]
 MEMBER_ARCHS = {
@@ -64,10 +72,6 @@ def study_of(wildcards):
 def cfg(wildcards):
     """The resolved config a job runs with."""
     return STUDIES[study_of(wildcards)][0]
-
-
-def config_arg(wildcards):
-    return f"--config {STUDIES[study_of(wildcards)][1]}"
 
 
 def at(kind, file, **fixed):

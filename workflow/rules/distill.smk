@@ -13,9 +13,8 @@ rule distill_shard:
         **stage_resources("distill"),
     params:
         cfg=stage_params("distill", method=True),
-        config=config_arg,
     shell:
-        "{TEDDY} distill {params.config} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} distill --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --data $(dirname {input.data})"
         " --pool $(dirname {input.pool}) --method {wildcards.method} --ipc {wildcards.ipc}"
         " --seed {wildcards.seed} --shard {wildcards.shard}/{wildcards.nshards}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"
@@ -42,9 +41,8 @@ rule distill:
         **stage_resources("distill"),
     params:
         cfg=stage_params("distill", method=True),
-        config=config_arg,
         merge=lambda w, input: merge_args(input.shards),
     shell:
-        "{TEDDY} distill {params.config} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} distill --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --data $(dirname {input.data})"
         " {params.merge} --method {wildcards.method} --ipc {wildcards.ipc} --seed {wildcards.seed}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"

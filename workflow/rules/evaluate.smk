@@ -14,9 +14,8 @@ rule evaluate:
         **stage_resources("evaluate"),
     params:
         cfg=stage_params("evaluate"),
-        config=config_arg,
     shell:
-        "{TEDDY} evaluate {params.config} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} evaluate --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --data $(dirname {input.data})"
         " --synthetic $(dirname {input.synthetic}) --soft-labels $(dirname {input.soft})"
         " --pool $(dirname {input.pool})"
         " --arch {wildcards.arch} --seed {wildcards.seed}"

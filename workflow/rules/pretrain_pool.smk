@@ -14,9 +14,8 @@ rule pretrain_pool_base:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="base"),
-        config=config_arg,
     shell:
-        "{TEDDY} pretrain-pool {params.config} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} --data $(dirname {input.data})"
         " --member base --out $(dirname {output.members}) > {log} 2>&1"
 
 
@@ -35,12 +34,11 @@ rule pretrain_pool_prior:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="prior"),
-        config=config_arg,
         base=lambda wildcards, input: (
             f"--base {os.path.dirname(input.base[0])}" if input.base else ""
         ),
     shell:
-        "{TEDDY} pretrain-pool {params.config} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} --data $(dirname {input.data})"
         " {params.base} --member prior:{wildcards.seed} --out $(dirname {output.members}) > {log} 2>&1"
 
 
@@ -60,13 +58,12 @@ rule pretrain_pool_prior_arch:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="prior"),
-        config=config_arg,
         arch=lambda wildcards: MEMBER_ARCHS[wildcards.member_arch],
         base=lambda wildcards, input: (
             f"--base {os.path.dirname(input.base[0])}" if input.base else ""
         ),
     shell:
-        "{TEDDY} pretrain-pool {params.config} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} --data $(dirname {input.data})"
         " {params.base} --member prior:{params.arch}:{wildcards.seed} --out $(dirname {output.members})"
         " > {log} 2>&1"
 
@@ -87,9 +84,8 @@ rule pretrain_pool_post:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="post"),
-        config=config_arg,
     shell:
-        "{TEDDY} pretrain-pool {params.config} --set run.threads={threads} --data $(dirname {input.data})"
+        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} --data $(dirname {input.data})"
         " --base $(dirname {input.base}) --member post:{wildcards.index} --out $(dirname {output.members})"
         " > {log} 2>&1"
 
@@ -108,8 +104,6 @@ rule pretrain_pool:
     log:
         "logs/{dataset}/pool/{pool_key}/manifest.log",
     localrule: True
-    params:
-        config=config_arg,
     shell:
-        "{TEDDY} pretrain-pool {params.config} --assemble $(dirname {input.jobs})"
+        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --assemble $(dirname {input.jobs})"
         " --out $(dirname {output.manifest}) > {log} 2>&1"

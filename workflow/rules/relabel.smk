@@ -13,8 +13,7 @@ rule relabel:
         **stage_resources("relabel"),
     params:
         cfg=stage_params("relabel"),  # with evaluate.epochs: one stored view per student epoch
-        config=config_arg,
     shell:
-        "{TEDDY} relabel {params.config} --set run.threads={threads} --synthetic $(dirname {input.synthetic})"
+        "{TEDDY} relabel --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --synthetic $(dirname {input.synthetic})"
         " --pool $(dirname {input.pool}) --seed {wildcards.seed}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"

@@ -24,10 +24,9 @@ rule report:
         **stage_resources("report"),
     params:
         cfg=stage_params("report"),
-        config=config_arg,
         evaluations=lambda w, input: " ".join(
             os.path.dirname(f) for f in input.evaluations
         ),
     shell:
-        "{TEDDY} report {params.config} --set run.threads={threads} --evaluations {params.evaluations}"
+        "{TEDDY} report --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --evaluations {params.evaluations}"
         " --out $(dirname {output.metrics}) > {log} 2>&1"
