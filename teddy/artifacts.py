@@ -1,6 +1,6 @@
 """Every file a stage writes for another stage to read, written and read in one place.
 
-Writers save atomically (:func:`teddy.utils.save_torch`) and then record the file's sha256 beside
+Writers save atomically (:func:`teddy.io.files.save_torch`) and then record the file's sha256 beside
 it in ``<file>.sha256`` (also atomic). Readers verify that checksum, load with
 ``weights_only=True`` and check the content against what they expect: finite images, logits and
 weights; labels inside the dataset's classes; method/IPC/seed against the folder the file sits in;
@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from teddy.utils import ArtifactError, atomic_path, first_line, is_main, read_json, save_torch
+from teddy.io.files import ArtifactError, atomic_path, first_line, read_json, save_torch
+from teddy.runtime.distributed import is_main
 
 # file names, by the stage that writes them
 CACHE, DATA_MANIFEST, INDEX = "cache.pt", "manifest.json", "index.json"  # prepare_data

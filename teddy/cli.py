@@ -243,7 +243,7 @@ def make_miniature(args) -> int:
 
 def write_workflow(args) -> int:
     """``teddy workflow dvc``: dvc.yaml generated from the stage table, or --check that it is current."""
-    from teddy.utils import atomic_path
+    from teddy.io.files import atomic_path
 
     studies = config_mod.study_names() if "all" in args.study else args.study
     if not args.config and not studies:
@@ -289,7 +289,7 @@ def write_index(args) -> int:
 
 def sync_tracking(results: str) -> int:
     from teddy import tracking
-    from teddy.utils import first_line
+    from teddy.io.files import first_line
 
     pending = sorted(Path(results).rglob(tracking.PENDING))
     for path in pending:
@@ -343,21 +343,13 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
     import torch
 
     from teddy import artifacts, tracking
+    from teddy.io.checkpoints import fingerprint, resume
+    from teddy.io.files import write_json
+    from teddy.runtime.device import device_name, peak_memory_mb, resolve_device
+    from teddy.runtime.distributed import distributed, init_distributed, is_main, world_size
+    from teddy.runtime.progress import Progress
+    from teddy.runtime.provenance import provenance
     from teddy.tracking import NullTracker
-    from teddy.utils import (
-        Progress,
-        device_name,
-        distributed,
-        fingerprint,
-        init_distributed,
-        is_main,
-        peak_memory_mb,
-        provenance,
-        resolve_device,
-        resume,
-        world_size,
-        write_json,
-    )
 
     Progress.every = cfg.run.progress_seconds
     module = importlib.import_module(f"teddy.{stage.replace('-', '_')}")
@@ -435,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     os.environ["TEDDY_CLI_COMMAND"] = shlex.join(
         ["python", "-m", "teddy", *given]
-    )  # utils.run_command records it
+    )  # runtime.provenance.run_command records it
     if args.stage in ("verify", "sync-tracking"):
         return {"verify": verify, "sync-tracking": sync_tracking}[args.stage](args.results)
     if args.stage == "make-miniature":
@@ -479,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
     from teddy.data.datasets import DatasetError
-    from teddy.utils import DISK_FULL, ArtifactError, DeviceUnavailable, Preempted, disk_full, preemption
+    from teddy.io.files import DISK_FULL, ArtifactError, disk_full
+    from teddy.runtime.device import DeviceUnavailable
+    from teddy.runtime.preemption import Preempted, preemption
 
     try:
         with preemption.handling():

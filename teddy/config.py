@@ -534,7 +534,7 @@ def resolve_for_workflow(raw: Mapping, folder: str | Path) -> tuple[dict, Path]:
     text = yaml.safe_dump(data, sort_keys=True)
     path = Path(folder) / f"config-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
     if not path.exists():
-        from teddy.utils import atomic_path
+        from teddy.io.files import atomic_path
 
         with atomic_path(path) as tmp:
             tmp.write_text(text)
@@ -595,7 +595,7 @@ def stable_copy(source: Path, folder: str | Path, name: str) -> Path:
     target = Path(folder) / f"{name}.yaml"
     text = Path(source).read_text()
     if not target.is_file() or target.read_text() != text:
-        from teddy.utils import atomic_path
+        from teddy.io.files import atomic_path
 
         with atomic_path(target) as tmp:
             tmp.write_text(text)

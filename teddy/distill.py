@@ -31,20 +31,14 @@ from teddy import artifacts, augment, methods
 from teddy import config as config_mod
 from teddy.artifacts import BATCHES, GRID, SYNTHETIC  # the files this stage writes
 from teddy.data.source import open_source
+from teddy.io.checkpoints import load_checkpoint, save_checkpoint
+from teddy.io.files import ArtifactError, atomic_path, read_json
 from teddy.objectives import make_objective
 from teddy.pool import Teacher, load_pool, pool_sampler
+from teddy.runtime.device import autocast
+from teddy.runtime.preemption import Preempted, preemption
+from teddy.runtime.progress import Progress
 from teddy.train import to_unit, warmup_cosine
-from teddy.utils import (
-    ArtifactError,
-    Preempted,
-    Progress,
-    atomic_path,
-    autocast,
-    load_checkpoint,
-    preemption,
-    read_json,
-    save_checkpoint,
-)
 
 log = logging.getLogger(__name__)
 

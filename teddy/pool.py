@@ -16,8 +16,8 @@ from teddy import config as config_mod
 from teddy.artifacts import POOL_MANIFEST as MANIFEST
 from teddy.artifacts import POOL_MEMBERS as MEMBERS
 from teddy.augment import render
+from teddy.io.files import ArtifactError, read_json
 from teddy.train import accuracy_of
-from teddy.utils import ArtifactError, read_json
 
 
 def load_pool(

@@ -23,7 +23,8 @@ from teddy.data import datasets
 from teddy.data.datasets import DatasetError
 from teddy.data.decode import BadImage, decode, resize_uint8
 from teddy.data.source import workers_of
-from teddy.utils import Progress, atomic_path, write_json
+from teddy.io.files import atomic_path, write_json
+from teddy.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # images per loader item in the decoding pass

@@ -19,7 +19,7 @@ from teddy.artifacts import SOFT_LABELS
 from teddy.augment import render
 from teddy.config import student_epochs
 from teddy.pool import Teacher
-from teddy.utils import Progress
+from teddy.runtime.progress import Progress
 
 
 def draw_views(n: int, epochs: int, r, gen: torch.Generator) -> dict:

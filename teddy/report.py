@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from teddy import methods
-from teddy.utils import ArtifactError, atomic_path, read_json, write_json
+from teddy.io.files import ArtifactError, atomic_path, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def provenance_of(cfg) -> dict:
     import json
 
     from teddy.config import to_dict
-    from teddy.utils import provenance
+    from teddy.runtime.provenance import provenance
 
     config_json = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
     return provenance() | {"config_sha256": hashlib.sha256(config_json).hexdigest(), "study": study_record(cfg)}
@@ -69,7 +69,8 @@ def provenance_line(prov: dict) -> str:
 def stale_report(folder: Path) -> str | None:
     """Why a report folder's numbers come from another version of the code than the one installed
     (None: same sources, or no provenance recorded)."""
-    from teddy.utils import code_digest, git_sha
+    from teddy.io.checkpoints import code_digest
+    from teddy.runtime.provenance import git_sha
 
     path = folder / PROVENANCE
     if not path.is_file():

@@ -15,8 +15,8 @@ import pandas as pd
 
 from teddy import config as config_mod
 from teddy import workflow
+from teddy.io.files import read_json
 from teddy.report import PROVENANCE, SUMMARY_CSV, paired_interval
-from teddy.utils import read_json
 
 INDEX = Path("results/INDEX.md")
 HEADER = (
@@ -104,7 +104,7 @@ def render(names: list[str]) -> str:
 
 
 def write(out: Path = INDEX, check: bool = False) -> int:
-    from teddy.utils import atomic_path
+    from teddy.io.files import atomic_path
 
     text = render(config_mod.study_names())
     if check:

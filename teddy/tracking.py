@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from teddy.config import to_dict
-from teddy.utils import CallAbandoned, first_line, preemption
+from teddy.io.files import first_line
+from teddy.runtime.preemption import CallAbandoned, preemption
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class PendingTracker(NullTracker):
     def save(self, folder: Path) -> Path:
         """Artifacts inside ``folder`` are kept relative to it, so that the results can be moved
         (copied back from a GPU node, say) before ``teddy sync-tracking`` runs."""
-        from teddy.utils import write_json
+        from teddy.io.files import write_json
 
         root = Path(folder).resolve()
         kept = [Path(a) for a in self.record["artifacts"]]
@@ -251,7 +252,7 @@ def dataset_input(mlflow, manifest_path: Path) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    from teddy.utils import read_json
+    from teddy.io.files import read_json
 
     manifest = read_json(manifest_path)
     digest = manifest.get("cache_sha256") or manifest.get("index_sha256") or ""
@@ -370,7 +371,7 @@ def sync_pending(path: Path) -> str:
 
     from mlflow.entities import Metric, Param, RunTag
 
-    from teddy.utils import read_json
+    from teddy.io.files import read_json
 
     rec = read_json(path)
     mlflow = init_store(rec["uri"], rec["experiment"])

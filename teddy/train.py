@@ -69,8 +69,8 @@ class TrainState:
 
     def load(self, device) -> dict | None:
         """Restore everything and return the saved loop position, or None when there is nothing to
-        resume (no state, or one written for another job: teddy.utils.load_checkpoint)."""
-        from teddy.utils import load_checkpoint
+        resume (no state, or one written for another job: teddy.io.checkpoints.load_checkpoint)."""
+        from teddy.io.checkpoints import load_checkpoint
 
         saved = None if self.path is None else load_checkpoint(self.path, device)
         if saved is None:
@@ -82,7 +82,7 @@ class TrainState:
         return saved["loop"]
 
     def save(self, loop: dict) -> None:
-        from teddy.utils import save_checkpoint
+        from teddy.io.checkpoints import save_checkpoint
 
         if self.path is not None:
             parts = {
@@ -94,14 +94,14 @@ class TrainState:
 
     def preempt(self, loop: dict, where: str) -> None:
         """When preemption is requested: save and raise Preempted (non-resumable loops ignore it)."""
-        from teddy.utils import Preempted, preemption
+        from teddy.runtime.preemption import Preempted, preemption
 
         if self.path is not None and preemption.requested:
             self.save(loop)
             raise Preempted(f"preempted {where}; state saved to {self.path}")
 
     def done(self) -> None:
-        from teddy.utils import is_main
+        from teddy.runtime.distributed import is_main
 
         if self.path is not None and is_main():
             self.path.unlink(missing_ok=True)

@@ -125,7 +125,7 @@ def job_params(data: Mapping, stage: str, method: str | None = None, member: str
 
 def result_params(data: Mapping, stage: str, selection: Mapping, member: str | None = None) -> dict:
     """The config one job's result depends on: the params its Snakemake rule passes and DVC lists.
-    A resumable checkpoint made under other values is stale (teddy.utils.fingerprint)."""
+    A resumable checkpoint made under other values is stale (teddy.io.checkpoints.fingerprint)."""
     return job_params(data, stage, selection.get("method"), member)
 
 

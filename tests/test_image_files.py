@@ -11,8 +11,8 @@ from teddy import artifacts, config, prepare_data
 from teddy.data import datasets, miniature
 from teddy.data.decode import BadImage, decode
 from teddy.data.source import FileSource, open_source
+from teddy.io.files import ArtifactError
 from teddy.tracking import NullTracker
-from teddy.utils import ArtifactError
 
 from .conftest import BASE, TINY
 

@@ -8,9 +8,9 @@ import torch
 
 from teddy import cli, models, pool, pretrain_pool, prune, workflow
 from teddy.data.source import open_source
+from teddy.io.files import load_torch
 from teddy.losses import BNStatsRecorder
 from teddy.tracking import NullTracker
-from teddy.utils import load_torch
 
 from .conftest import BASE, TINY
 
@@ -163,7 +163,7 @@ def test_a_pool_built_for_another_pool_config_is_refused(pool_dir, tmp_path, cap
     post_members (or member_archs, prior_seeds) change, a pool assembled before (results restored
     without Snakemake's records, which then sees nothing to rebuild; a folder passed by hand) is
     refused, naming the jobs that differ and the fix, before anything is written."""
-    from teddy.utils import ArtifactError
+    from teddy.io.files import ArtifactError
 
     manifest = json.loads((pool_dir / "pool" / "manifest.json").read_text())
     assert manifest["jobs"] == ["base", "prior_s0", "post_000", "post_001"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from teddy import cli
-from teddy.utils import load_torch
+from teddy.io.files import load_torch
 
 from .conftest import BASE, ROOT, TINY, tiny_synthetic_set
 

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from teddy import cli, utils
+from teddy import cli
+from teddy.runtime import progress
 
 from .conftest import evaluate_args, relabel_args, tiny_synthetic_set
 
@@ -44,16 +45,16 @@ def test_rate_and_time_left_count_only_the_work_of_this_run(monkeypatch, caplog)
     (it said '89/200 (2.6/s, 43 s left)' for a ResNet-18 student with 20 minutes to go)."""
     caplog.set_level(logging.INFO)
     clock = [1000.0]
-    monkeypatch.setattr(utils.time, "monotonic", lambda: clock[0])
-    resumed = utils.Progress("evaluate r18 soft-label epochs", 200, every=0, done=84)
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    resumed = progress.Progress("evaluate r18 soft-label epochs", 200, every=0, done=84)
     clock[0] += 10
     resumed.update(94)
-    later = utils.Progress("distill teddy batches", 100, every=0)  # the loop learns where it stands
+    later = progress.Progress("distill teddy batches", 100, every=0)  # the loop learns where it stands
     clock[0] += 5
     later.resume(50)
     clock[0] += 10
     later.update(60)
-    slow = utils.Progress("pretrain_pool convnet seed 0", 10, every=0)
+    slow = progress.Progress("pretrain_pool convnet seed 0", 10, every=0)
     clock[0] += 40
     slow.update(2)
     assert [r.getMessage() for r in caplog.records] == [
@@ -68,22 +69,24 @@ def test_a_resumed_student_measures_its_rate_from_the_epoch_it_resumed_at(tmp_pa
     cfg, d, p, s = tiny_synthetic_set(tmp_path)
     r, e = tmp_path / "soft", tmp_path / "eval"
     assert cli.main(["relabel", *cfg, *relabel_args(p, s), "--out", str(r)]) == 0
-    update = utils.Progress.update
+    update = progress.Progress.update
 
     def stop_in_epoch_two(self, done):
         if done == 2 and self.what.startswith("evaluate"):
             raise KeyboardInterrupt  # after epoch 1's state was saved, before epoch 2's
         update(self, done)
 
-    monkeypatch.setattr(utils.Progress, "update", stop_in_epoch_two)
+    monkeypatch.setattr(progress.Progress, "update", stop_in_epoch_two)
     every_epoch = ["--set", "run.checkpoint_minutes=0.000001"]
     with pytest.raises(KeyboardInterrupt):
         cli.main(["evaluate", *cfg, *every_epoch, *evaluate_args(d, s, r), "--out", str(e)])
     assert (e / "train_state.pt").exists()
-    monkeypatch.setattr(utils.Progress, "update", update)
+    monkeypatch.setattr(progress.Progress, "update", update)
     starts = []
-    resume = utils.Progress.resume
-    monkeypatch.setattr(utils.Progress, "resume", lambda self, done: starts.append(done) or resume(self, done))
+    resume = progress.Progress.resume
+    monkeypatch.setattr(
+        progress.Progress, "resume", lambda self, done: starts.append(done) or resume(self, done)
+    )
     assert cli.main(["evaluate", *cfg, *evaluate_args(d, s, r), "--out", str(e)]) == 0
     assert starts == [0, 1]  # constructed fresh, then told the loop resumed after epoch 1
     assert json.loads((e / "metrics.json").read_text())["resumed_from_epoch"] == 1

@@ -94,7 +94,7 @@ def test_mean_std_cells_use_the_sample_std_and_show_one_seed_as_the_value():
 
 
 def test_stage_runtimes_follow_the_inputs_and_count_every_pool_job(tmp_path):
-    from teddy.utils import write_json
+    from teddy.io.files import write_json
 
     d, p, s, r, e = (tmp_path / n for n in ("data", "pool", "syn", "soft", "eval"))
     write_json({"wall_s": 1.0}, d / "metrics.json")
@@ -200,7 +200,7 @@ def test_a_run_rewriting_its_committed_outputs_is_not_uncommitted_code(tmp_path)
         subprocess.run([*git, *cmd], cwd=repo, check=True)
 
     def dirty():
-        probe = "from teddy.utils import git_state; print(git_state()['git_dirty'])"
+        probe = "from teddy.runtime.provenance import git_state; print(git_state()['git_dirty'])"
         return subprocess.run(
             [sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True
         ).stdout.strip()
@@ -220,7 +220,7 @@ def test_collect_row_reads_hard_top1_pool_size_and_stage_seconds(tmp_path):
     """collect_row follows an evaluation's inputs: hard_top1 when a hard-label student ran (NaN
     otherwise), the pool size distill recorded (0 for a real-image set, which records none), each
     stage's wall seconds to the millisecond."""
-    from teddy.utils import write_json
+    from teddy.io.files import write_json
 
     d, p, r = tmp_path / "data", tmp_path / "pool", tmp_path / "soft"
     write_json({"wall_s": 1.23456}, d / "metrics.json")
@@ -347,7 +347,7 @@ def test_pool_ablation_rows_for_other_objectives_changed_keys_and_full_data():
 def test_a_report_run_outside_the_project_finds_the_inputs_its_evaluations_record(tmp_path, monkeypatch):
     """Stages record their inputs relative to the project root they ran in; a report run from another
     folder finds them under the evaluation's ancestors, and a missing one is named with the fix."""
-    from teddy.utils import ArtifactError, write_json
+    from teddy.io.files import ArtifactError, write_json
 
     project = tmp_path / "project"
     rel = {n: f"results/d/{n}" for n in ("data", "pool", "syn", "soft")}

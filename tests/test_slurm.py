@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy.utils import load_torch
+from teddy.io.files import load_torch
 
 from .conftest import copy_project
 

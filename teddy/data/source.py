@@ -23,7 +23,7 @@ import torch
 
 from teddy import artifacts
 from teddy.artifacts import CACHE_NPY, INDEX
-from teddy.utils import ArtifactError, read_json
+from teddy.io.files import ArtifactError, read_json
 
 SPLITS = ("train", "val")
 

@@ -9,7 +9,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from teddy.utils import data_parallel, init_distributed, is_main, local_part, share_weight
+from teddy.runtime.distributed import data_parallel, init_distributed, is_main, local_part, share_weight
 
 n, out = int(sys.argv[1]), sys.argv[2]
 init_distributed(torch.device("cpu"))

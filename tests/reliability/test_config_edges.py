@@ -78,7 +78,7 @@ def test_a_slurm_gpu_job_without_cuda_fails_at_once(monkeypatch):
     """run.device auto in a SLURM job granted a GPU, with CUDA unusable, must not crawl on the CPU."""
     import torch
 
-    from teddy.utils import resolve_device
+    from teddy.runtime.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("SLURM_JOB_ID", "42")
@@ -95,7 +95,7 @@ def test_a_bare_cuda_device_gets_this_process_index(monkeypatch):
     device_ids refuse an index-less device, which broke torchrun at world size 1 on a real GPU."""
     import torch
 
-    from teddy.utils import resolve_device
+    from teddy.runtime.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.delenv("LOCAL_RANK", raising=False)

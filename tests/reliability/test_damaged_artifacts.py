@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from teddy import artifacts, cli
-from teddy.utils import sha256
+from teddy.io.files import sha256
 
 from ..conftest import tiny_soft_labels
 

@@ -13,7 +13,8 @@ import time
 import pytest
 import torch
 
-from teddy import artifacts, cli, utils, workflow
+from teddy import artifacts, cli, workflow
+from teddy.io import checkpoints
 
 from ..conftest import ROOT, tiny_synthetic_set
 
@@ -87,26 +88,26 @@ def test_the_fingerprint_covers_params_inputs_and_code(tmp_path, monkeypatch):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "metrics.json").write_text('{"wall_s": 1.0}')
-    base = utils.fingerprint({"evaluate": {"lr": 0.001}}, {"data": str(folder)})
-    assert utils.fingerprint({"evaluate": {"lr": 0.001}}, {"data": str(folder)}) == base
-    assert utils.fingerprint({"evaluate": {"lr": 0.002}}, {"data": str(folder)}) != base
-    assert utils.fingerprint({"evaluate": {"lr": 0.001}}, {"data": [str(folder)]}) != base
+    base = checkpoints.fingerprint({"evaluate": {"lr": 0.001}}, {"data": str(folder)})
+    assert checkpoints.fingerprint({"evaluate": {"lr": 0.001}}, {"data": str(folder)}) == base
+    assert checkpoints.fingerprint({"evaluate": {"lr": 0.002}}, {"data": str(folder)}) != base
+    assert checkpoints.fingerprint({"evaluate": {"lr": 0.001}}, {"data": [str(folder)]}) != base
     (folder / "metrics.json").write_text('{"wall_s": 2.0}')  # the input stage ran again
-    assert utils.fingerprint({"evaluate": {"lr": 0.001}}, {"data": str(folder)}) != base
-    monkeypatch.setattr(utils, "code_digest", lambda: "other code")
+    assert checkpoints.fingerprint({"evaluate": {"lr": 0.001}}, {"data": str(folder)}) != base
+    monkeypatch.setattr(checkpoints, "code_digest", lambda: "other code")
     (folder / "metrics.json").write_text('{"wall_s": 1.0}')
-    assert utils.fingerprint({"evaluate": {"lr": 0.001}}, {"data": str(folder)}) != base
+    assert checkpoints.fingerprint({"evaluate": {"lr": 0.001}}, {"data": str(folder)}) != base
 
 
 def test_a_checkpoint_of_another_job_is_removed_not_loaded(tmp_path):
     path = tmp_path / "state.pt"
-    with utils.resume.job("job-a"):
-        utils.save_checkpoint({"loop": 3}, path)
-        assert utils.load_checkpoint(path)["loop"] == 3
-    with utils.resume.job("job-b"):
-        assert utils.load_checkpoint(path) is None
+    with checkpoints.resume.job("job-a"):
+        checkpoints.save_checkpoint({"loop": 3}, path)
+        assert checkpoints.load_checkpoint(path)["loop"] == 3
+    with checkpoints.resume.job("job-b"):
+        assert checkpoints.load_checkpoint(path) is None
     assert not path.exists()
-    assert utils.resume.fingerprint is None  # restored after each job
+    assert checkpoints.resume.fingerprint is None  # restored after each job
 
 
 def test_grid_keys_do_not_make_a_checkpoint_stale():

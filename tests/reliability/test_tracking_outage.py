@@ -146,7 +146,7 @@ def test_sigterm_is_answered_while_the_server_hangs(tmp_path):
     import sys
     import time
 
-    from teddy.utils import preemption
+    from teddy.runtime.preemption import preemption
 
     cfg = ["--config", str(BASE), "--config", str(TINY)]
     assert cli.main(["prepare-data", *cfg, "--out", str(tmp_path / "data")]) == 0

@@ -1,0 +1,1 @@
+"""Artifacts on disk: atomic files, checked artifacts, resumable checkpoints."""

@@ -1,0 +1,1 @@
+"""What a running job needs from its machine: device, DDP, preemption, progress, provenance."""
