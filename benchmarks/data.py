@@ -58,7 +58,8 @@ def baseline_loader(root: Path, seed: int):
 
 
 def teddy_prepare(root: Path, out: Path, storage: str) -> None:
-    from teddy import config, prepare_data
+    from teddy import config
+    from teddy.stages import prepare_data
     from teddy.tracking import NullTracker
 
     cfg = config.load(

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import config, host, median_time, parse_args, peak_memory_mb, write  # noqa: E402
 
-from teddy import distill, models  # noqa: E402
+from teddy import models
 from teddy.data.source import ArraySource  # noqa: E402
-from teddy.objectives import BNMatching, Unrolled  # noqa: E402
+from teddy.method.objectives import BNMatching, Unrolled  # noqa: E402
+from teddy.stages import distill
 
 SPEC = models.InputSpec(10, 1, 28, (0.286,), (0.353,))  # Fashion-MNIST-sized
 BATCH, WIDTH, POOL = 100, 128, 5
@@ -35,7 +36,7 @@ def make_pool(device, n: int = POOL, width: int = WIDTH) -> list[torch.nn.Module
         with torch.no_grad():  # give BN running statistics of (random) data, as a trained member has
             model.train()(torch.rand(256, 1, 28, 28))
         model = model.to(device).eval().requires_grad_(False)
-        if device.type == "cuda":  # as teddy.pool.load_pool does
+        if device.type == "cuda":  # as teddy.pool.members.load_pool does
             model = model.to(memory_format=torch.channels_last)
         pool.append(model)
     return pool

@@ -1,6 +1,6 @@
 """Evaluation-loop benchmarks → benchmarks/results/evaluate.json.
 
-1. Student-training throughput (images/s) of teddy.evaluate.train_student (batched augmentation on
+1. Student-training throughput (images/s) of teddy.stages.evaluate.train_student (batched augmentation on
    tensors, views replayed from a soft-label file) vs the usual pipeline: the same crop + flip
    applied per sample by torchvision transforms in a Dataset, batched by a DataLoader; same model,
    same batch, same KL step. Ratio: ``throughput_ratio_vs_dataloader``. The same model step on
@@ -23,8 +23,10 @@ from torchvision.transforms import v2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, config, host, parse_args, sync, write  # noqa: E402
 
-from teddy import artifacts, cli, evaluate, models, relabel  # noqa: E402
-from teddy.losses import soft_kl  # noqa: E402
+from teddy import cli, models
+from teddy.io import artifacts
+from teddy.method.losses import soft_kl  # noqa: E402
+from teddy.stages import evaluate, relabel
 from teddy.train import make_optimizer  # noqa: E402
 
 SPEC = models.InputSpec(10, 1, 28, (0.286,), (0.353,))

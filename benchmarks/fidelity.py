@@ -6,7 +6,7 @@ The reference is the exact bi-level meta-gradient: ∇x̃ of the real-batch CE a
 — ``matching: taylor`` (the paper's first-order term −ηK⟨∇θL_real, ∇θL_syn⟩), ``matching: cosine``
 (per-class 1 − cos of gradients) and ``matching: bn`` (CE + BN statistics, the form Teddy runs at
 scale) — the figure is cos(∇x̃ exact, ∇x̃ objective), on the same model, synthetic batch and real
-batch, mean ± std over draws. Each objective is the pipeline's own class (teddy.objectives via
+batch, mean ± std over draws. Each objective is the pipeline's own class (teddy.method.objectives via
 make_objective), so the benchmark measures exactly what ``distill`` optimises.
 
 Model: a weak (one-epoch) BN ConvNet trained on embedded digits, as a prior pool member would be.
@@ -27,7 +27,7 @@ from common import config, host, parse_args, write  # noqa: E402
 
 from teddy import models  # noqa: E402
 from teddy.data.source import open_source  # noqa: E402
-from teddy.objectives import make_objective  # noqa: E402
+from teddy.method.objectives import make_objective  # noqa: E402
 
 OBJECTIVES = {"taylor": ("teddy", "taylor"), "cosine": ("teddy", "cosine"), "bn": ("teddy", "bn")}
 KS, ETAS = (1, 2, 5, 10), (0.01, 0.1)
@@ -35,7 +35,7 @@ KS, ETAS = (1, 2, 5, 10), (0.01, 0.1)
 
 def trained_digits_model(tmp: Path):
     """A weak (one-epoch) BN ConvNet on embedded digits and the real data it saw."""
-    from teddy import prepare_data, pretrain_pool
+    from teddy.stages import prepare_data, pretrain_pool
     from teddy.tracking import NullTracker
 
     cfg = config(

@@ -202,8 +202,9 @@ def synthesis_throughput(device: str, quick: bool) -> dict:
     """ResNet-18 BN matching through distill.synthesize_batch: seconds per iteration at each size."""
     import torch
 
-    from teddy import distill, models
-    from teddy.objectives import BNMatching
+    from teddy import models
+    from teddy.method.objectives import BNMatching
+    from teddy.stages import distill
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from common import config, sync

@@ -11,7 +11,7 @@ command, wall time); a run over other modules keeps the entries already in the f
 
 Run on demand, not in CI (tens of minutes on 2 cores per module group):
     make mutation                                            (the default groups below)
-    python benchmarks/mutation.py --modules losses augment --tests test_losses test_augment
+    python benchmarks/mutation.py --modules method/losses augment --tests test_losses test_augment
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT = Path(__file__).resolve().parent / "mutation_equivalent.json"
 # core modules and the test files that pin them down (fast, in-process); distill and relabel are
 # reached mostly through CLI runs of whole stages, minutes per mutant on CPU: left to a GPU box
-DEFAULT_MODULES = ["losses", "augment", "meta"]
+DEFAULT_MODULES = ["method/losses", "augment", "method/meta"]
 DEFAULT_TESTS = ["test_losses", "test_augment", "test_meta", "test_relabel"]
 
 
@@ -135,13 +135,18 @@ def classify(modules: dict, equivalent_file: Path = EQUIVALENT) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modules", nargs="+", default=DEFAULT_MODULES, help="teddy/<module>.py to mutate")
+    parser.add_argument(
+        "--modules",
+        nargs="+",
+        default=DEFAULT_MODULES,
+        help="teddy/<module>.py to mutate (e.g. method/losses, stages/distill)",
+    )
     parser.add_argument("--tests", nargs="+", default=DEFAULT_TESTS, help="tests/<file>.py mutmut may run")
     parser.add_argument(
         "--only",
         nargs="+",
         default=[],
-        help="mutant-name patterns (fnmatch), e.g. 'teddy.report.x_add_ior__mutmut_*': only these mutants",
+        help="mutant-name patterns (fnmatch), e.g. 'teddy.stages.report.x_add_ior__mutmut_*': only those",
     )
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--minutes", type=float, default=0, help="stop mutmut after this long (0 = no limit)")

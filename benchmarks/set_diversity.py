@@ -28,8 +28,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, host  # noqa: E402
 
-from teddy import artifacts, pool  # noqa: E402
-from teddy.report import paired_interval  # noqa: E402
+from teddy.io import artifacts
+from teddy.pool import members as pool
+from teddy.stages.report import paired_interval  # noqa: E402
 
 
 def within_class_distance(images: torch.Tensor, labels: torch.Tensor) -> float:

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from teddy import config as config_mod
-from teddy import methods, workflow
+from teddy import workflow
+from teddy.method import registry
 
 log = logging.getLogger("teddy")
 
@@ -308,12 +309,12 @@ def sync_tracking(results: str) -> int:
 
 def verify(results: str) -> int:
     """``teddy verify RESULTS_DIR``: checksums, readability, NaN/Inf, consistency of every artifact."""
-    from teddy import artifacts
+    from teddy.io import artifacts
 
     if not Path(results).is_dir():
         print(f"teddy verify: {results} is not a folder", file=sys.stderr)
         return 2
-    from teddy import report
+    from teddy.stages import report
 
     for folder in sorted({p.parent for p in Path(results).rglob(report.PROVENANCE)}):
         reason = report.stale_report(folder)
@@ -342,7 +343,8 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
 
     import torch
 
-    from teddy import artifacts, tracking
+    from teddy import tracking
+    from teddy.io import artifacts
     from teddy.io.checkpoints import fingerprint, resume
     from teddy.io.files import write_json
     from teddy.runtime.device import device_name, peak_memory_mb, resolve_device
@@ -352,7 +354,7 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
     from teddy.tracking import NullTracker
 
     Progress.every = cfg.run.progress_seconds
-    module = importlib.import_module(f"teddy.{stage.replace('-', '_')}")
+    module = importlib.import_module(f"teddy.stages.{stage.replace('-', '_')}")
     if stage in HOST_STAGES:
         device = torch.device("cpu")
     else:
@@ -518,7 +520,7 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
                 member = options["member"]
                 return f"--member {member} starts from the base model: pass --base (the base job's --out)"
     algo = config_mod.algorithm(cfg, selection["method"]) if "method" in selection else None
-    needs_pool = algo in methods.METHODS and methods.get(algo).pool is not None
+    needs_pool = algo in registry.METHODS and registry.get(algo).pool is not None
     if needs_pool and "pool" not in inputs and not merging:
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
     if "arch" in selection and not models.known(selection["arch"]):

@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from teddy import methods
+from teddy.method import registry
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
@@ -33,11 +33,11 @@ class ConfigError(ValueError):
 
 @functools.cache
 def load_schema() -> dict:
-    """The JSON Schema, with the registries' names filled in (teddy.methods: a variant's method)."""
+    """The JSON Schema, with the registries' names filled in (teddy.method.registry: a variant's method)."""
     with open(SCHEMA_PATH) as f:
         schema = yaml.safe_load(f)
     variant = schema["properties"]["distill"]["properties"]["variants"]["additionalProperties"]
-    variant["properties"]["method"]["enum"] = list(methods.METHODS)
+    variant["properties"]["method"]["enum"] = list(registry.METHODS)
     return schema
 
 
@@ -486,10 +486,10 @@ def check(data: Mapping) -> None:
             f"config key evaluate.hard_label_archs: {stray} not in evaluate.archs {data['evaluate']['archs']}; "
             "a hard-label student trains beside a student of evaluate.archs"
         )
-    if data["evaluate"]["full_data"] and methods.BASELINE not in data["distill"]["methods"]:
+    if data["evaluate"]["full_data"] and registry.BASELINE not in data["distill"]["methods"]:
         problems.append(
-            f"config key evaluate.full_data: the full-data row is method {methods.BASELINE} at the full IPC; "
-            f"add {methods.BASELINE} to distill.methods"
+            f"config key evaluate.full_data: the full-data row is method {registry.BASELINE} at the full IPC; "
+            f"add {registry.BASELINE} to distill.methods"
         )
     if data["report"]["baseline_method"] not in data["distill"]["methods"]:
         problems.append(
@@ -610,7 +610,7 @@ GRID_KEYS = {
 }
 
 
-METHODS = tuple(methods.METHODS)  # teddy.methods is the registry
+METHODS = tuple(registry.METHODS)  # teddy.method.registry is the registry
 
 
 def data_file(dataset: str) -> str:
@@ -648,7 +648,7 @@ def student_epochs(data: Any, method: str, ipc: int) -> int:
     training set), else evaluate.epochs."""
     plain = data if isinstance(data, Mapping) else to_dict(data)
     e = plain["evaluate"]
-    if e["full_data_epochs"] is not None and method == methods.BASELINE and ipc == full_data_row(plain):
+    if e["full_data_epochs"] is not None and method == registry.BASELINE and ipc == full_data_row(plain):
         return e["full_data_epochs"]
     return e["epochs"]
 

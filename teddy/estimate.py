@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from teddy import methods as method_registry
 from teddy import models
+from teddy.method import registry as method_registry
 
 # published sizes (train, val, classes) for planning before the files are mounted
 KNOWN_SIZES = {

@@ -16,7 +16,7 @@ import pandas as pd
 from teddy import config as config_mod
 from teddy import workflow
 from teddy.io.files import read_json
-from teddy.report import PROVENANCE, SUMMARY_CSV, paired_interval
+from teddy.stages.report import PROVENANCE, SUMMARY_CSV, paired_interval
 
 INDEX = Path("results/INDEX.md")
 HEADER = (

@@ -155,8 +155,8 @@ def test_schema_defaults_are_config_yaml_one_source_of_defaults():
 
 
 def test_schema_method_enum_is_the_registry():
-    from teddy import methods
+    from teddy.method import registry
 
     variant = config.load_schema()["properties"]["distill"]["properties"]["variants"]["additionalProperties"]
-    assert variant["properties"]["method"]["enum"] == list(methods.METHODS)
-    assert config.METHODS == tuple(methods.METHODS)
+    assert variant["properties"]["method"]["enum"] == list(registry.METHODS)
+    assert config.METHODS == tuple(registry.METHODS)

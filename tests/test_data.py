@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from teddy import artifacts, config, prepare_data
+from teddy import config
 from teddy.data import datasets
+from teddy.io import artifacts
+from teddy.stages import prepare_data
 from teddy.tracking import NullTracker
 
 from .conftest import BASE

@@ -3,7 +3,9 @@ import json
 import pytest
 import torch
 
-from teddy import artifacts, cli, distill
+from teddy import cli
+from teddy.io import artifacts
+from teddy.stages import distill
 
 from .conftest import BASE, TINY
 
@@ -54,8 +56,8 @@ def test_teddy_batches_do_not_depend_on_ipc(tmp_path):
 def test_synthesis_lowers_the_objective(tmp_path):
     run_distill(tmp_path, "random", 1)
     from teddy import config
-    from teddy.objectives import BNMatching
-    from teddy.pool import load_pool
+    from teddy.method.objectives import BNMatching
+    from teddy.pool.members import load_pool
 
     cfg = config.load([BASE, TINY], ["distill.iterations=60", "distill.jitter=0", "distill.crop_scale_min=1.0"])
     pool, _ = load_pool(tmp_path / "pool", "base", "cpu")
@@ -339,7 +341,7 @@ def test_taylor_matching_is_the_first_order_term_on_the_batch_classes():
     on a linear model (∇W CE = (softmax − onehot)ᵀ x / n)."""
     from types import SimpleNamespace
 
-    from teddy.objectives import TaylorMatching
+    from teddy.method.objectives import TaylorMatching
 
     source = _source(n_per_class=20, classes=3)
     cfg = SimpleNamespace(distill=SimpleNamespace(real_batch=5, unroll_steps=4, inner_lr=0.1))
@@ -361,7 +363,7 @@ def test_class_conditional_bn_term_by_hand():
     w (|μ_syn,c − μ_c| + |σ²_syn,c − σ²_c|) (one channel: the norms are absolute values)."""
     from types import SimpleNamespace
 
-    from teddy.objectives import BNMatching
+    from teddy.method.objectives import BNMatching
 
     source = _source(n_per_class=5, classes=3)
     d = SimpleNamespace(alpha_bn=1.0, first_bn_weight=10.0, class_bn=0.5, class_stat_images=100)
@@ -417,7 +419,7 @@ def test_cosine_matching_is_one_minus_the_gradient_cosine_per_synthetic_image():
     linear model; the logged term is the loss."""
     from types import SimpleNamespace
 
-    from teddy.objectives import CosineMatching
+    from teddy.method.objectives import CosineMatching
 
     source = _source(n_per_class=20, classes=3)
     obj = CosineMatching(SimpleNamespace(distill=SimpleNamespace(real_batch=4)), source, "cpu")
@@ -445,7 +447,7 @@ def test_real_batch_objectives_follow_the_batch_generator_alone(kind):
     global RNG: a rerun or another shard draws the same images."""
     from types import SimpleNamespace
 
-    from teddy import objectives
+    from teddy.method import objectives
 
     cfg = SimpleNamespace(distill=SimpleNamespace(real_batch=3, unroll_steps=1, inner_lr=0.1))
     obj = getattr(objectives, kind)(cfg, _source(n_per_class=20, classes=3), "cpu")
@@ -462,7 +464,7 @@ def test_real_batch_objectives_follow_the_batch_generator_alone(kind):
 def test_objectives_without_real_images_say_so():
     from types import SimpleNamespace
 
-    from teddy.objectives import BNMatching, CosineMatching
+    from teddy.method.objectives import BNMatching, CosineMatching
 
     d = SimpleNamespace(alpha_bn=1.0, first_bn_weight=1.0, class_bn=0.5, class_stat_images=3, real_batch=2)
     with pytest.raises(ValueError, match="this objective needs real images"):
@@ -475,7 +477,7 @@ def test_bn_matching_is_ce_plus_alpha_times_the_bn_term():
     """Without class_bn: terms (ce, bn), loss ce + α_bn · bn, bn by hand for a BN layer on the pixels."""
     from types import SimpleNamespace
 
-    from teddy.objectives import BNMatching
+    from teddy.method.objectives import BNMatching
 
     d = SimpleNamespace(alpha_bn=0.3, first_bn_weight=10.0, class_bn=0.0, class_stat_images=3)
     obj = BNMatching(SimpleNamespace(distill=d), None, "cpu")

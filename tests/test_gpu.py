@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from teddy import config, distill, models
-from teddy.objectives import BNMatching
+from teddy import config, models
+from teddy.method.objectives import BNMatching
+from teddy.stages import distill
 
 from .conftest import BASE, TINY
 

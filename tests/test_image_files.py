@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from teddy import artifacts, config, prepare_data
+from teddy import config
 from teddy.data import datasets, miniature
 from teddy.data.decode import BadImage, decode
 from teddy.data.source import FileSource, open_source
+from teddy.io import artifacts
 from teddy.io.files import ArtifactError
+from teddy.stages import prepare_data
 from teddy.tracking import NullTracker
 
 from .conftest import BASE, TINY

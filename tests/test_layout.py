@@ -22,5 +22,5 @@ def imported_modules(path) -> set[str]:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_no_stage_module_imports_another(stage):
-    others = {f"teddy.{s}" for s in STAGES if s != stage}
-    assert not imported_modules(ROOT / "teddy" / f"{stage}.py") & others
+    others = {f"teddy.stages.{s}" for s in STAGES if s != stage}
+    assert not imported_modules(ROOT / "teddy" / "stages" / f"{stage}.py") & others

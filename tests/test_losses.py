@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from teddy.losses import BNStatsRecorder, bn_matching_loss, feature_stats, layer_weights, soft_kl
+from teddy.method.losses import BNStatsRecorder, bn_matching_loss, feature_stats, layer_weights, soft_kl
 
 
 def test_feature_stats_hand_computed():
@@ -84,7 +84,7 @@ def test_cutmix_kept_fraction_is_the_pixels_the_image_keeps():
     """kept_fraction against apply_mix itself: pasting ones into zeros, the mean of the mixed view is
     the pasted share; a box clipped at a corner keeps more of the image than λ says."""
     from teddy import augment
-    from teddy.losses import kept_fraction
+    from teddy.method.losses import kept_fraction
 
     mix = torch.tensor([[1.0, 0.75, 0.5, 0.5], [1.0, 0.75, 0.0, 0.0], [0.0, 0.3, 0.9, 0.2]])
     views = augment.apply_mix(torch.zeros(3, 1, 64, 64), torch.ones(3, 1, 64, 64), mix, "cutmix")
@@ -95,7 +95,7 @@ def test_cutmix_kept_fraction_is_the_pixels_the_image_keeps():
 
 
 def test_mixed_cross_entropy_weights_own_and_partner_labels():
-    from teddy.losses import mixed_cross_entropy
+    from teddy.method.losses import mixed_cross_entropy
 
     logits = torch.randn(2, 3)
     labels = torch.tensor([0, 2, 1])
@@ -176,7 +176,7 @@ def test_bn_matching_loss_refuses_lists_of_different_lengths():
 def test_mixed_cross_entropy_uses_the_clipped_cutmix_share():
     """CutMix's label weight is the share of pixels the image keeps, not λ: a box at a corner is a
     quarter inside, so λ = 0.75 keeps 1 − 0.25 · 0.25 = 0.9375 of the image."""
-    from teddy.losses import mixed_cross_entropy
+    from teddy.method.losses import mixed_cross_entropy
 
     torch.manual_seed(0)
     logits = torch.randn(1, 3)

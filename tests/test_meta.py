@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from teddy import meta
-from teddy.losses import gradient_cosine_loss
+from teddy.method import meta
+from teddy.method.losses import gradient_cosine_loss
 
 
 def test_gradient_cosine_loss_hand_computed():

@@ -6,10 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy import cli, models, pool, pretrain_pool, prune, workflow
+from teddy import cli, models, workflow
 from teddy.data.source import open_source
 from teddy.io.files import load_torch
-from teddy.losses import BNStatsRecorder
+from teddy.method.losses import BNStatsRecorder
+from teddy.pool import members as pool
+from teddy.pool import prune
+from teddy.stages import pretrain_pool
 from teddy.tracking import NullTracker
 
 from .conftest import BASE, TINY
@@ -333,7 +336,7 @@ def test_every_pool_architecture_prunes_and_reloads_exactly(arch):
 def test_ensemble_teacher_averages_every_member_prior_and_post(pool_dir):
     """relabel.teacher: ensemble = the mean logits of all pool members (the docs say 'the pool'),
     each loaded here from its own file, not through load_pool."""
-    from teddy import artifacts
+    from teddy.io import artifacts
 
     manifest = json.loads((pool_dir / "pool" / "manifest.json").read_text())
     teacher = pool.Teacher(pool_dir / "pool", "ensemble", "cpu")

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from teddy import artifacts, augment, cli
-from teddy.pool import load_pool
+from teddy import augment, cli
+from teddy.io import artifacts
+from teddy.pool.members import load_pool
 
 from .conftest import BASE, TINY, evaluate_args, relabel_args, tiny_synthetic_set
 
@@ -43,7 +44,7 @@ def test_draw_views_follow_the_relabel_config():
     """Per epoch: crops with the configured scale floor and flips, mixing rows for the configured mode."""
     from types import SimpleNamespace
 
-    from teddy.relabel import draw_views
+    from teddy.stages.relabel import draw_views
 
     r = SimpleNamespace(crop_scale_min=0.5, flip=True, mix="cutmix", mix_alpha=1.0)
     views = draw_views(200, 3, r, torch.Generator().manual_seed(0))
@@ -102,7 +103,7 @@ def test_online_relabel_trains_like_replay(tmp_path):
 def test_mixing():
     """CutMix pastes one axis-aligned box of the partner covering 1 − the kept share (λ, adjusted
     for clipping at the border); Mixup blends by λ; none leaves the view alone."""
-    from teddy.losses import kept_fraction
+    from teddy.method.losses import kept_fraction
 
     gen = torch.Generator().manual_seed(0)
     a, b = torch.zeros(32, 1, 128, 128), torch.ones(32, 1, 128, 128)
@@ -127,7 +128,7 @@ def test_mixing():
 def test_curve_points_on_a_val_subset_final_on_the_whole_split(tmp_path):
     import json
 
-    from teddy import evaluate
+    from teddy.stages import evaluate
 
     cfg, d, p, s = tiny_synthetic_set(
         tmp_path, "--set", "evaluate.epochs=4", "--set", "evaluate.curve_val_images=7"
@@ -238,7 +239,7 @@ def test_a_diverged_teacher_fails_relabel_not_evaluate(tmp_path, monkeypatch, ca
     """Logits beyond fp16's range were stored as inf and evaluate then asked to rebuild the soft
     labels, which gives the same: relabel names the diverged teacher and the fix, and writes no
     soft_labels.pt."""
-    from teddy import relabel
+    from teddy.stages import relabel
 
     cfg, d, p, s = tiny_synthetic_set(tmp_path)
     real = relabel.teacher_logits

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from teddy import config, report
+from teddy import config
 from teddy.data import datasets
+from teddy.stages import report
 
 from .conftest import BASE
 

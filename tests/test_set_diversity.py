@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy import artifacts, pool
+from teddy.io import artifacts
+from teddy.pool import members as pool
 
 from .conftest import tiny_synthetic_set
 

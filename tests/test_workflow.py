@@ -192,11 +192,11 @@ def test_only_the_stages_that_resolve_registry_strings_depend_on_what_they_name(
     for stage in ("prepare_data", "pretrain_pool", "distill", "relabel", "evaluate", "report"):
         files = workflow.code_files(stage, absolute=True)
         if stage in workflow.RESOLVES_BY_NAME:
-            assert any(f.endswith("teddy/objectives.py") for f in files)
+            assert any(f.endswith("teddy/method/objectives.py") for f in files)
             continue
         resolver = set(workflow.RESOLVES_BY_NAME.values())
         for file in files:
-            if file.endswith("teddy/methods.py"):
+            if file.endswith("teddy/method/registry.py"):
                 continue  # where the resolver is defined
             calls = [
                 n

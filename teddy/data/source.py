@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teddy import artifacts
-from teddy.artifacts import CACHE_NPY, INDEX
+from teddy.io import artifacts
+from teddy.io.artifacts import CACHE_NPY, INDEX
 from teddy.io.files import ArtifactError, read_json
 
 SPLITS = ("train", "val")

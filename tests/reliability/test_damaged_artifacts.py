@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy import artifacts, cli
+from teddy import cli
+from teddy.io import artifacts
 from teddy.io.files import sha256
 
 from ..conftest import tiny_soft_labels

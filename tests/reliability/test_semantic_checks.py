@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from teddy import artifacts, cli
+from teddy import cli
+from teddy.io import artifacts
 
 from ..conftest import evaluate_args, tiny_soft_labels
 

@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from teddy import artifacts, cli, workflow
-from teddy.io import checkpoints
+from teddy import cli, workflow
+from teddy.io import artifacts, checkpoints
 
 from ..conftest import ROOT, tiny_synthetic_set
 

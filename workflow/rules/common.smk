@@ -15,7 +15,7 @@ from teddy.workflow import (
     recipe_keys,
 )
 from teddy.workflow import stage_resources as config_stage_resources
-from teddy import methods
+from teddy.method import registry
 
 # STUDIES (Snakefile): {study: (resolved config, its file)}. A study's own jobs carry {study} in their
 # paths; the data and pool folders carry the fingerprint of their recipe ({data_key}, {pool_key}), and
@@ -121,7 +121,7 @@ def get_pool_jobs(wildcards):
 def get_distill_shards(wildcards):
     """random picks real images in one job; optimised methods run distill.shards shard jobs."""
     data = cfg(wildcards)
-    if not methods.get(algorithm(data, wildcards.method)).optimises:
+    if not registry.get(algorithm(data, wildcards.method)).optimises:
         return []
     n = data["distill"]["shards"]
     return [

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from teddy import artifacts, models, workflow
 from teddy import config as config_mod
-from teddy.artifacts import POOL_MANIFEST as MANIFEST
-from teddy.artifacts import POOL_MEMBERS as MEMBERS
+from teddy import models, workflow
 from teddy.augment import render
+from teddy.io import artifacts
+from teddy.io.artifacts import POOL_MANIFEST as MANIFEST
+from teddy.io.artifacts import POOL_MEMBERS as MEMBERS
 from teddy.io.files import ArtifactError, read_json
 from teddy.train import accuracy_of
 

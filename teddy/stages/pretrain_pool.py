@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from teddy import artifacts, augment, health, models, workflow
+from teddy import augment, health, models, workflow
 from teddy import config as config_mod
 from teddy.data.datasets import DatasetError
 from teddy.data.source import open_source
+from teddy.io import artifacts
 from teddy.io.files import read_json, write_json
-from teddy.prune import prune, recalibrate_bn
+from teddy.pool.prune import prune, recalibrate_bn
 from teddy.runtime.distributed import data_parallel, local_part, share_weight
 from teddy.runtime.progress import Progress
 from teddy.train import TrainState, accuracy_of, make_optimizer, to_unit, warmup_cosine

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from teddy import artifacts, augment
-from teddy.artifacts import SOFT_LABELS
+from teddy import augment
 from teddy.augment import render
 from teddy.config import student_epochs
-from teddy.pool import Teacher
+from teddy.io import artifacts
+from teddy.io.artifacts import SOFT_LABELS
+from teddy.pool.members import Teacher
 from teddy.runtime.progress import Progress
 
 

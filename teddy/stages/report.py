@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from teddy import methods
 from teddy.io.files import ArtifactError, atomic_path, read_json, write_json
+from teddy.method import registry
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
     full = full_data_ipc(cfg)
     in_grid = df.method.isin(cfg.distill.methods) & df.ipc.isin(cfg.distill.ipcs)
     if full is not None:
-        in_grid |= df.method.eq(methods.BASELINE) & df.ipc.eq(full)
+        in_grid |= df.method.eq(registry.BASELINE) & df.ipc.eq(full)
     keep = (
         in_grid
         & df.dataset.eq(cfg.run.dataset)
@@ -183,7 +183,7 @@ def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
         raise ValueError("none of the evaluations found matches the configured methods/ipcs/archs/seeds")
     df = df[keep].copy()
     renamed = full_data_row(cfg, full)  # that run is full data, not the baseline's own row
-    df.loc[df.method.eq(methods.BASELINE) & df.ipc.eq(renamed), "method"] = FULL_DATA
+    df.loc[df.method.eq(registry.BASELINE) & df.ipc.eq(renamed), "method"] = FULL_DATA
     return df
 
 
@@ -222,7 +222,7 @@ def missing_runs(df: pd.DataFrame, cfg) -> list[str]:
     have = set(zip(df.method, df.ipc, df.arch, df.seed, strict=True))
     wanted = [
         (
-            FULL_DATA if (g["method"], g["ipc"]) == (methods.BASELINE, renamed) else g["method"],
+            FULL_DATA if (g["method"], g["ipc"]) == (registry.BASELINE, renamed) else g["method"],
             g["ipc"],
             g["arch"],
             g["seed"],
@@ -376,7 +376,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
         sub = df[df.arch == arch].groupby(["method", "ipc"]).top1.agg(["mean", "std"]).reset_index()
         if single_ipc:
             sub = sub.sort_values("mean")
-            colors = ["0.55" if m in (methods.BASELINE, FULL_DATA) else "tab:blue" for m in sub.method]
+            colors = ["0.55" if m in (registry.BASELINE, FULL_DATA) else "tab:blue" for m in sub.method]
             ax.barh(sub.method, sub["mean"], xerr=sub["std"].fillna(0), color=colors)
             for y, (value, err) in enumerate(zip(sub["mean"], sub["std"].fillna(0), strict=True)):
                 ax.text(value + err, y, f" {value:.1f}", va="center", fontsize=8)  # past the error bar
@@ -418,7 +418,7 @@ def pool_ablation(df: pd.DataFrame, cfg) -> pd.DataFrame | None:
         if name == FULL_DATA:
             continue
         variant_cfg, algo = config.resolve_variant(cfg, name)
-        spec = methods.get(algo)
+        spec = registry.get(algo)
         if spec.pool is None:  # picks real images: no pool to ablate
             continue
         pool = spec.pool_kind(variant_cfg)

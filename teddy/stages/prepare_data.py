@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from teddy import artifacts
 from teddy import config as config_mod
-from teddy.artifacts import CACHE, CACHE_NPY, INDEX
-from teddy.artifacts import DATA_MANIFEST as MANIFEST
 from teddy.data import datasets
 from teddy.data.datasets import DatasetError
 from teddy.data.decode import BadImage, decode, resize_uint8
 from teddy.data.source import workers_of
+from teddy.io import artifacts
+from teddy.io.artifacts import CACHE, CACHE_NPY, INDEX
+from teddy.io.artifacts import DATA_MANIFEST as MANIFEST
 from teddy.io.files import atomic_path, write_json
 from teddy.runtime.progress import Progress
 

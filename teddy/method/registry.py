@@ -13,10 +13,10 @@ from typing import Any
 
 # objectives by name: "module:Class", imported only when distill builds one
 OBJECTIVES = {
-    "bn": "teddy.objectives:BNMatching",
-    "taylor": "teddy.objectives:TaylorMatching",
-    "cosine": "teddy.objectives:CosineMatching",
-    "unrolled": "teddy.objectives:Unrolled",
+    "bn": "teddy.method.objectives:BNMatching",
+    "taylor": "teddy.method.objectives:TaylorMatching",
+    "cosine": "teddy.method.objectives:CosineMatching",
+    "unrolled": "teddy.method.objectives:Unrolled",
 }
 REAL_BATCH_OBJECTIVES = {"taylor", "cosine", "unrolled"}  # read real class batches every step
 

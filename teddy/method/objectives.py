@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from teddy import meta
-from teddy.losses import BNStatsRecorder, bn_matching_loss, gradient_cosine_loss, layer_weights
+from teddy.method import meta
+from teddy.method.losses import BNStatsRecorder, bn_matching_loss, gradient_cosine_loss, layer_weights
 from teddy.train import to_unit
 
 
@@ -158,7 +158,7 @@ class Unrolled:
 
 
 def make_objective(method: str, cfg, data, device):
-    """The objective ``method`` optimises under ``cfg`` (teddy.methods decides which)."""
-    from teddy import methods
+    """The objective ``method`` optimises under ``cfg`` (teddy.method.registry decides which)."""
+    from teddy.method import registry
 
-    return methods.get(method).make_objective(cfg, data, device)
+    return registry.get(method).make_objective(cfg, data, device)

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from teddy import artifacts, health, models
+from teddy import health, models
 from teddy.augment import render
 from teddy.config import student_epochs
 from teddy.data.source import open_source
+from teddy.io import artifacts
 from teddy.io.files import ArtifactError, atomic_path, read_json
-from teddy.losses import mixed_cross_entropy, soft_kl
-from teddy.pool import Teacher, check_stored_logits, check_teacher_accuracy
+from teddy.method.losses import mixed_cross_entropy, soft_kl
+from teddy.pool.members import Teacher, check_stored_logits, check_teacher_accuracy
 from teddy.runtime.distributed import data_parallel, local_part, share_weight
 from teddy.runtime.progress import Progress
 from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine

@@ -6,7 +6,7 @@ Methods (``--method``):
             ``taylor``: −ηK ⟨∇θ CE(φ(real)), ∇θ CE(φ(A(x̃)))⟩, the paper's first-order term;
             ``cosine``: Σ_c 1 − cos(∇θ CE(φ(real_c)), ∇θ CE(φ(A(x̃_c)))), DC-style gradient matching.
   sre2l     the ``bn`` objective at the one fully trained base model.
-  unrolled  the exact bi-level objective: K SGD steps on x̃ from φ, CE on a real batch (teddy.meta).
+  unrolled  the exact bi-level objective: K SGD steps on x̃ from φ, CE on a real batch (teddy.method.meta).
   random    IPC real training images per class (the honest baseline).
 
 Batches are fixed up front: batch b holds one image of each class of a class group at each of
@@ -27,14 +27,16 @@ import numpy as np
 import torch
 import torchvision
 
-from teddy import artifacts, augment, methods
+from teddy import augment
 from teddy import config as config_mod
-from teddy.artifacts import BATCHES, GRID, SYNTHETIC  # the files this stage writes
 from teddy.data.source import open_source
+from teddy.io import artifacts
+from teddy.io.artifacts import BATCHES, GRID, SYNTHETIC  # the files this stage writes
 from teddy.io.checkpoints import load_checkpoint, save_checkpoint
 from teddy.io.files import ArtifactError, atomic_path, read_json
-from teddy.objectives import make_objective
-from teddy.pool import Teacher, load_pool, pool_sampler
+from teddy.method import registry
+from teddy.method.objectives import make_objective
+from teddy.pool.members import Teacher, load_pool, pool_sampler
 from teddy.runtime.device import autocast
 from teddy.runtime.preemption import Preempted, preemption
 from teddy.runtime.progress import Progress
@@ -267,7 +269,7 @@ def run_shard(
     """Synthesize the batches of shard ``(i, n)`` into ``out/batches.pt`` (resuming if stopped)."""
     data_dir = Path(inputs["data"])
     manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
-    d, spec = cfg.distill, methods.get(method)
+    d, spec = cfg.distill, registry.get(method)
     data = open_source(data_dir, cfg.prepare_data.workers) if spec.reads_real(cfg) else None
     archs = d.pool_archs if spec.pool == "members" else None
     pool, pool_manifest = load_pool(
@@ -408,7 +410,7 @@ def run(
     label = method  # a distill.variants name labels the results; its method runs
     cfg, method = config_mod.resolve_variant(cfg, method)
     metrics: dict = {"method": label, "algorithm": method, "ipc": ipc, "seed": seed}
-    if not methods.get(method).optimises:  # random: picks real images
+    if not registry.get(method).optimises:  # random: picks real images
         images, labels = random_real(open_source(inputs["data"], cfg.prepare_data.workers), ipc, seed)
     else:
         n_batches = len(batches_of(cfg, manifest["num_classes"], ipc))

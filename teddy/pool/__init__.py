@@ -1,0 +1,1 @@
+"""The model pool: job naming, loading and sampling members, the teacher, pruning."""
