@@ -21,6 +21,7 @@ from pathlib import Path
 from teddy import config as config_mod
 from teddy import workflow
 from teddy.method import registry
+from teddy.pool import naming
 
 log = logging.getLogger("teddy")
 
@@ -512,11 +513,10 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
             return "pass --data (prepare-data's --out)"
         if options.get("member"):
             try:
-                kind = workflow.parse_member(cfg.pretrain_pool, options["member"])[0]
+                kind = naming.parse_member(cfg.pretrain_pool, options["member"])[0]
             except ValueError as err:
                 return str(err)
-            needs_base = kind == "post" or (kind == "prior" and cfg.pretrain_pool.prior_targets)
-            if needs_base and "base" not in inputs:
+            if naming.needs_base(cfg.pretrain_pool, kind) and "base" not in inputs:
                 member = options["member"]
                 return f"--member {member} starts from the base model: pass --base (the base job's --out)"
     algo = config_mod.algorithm(cfg, selection["method"]) if "method" in selection else None

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from teddy import cli, models, workflow
+from teddy import cli, models
 from teddy.data.source import open_source
 from teddy.io.files import load_torch
 from teddy.method.losses import BNStatsRecorder
 from teddy.pool import members as pool
-from teddy.pool import prune
+from teddy.pool import naming, prune
 from teddy.stages import pretrain_pool
 from teddy.tracking import NullTracker
 
@@ -385,7 +385,7 @@ def test_multi_architecture_pool_members_and_selection(tmp_path):
     assert cli.main([*argv, "--ipc", "1", "--seed", "0", "--out", str(out)]) == 0
     drawn = json.loads((out / "metrics.json").read_text())["pool_members"]
     assert drawn == [m["file"] for m in manifest["members"] if m["arch"] == "convnet"]
-    assert workflow.parse_member(load_cfg(cfg).pretrain_pool, "prior_mobilenetv2_s0") == (
+    assert naming.parse_member(load_cfg(cfg).pretrain_pool, "prior_mobilenetv2_s0") == (
         "prior",
         0,
         "mobilenetv2",

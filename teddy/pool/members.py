@@ -18,6 +18,7 @@ from teddy.io import artifacts
 from teddy.io.artifacts import POOL_MANIFEST as MANIFEST
 from teddy.io.artifacts import POOL_MEMBERS as MEMBERS
 from teddy.io.files import ArtifactError, read_json
+from teddy.pool import naming
 from teddy.train import accuracy_of
 
 
@@ -87,7 +88,7 @@ def check_jobs(manifest: dict, path: Path, p) -> None:
     change, a manifest assembled before (results restored without the workflow's records, a pool
     folder passed by hand) would otherwise be drawn from silently, without the new members or with
     the dropped ones. Manifests from before ``jobs`` was recorded are read from their entries."""
-    want = workflow.pool_job_names(p)
+    want = naming.pool_job_names(p)
     have = manifest.get("jobs")
     if have is None:
         entries = [manifest["base"], *manifest["members"]]

@@ -29,6 +29,7 @@ from teddy.data.datasets import DatasetError
 from teddy.data.source import open_source
 from teddy.io import artifacts
 from teddy.io.files import read_json, write_json
+from teddy.pool import naming
 from teddy.pool.prune import prune, recalibrate_bn
 from teddy.runtime.distributed import data_parallel, local_part, share_weight
 from teddy.runtime.progress import Progress
@@ -229,7 +230,7 @@ def build_prior(
     member is saved."""
     p = cfg.pretrain_pool
     arch = arch or p.arch
-    tag = f"prior_s{seed}" if arch == p.arch else f"prior_{workflow.arch_slug(arch)}_s{seed}"
+    tag = f"prior_s{seed}" if arch == p.arch else f"prior_{naming.arch_slug(arch)}_s{seed}"
     targets = sorted(p.prior_targets)
     if targets and base_top1 is None:
         raise ValueError("pretrain_pool.prior_targets need the base model's accuracy: pass --base (its folder)")
@@ -334,11 +335,11 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
     data_dir = Path(inputs["data"])
     source = open_source(data_dir, cfg.prepare_data.workers)
     spec = models.InputSpec.from_manifest(read_json(data_dir / artifacts.DATA_MANIFEST))
-    todo = [member] if member else workflow.pool_job_names(p)
+    todo = [member] if member else naming.pool_job_names(p)
     data = config_mod.to_dict(cfg)
     dirs = []
     for job in todo:
-        kind, index, arch = workflow.parse_member(cfg.pretrain_pool, job)
+        kind, index, arch = naming.parse_member(cfg.pretrain_pool, job)
         job_dir = out if member else out / job
         job_dir.mkdir(parents=True, exist_ok=True)
         base_dir = Path(inputs["base"]) if member and inputs.get("base") else out / "base"

@@ -5,15 +5,14 @@ import sys
 from teddy.config import algorithm, data_file, stable_copy
 from teddy.workflow import (
     KEY_PATTERN,
-    arch_slug,
     code_files,
     evaluation_grid,
     final_outputs,
     job_params,
     path,
-    pool_job_names,
     recipe_keys,
 )
+from teddy.pool.naming import arch_slug, needs_base, pool_job_names
 from teddy.workflow import stage_resources as config_stage_resources
 from teddy.method import registry
 
@@ -105,7 +104,7 @@ def stage_threads(stage):
 
 def prior_base_input(wildcards):
     """Prior trajectories wait for the base model only when they target a fraction of its accuracy."""
-    if cfg(wildcards)["pretrain_pool"]["prior_targets"]:
+    if needs_base(cfg(wildcards)["pretrain_pool"], "prior"):
         return [path("pool_job", "members.json", **dict(wildcards.items()), job="base")]
     return []
 
