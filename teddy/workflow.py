@@ -117,7 +117,7 @@ def path(kind: str, file: str = "", **fields) -> str:
 # -- code dependencies: the teddy modules a stage's command runs, from the import graph --------------
 
 PACKAGE = Path(__file__).resolve().parent
-CLI_STAGE_PATH = ("main", "execute", "check_selection")  # the functions of cli.py `teddy <stage>` runs
+CLI_STAGE_PATH = ("main",)  # the function of cli.py `teddy <stage>` runs (it hands the stage to teddy.runner)
 
 
 def _module_file(name: str) -> Path | None:
