@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 from teddy import config as config_mod
-from teddy import workflow
 
 log = logging.getLogger("teddy")
 
@@ -174,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--device", default="cpu", help="the device --measure times (cuda, cpu)")
     flow = sub.add_parser(
         "workflow",
-        help="Write dvc.yaml from the stage table (teddy/workflow.py): the jobs Snakemake runs.",
+        help="Write dvc.yaml from the stage table (teddy/workflow/plan.py): the jobs Snakemake runs.",
     )
     flow.add_argument("tool", choices=["dvc"])
     flow.add_argument(
@@ -241,6 +240,7 @@ def make_miniature(args) -> int:
 def write_workflow(args) -> int:
     """``teddy workflow dvc``: dvc.yaml generated from the stage table, or --check that it is current."""
     from teddy.io.files import atomic_path
+    from teddy.workflow import dvc
 
     studies = config_mod.study_names() if "all" in args.study else args.study
     if not args.config and not studies:
@@ -249,7 +249,7 @@ def write_workflow(args) -> int:
     try:
         for name in studies:
             config_mod.study_path(name)
-        text = workflow.dvc_yaml(sets, args.overrides)
+        text = dvc.dvc_yaml(sets, args.overrides)
     except (config_mod.ConfigError, OSError) as err:
         print(f"teddy workflow: {err}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from teddy import config as config_mod
-from teddy import models, tracking, workflow
+from teddy import models, tracking
 from teddy.data import datasets
 from teddy.data.datasets import DatasetError
 from teddy.io import artifacts
@@ -29,6 +29,7 @@ from teddy.runtime.preemption import Preempted, preemption
 from teddy.runtime.progress import Progress
 from teddy.runtime.provenance import provenance
 from teddy.tracking import NullTracker
+from teddy.workflow.params import result_params
 
 log = logging.getLogger("teddy")
 
@@ -71,7 +72,7 @@ def execute(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: 
         if is_main()
         else nullcontext(NullTracker())
     )
-    params = workflow.result_params(
+    params = result_params(
         config_mod.to_dict(cfg), stage.replace("-", "_"), selection, (options or {}).get("member")
     )
     with run_ctx as tracker, resume.job(fingerprint(params, inputs)):

@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from teddy import config as config_mod
-from teddy import workflow
 from teddy.io.files import read_json
 from teddy.stages.report import PROVENANCE, SUMMARY_CSV, paired_interval
+from teddy.workflow import params, plan
 
 INDEX = Path("results/INDEX.md")
 HEADER = (
@@ -47,7 +47,7 @@ def headline(summary: pd.DataFrame, method: str, baseline: str, ipc: int) -> dic
 def row(name: str) -> dict:
     data = config_mod.to_dict(config_mod.load([config_mod.study_path(name)], check_data=False))
     study = data["study"]
-    report = Path(workflow.path("report", **workflow.recipe_keys(data)))
+    report = Path(plan.path("report", **params.recipe_keys(data)))
     out = {
         "name": name,
         "dataset": data["run"]["dataset"],

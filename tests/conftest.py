@@ -47,15 +47,16 @@ def copy_project(dst: Path, **sections) -> Path:
 
 
 def project_path(project: Path, kind: str, file: str = "", study: str | None = None, **fields) -> str:
-    """Where a copied project's jobs of ``kind`` write (teddy.workflow.FOLDERS), for its
+    """Where a copied project's jobs of ``kind`` write (teddy.workflow.plan.FOLDERS), for its
     config/config.yaml (study ``default``) or the study file ``config/studies/<study>.yaml``."""
-    from teddy import config, workflow
+    from teddy import config
+    from teddy.workflow import params, plan
 
     files = (
         [project / "config" / "studies" / f"{study}.yaml"] if study else [project / "config" / "config.yaml"]
     )
     data = config.to_dict(config.load(files, check_data=False))
-    return workflow.path(kind, file, **workflow.recipe_keys(data), **fields)
+    return plan.path(kind, file, **params.recipe_keys(data), **fields)
 
 
 def relabel_args(p: Path, s: Path) -> list[str]:

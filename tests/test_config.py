@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from teddy import config, workflow
+from teddy import config
+from teddy.workflow import params, resources
 
 from .conftest import BASE, TINY
 
@@ -92,10 +93,10 @@ def test_tiny_test_config_is_valid():
 
 def test_job_params_leave_out_grid_keys():
     data = config.validate(config.read_yaml(BASE))
-    distill, evaluate = workflow.job_params(data, "distill", "teddy"), workflow.job_params(data, "evaluate")
+    distill, evaluate = params.job_params(data, "distill", "teddy"), params.job_params(data, "evaluate")
     assert "distill.iterations" in distill and not {"distill.ipcs", "distill.methods"} & set(distill)
     assert "evaluate.archs" not in evaluate and evaluate["evaluate.epochs"] == data["evaluate"]["epochs"]
-    assert workflow.job_params(data, "relabel")["evaluate.epochs"] == data["evaluate"]["epochs"]  # views
+    assert params.job_params(data, "relabel")["evaluate.epochs"] == data["evaluate"]["epochs"]  # views
 
 
 def test_method_params_change_only_for_the_variant_that_changed():
@@ -103,23 +104,23 @@ def test_method_params_change_only_for_the_variant_that_changed():
     one = config.validate(config.read_yaml(BASE))
     two = config.deep_merge(one, {"distill": {"variants": {"v": {"method": "teddy", "pool_size": 2}}}})
     three = config.deep_merge(two, {"distill": {"variants": {"w": {"method": "teddy", "iterations": 7}}}})
-    assert workflow.job_params(one, "distill", "teddy") == workflow.job_params(three, "distill", "teddy")
-    assert workflow.job_params(two, "distill", "v") == workflow.job_params(three, "distill", "v")
-    assert workflow.job_params(three, "distill", "v")["distill.variants.v"]["pool_size"] == 2
-    assert workflow.job_params(three, "distill", "w")["distill.variants.w"] == {
+    assert params.job_params(one, "distill", "teddy") == params.job_params(three, "distill", "teddy")
+    assert params.job_params(two, "distill", "v") == params.job_params(three, "distill", "v")
+    assert params.job_params(three, "distill", "v")["distill.variants.v"]["pool_size"] == 2
+    assert params.job_params(three, "distill", "w")["distill.variants.w"] == {
         "method": "teddy",
         "iterations": 7,
     }
-    assert workflow.job_params(three, "distill", "w") != workflow.job_params(three, "distill", "v")
+    assert params.job_params(three, "distill", "w") != params.job_params(three, "distill", "v")
 
 
 def test_stage_resources_scale_runtime_with_the_dataset():
     data = config.validate(config.read_yaml(BASE))
-    digits = workflow.stage_resources(data, "distill")
+    digits = resources.stage_resources(data, "distill")
     assert digits == {"runtime": 60, "mem_mb": 8000, "cpus_per_task": 1}
     data["run"]["dataset"] = "fashion_mnist"
     assert (
-        workflow.stage_resources(data, "distill")["runtime"]
+        resources.stage_resources(data, "distill")["runtime"]
         == 60 * data["resources"]["runtime_scale"]["fashion_mnist"]
     )
 

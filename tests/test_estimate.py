@@ -2,8 +2,9 @@
 
 import pytest
 
-from teddy import cli, config, estimate, workflow
+from teddy import cli, config, estimate
 from teddy.data import miniature
+from teddy.workflow import resources
 
 from .conftest import BASE, ROOT
 
@@ -60,25 +61,25 @@ def test_runtime_zero_takes_the_slurm_limit_from_the_estimate():
     rows = {
         r.stage: r for r in estimate.estimate(config.load(IMAGENET, ["distill.ipcs=[10]"], check_data=False))[0]
     }
-    minutes = workflow.stage_resources(data, "evaluate")["runtime"]
+    minutes = resources.stage_resources(data, "evaluate")["runtime"]
     assert minutes == pytest.approx(2 * rows["evaluate"].job_h * 60 + 10, abs=1)
     longer = config.to_dict(
         config.load(IMAGENET, ["distill.ipcs=[10]", "evaluate.epochs=600"], check_data=False)
     )
-    assert workflow.stage_resources(longer, "evaluate")["runtime"] - 10 == pytest.approx(
+    assert resources.stage_resources(longer, "evaluate")["runtime"] - 10 == pytest.approx(
         2 * (minutes - 10), rel=0.05
     )
     faster = config.to_dict(
         config.load(IMAGENET, ["distill.ipcs=[10]", "resources.gpu_tflops=60"], check_data=False)
     )
     assert (
-        workflow.stage_resources(faster, "distill")["runtime"]
-        < workflow.stage_resources(data, "distill")["runtime"]
+        resources.stage_resources(faster, "distill")["runtime"]
+        < resources.stage_resources(data, "distill")["runtime"]
     )
     fixed = config.to_dict(
         config.load(IMAGENET, ["distill.ipcs=[10]", "resources.evaluate.runtime=90"], check_data=False)
     )
-    assert workflow.stage_resources(fixed, "evaluate")["runtime"] == 90
+    assert resources.stage_resources(fixed, "evaluate")["runtime"] == 90
 
 
 def test_the_full_data_row_is_counted_per_seed_with_its_own_epochs():

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from teddy import cli, config, workflow
+from teddy import cli, config
+from teddy.workflow import params, plan
 
 from .conftest import ROOT
 
@@ -68,7 +69,7 @@ def test_a_bad_study_file_names_the_key_and_the_fix(tmp_path, text, message):
 
 def keys(tmp_path: Path, base: str, delta: str) -> tuple[dict, dict]:
     p = project(tmp_path, {"one": "question: one?\n", "two": "question: two?\n" + delta}, base=base)
-    one, two = (workflow.recipe_keys(load(p / "config" / "studies" / f"{n}.yaml")) for n in ("one", "two"))
+    one, two = (params.recipe_keys(load(p / "config" / "studies" / f"{n}.yaml")) for n in ("one", "two"))
     return one, two
 
 
@@ -90,7 +91,7 @@ def test_data_and_pool_folders_are_shared_exactly_when_their_recipe_is(
         shares_pool,
     )
     assert one["study"] != two["study"]
-    a, b = (workflow.path("distill", **k, method="teddy", ipc=1, seed=0) for k in (one, two))
+    a, b = (plan.path("distill", **k, method="teddy", ipc=1, seed=0) for k in (one, two))
     assert a != b  # a study's own jobs never share a folder
 
 
@@ -98,9 +99,9 @@ def test_where_the_data_lives_is_not_part_of_the_recipe(tmp_path):
     """A study run on another machine (data elsewhere, more loader processes) finds the same folders."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    one = workflow.recipe_keys(load(project(tmp_path / "a", {"s": "question: q?\n"}) / "config/studies/s.yaml"))
+    one = params.recipe_keys(load(project(tmp_path / "a", {"s": "question: q?\n"}) / "config/studies/s.yaml"))
     moved = "prepare_data: {root: /elsewhere, workers: 3, fashion_mnist_dir: /x}\n"
-    two = workflow.recipe_keys(
+    two = params.recipe_keys(
         load(project(tmp_path / "b", {"s": "question: q?\n"}, moved) / "config/studies/s.yaml")
     )
     assert one == two
@@ -167,7 +168,7 @@ def test_each_committed_study_schedules_exactly_its_own_jobs_in_both_tools(tmp_p
     of the study's plan (its own, and the data and pool it needs)."""
     for name in config.study_names():
         data = config.to_dict(config.load([config.study_path(name)], check_data=False))
-        jobs = workflow.plan(data)
+        jobs = plan.plan(data)
         result = subprocess.run(
             [str(BIN / "snakemake"), "-n", "--forceall", "--cores", "1", "--config", f"study={name}"],
             cwd=ROOT,

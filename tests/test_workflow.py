@@ -1,4 +1,4 @@
-"""Snakemake and DVC run the same pipeline: both read teddy/workflow.py's stage table, dvc.yaml is
+"""Snakemake and DVC run the same pipeline: both read teddy/workflow/plan.py's stage table, dvc.yaml is
 generated from it (and committed as generated), and Snakemake schedules exactly its jobs with the
 same commands."""
 
@@ -41,9 +41,9 @@ def test_one_name_per_stage_everywhere():
 def test_committed_dvc_yaml_is_the_generated_one():
     """dvc.yaml is generated (`make dvc-yaml`); a hand edit or a stage-table change without
     regenerating fails here, and `teddy workflow dvc --check` says how to fix it."""
-    from teddy import workflow
+    from teddy.workflow import dvc
 
-    assert (ROOT / "dvc.yaml").read_text() == workflow.dvc_yaml([["config/studies/quickstart.yaml"]])
+    assert (ROOT / "dvc.yaml").read_text() == dvc.dvc_yaml([["config/studies/quickstart.yaml"]])
 
 
 def test_workflow_check_names_the_fix(tmp_path, monkeypatch):
@@ -86,7 +86,8 @@ def normalise(command: str) -> tuple[str, ...]:
 
 
 def test_snakemake_schedules_exactly_the_stage_tables_jobs_with_the_same_commands(tmp_path):
-    from teddy import config, workflow
+    from teddy import config
+    from teddy.workflow import plan
 
     delta = tmp_path / "rich.yaml"
     delta.write_text(RICH)
@@ -96,7 +97,7 @@ def test_snakemake_schedules_exactly_the_stage_tables_jobs_with_the_same_command
     assert result.returncode == 0, result.stdout + result.stderr
     commands = [line.strip() for line in result.stdout.splitlines() if " -m teddy " in line]
     by_snakemake = sorted(normalise(c) for c in commands)
-    jobs = workflow.plan(config.to_dict(config.load([BASE, delta])))
+    jobs = plan.plan(config.to_dict(config.load([BASE, delta])))
     assert sorted(j.command for j in jobs) == by_snakemake
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.M))
     assert {k: int(v) for k, v in counts.items() if k not in ("all", "total")} == {
@@ -151,50 +152,52 @@ def test_multi_architecture_pool_jobs_are_scheduled_and_named_by_architecture(tm
 def test_relabel_jobs_depend_on_the_full_data_epochs_only_when_that_row_is_on():
     """The stored views per image are the student epochs (the full-data row's its own): relabel's
     params carry evaluate.epochs, and evaluate.full_data_epochs while evaluate.full_data is on."""
-    from teddy import config, workflow
+    from teddy import config
+    from teddy.workflow import params
 
     def keys(*over):
-        return workflow.param_keys(config.to_dict(config.load([BASE], list(over))), "relabel")
+        return params.param_keys(config.to_dict(config.load([BASE], list(over))), "relabel")
 
     assert "evaluate.epochs" in keys() and "evaluate.full_data_epochs" not in keys()
     assert "evaluate.full_data_epochs" in keys("evaluate.full_data=true")
-    assert "evaluate.full_data_epochs" in workflow.param_keys(config.to_dict(config.load([BASE])), "evaluate")
+    assert "evaluate.full_data_epochs" in params.param_keys(config.to_dict(config.load([BASE])), "evaluate")
 
 
 def test_the_full_data_row_runs_on_full_data_archs_only():
     """evaluate.full_data_archs: the full-data row's students (HLR needs only the hard-label ones);
     the sets keep every student, and a random row at a configured IPC is a set, not the full row."""
-    from teddy import config, workflow
+    from teddy import config
+    from teddy.workflow import plan
 
     over = ["evaluate.full_data=true", "evaluate.archs=[convnet, resnet18]", "run.seeds=[0, 1]"]
     cfg = config.load([BASE], [*over, "evaluate.full_data_archs=[convnet]"])
     full = config.full_data_ipc(cfg)
-    grid = workflow.evaluation_grid(config.to_dict(cfg))
+    grid = plan.evaluation_grid(config.to_dict(cfg))
     rows = {(g["method"], g["ipc"], g["arch"]) for g in grid}
     assert {a for m, i, a in rows if i == full} == {"convnet"} and len(grid) == 2 * (2 * 2 * 2 + 1)
     assert {a for m, i, a in rows if m == "teddy"} == {"convnet", "resnet18"}
-    everyone = workflow.evaluation_grid(config.to_dict(config.load([BASE], over)))
+    everyone = plan.evaluation_grid(config.to_dict(config.load([BASE], over)))
     assert {g["arch"] for g in everyone if g["ipc"] == full} == {"convnet", "resnet18"}
     own = config.load([BASE], [*over, "evaluate.full_data_archs=[convnet]", f"distill.ipcs=[1, {full}]"])
-    at_full = [g for g in workflow.evaluation_grid(config.to_dict(own)) if g["ipc"] == full]
+    at_full = [g for g in plan.evaluation_grid(config.to_dict(own)) if g["ipc"] == full]
     assert {g["arch"] for g in at_full if g["method"] == "random"} == {"convnet", "resnet18"}
     with pytest.raises(config.ConfigError, match=r"evaluate.full_data_archs: \['vgg'\] not in evaluate.archs"):
         config.load([BASE], [*over, "evaluate.full_data_archs=[vgg]"])
 
 
 def test_only_the_stages_that_resolve_registry_strings_depend_on_what_they_name():
-    """A stage outside workflow.RESOLVES_BY_NAME must not call the resolver (else a change to an
+    """A stage outside deps.RESOLVES_BY_NAME must not call the resolver (else a change to an
     objective would not rerun it); and the loss is distill's and evaluate's code, not data prep's."""
     import ast
 
-    from teddy import workflow
+    from teddy.workflow import deps
 
     for stage in ("prepare_data", "pretrain_pool", "distill", "relabel", "evaluate", "report"):
-        files = workflow.code_files(stage, absolute=True)
-        if stage in workflow.RESOLVES_BY_NAME:
+        files = deps.code_files(stage, absolute=True)
+        if stage in deps.RESOLVES_BY_NAME:
             assert any(f.endswith("teddy/method/objectives.py") for f in files)
             continue
-        resolver = set(workflow.RESOLVES_BY_NAME.values())
+        resolver = set(deps.RESOLVES_BY_NAME.values())
         for file in files:
             if file.endswith("teddy/method/registry.py"):
                 continue  # where the resolver is defined
@@ -206,15 +209,16 @@ def test_only_the_stages_that_resolve_registry_strings_depend_on_what_they_name(
             ]
             assert not calls, f"{stage}: {file} calls {resolver} but does not depend on what it resolves"
     for stage in ("prepare_data", "pretrain_pool"):
-        assert not any(f.endswith(("losses.py", "objectives.py")) for f in workflow.code_files(stage))
+        assert not any(f.endswith(("losses.py", "objectives.py")) for f in deps.code_files(stage))
 
 
 def test_dvc_runs_each_job_with_the_threads_snakemake_gives_it():
     """Snakemake passes --set run.threads={threads} (resources.<stage>.cpus); a DVC stage without
     it ran with torch's default threads and gave other numbers for the same config."""
-    from teddy import config, workflow
+    from teddy import config
+    from teddy.workflow import dvc, plan
 
-    stages = yaml.safe_load(workflow.dvc_yaml([["config/config.yaml"]]))["stages"]
+    stages = yaml.safe_load(dvc.dvc_yaml([["config/config.yaml"]]))["stages"]
     cpus = config.to_dict(config.load([BASE]))["resources"]
-    for job in workflow.plan(config.to_dict(config.load([BASE]))):
+    for job in plan.plan(config.to_dict(config.load([BASE]))):
         assert f"--set run.threads={cpus[job.code]['cpus']} " in stages[job.name]["cmd"], job.name

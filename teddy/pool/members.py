@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from teddy import config as config_mod
-from teddy import models, workflow
+from teddy import models
 from teddy.augment import render
 from teddy.io import artifacts
 from teddy.io.artifacts import POOL_MANIFEST as MANIFEST
@@ -20,6 +20,7 @@ from teddy.io.artifacts import POOL_MEMBERS as MEMBERS
 from teddy.io.files import ArtifactError, read_json
 from teddy.pool import naming
 from teddy.train import accuracy_of
+from teddy.workflow.params import pool_recipe
 
 
 def load_pool(
@@ -121,7 +122,7 @@ def _shown(value) -> str:
 
 def check_recipe(entries: list[dict], path: Path, cfg, data_dir: str | Path | None = None) -> None:
     """Fail unless every member in ``entries`` was built by the recipe ``cfg`` gives for its kind
-    (``workflow.pool_recipe``: the pretrain_pool keys, dataset and dtype its job depends on) and,
+    (``teddy.workflow.params.pool_recipe``: the pretrain_pool keys, dataset and dtype its job depends on) and,
     with ``data_dir``, trained on that prepared data. Members written before recipes were recorded
     carry none and are not checked."""
     data = config_mod.to_dict(cfg)
@@ -131,7 +132,7 @@ def check_recipe(entries: list[dict], path: Path, cfg, data_dir: str | Path | No
         if recipe is None:
             continue
         had = recipe.get("config", {})
-        want = workflow.pool_recipe(data, entry["origin"])
+        want = pool_recipe(data, entry["origin"])
         diff = [
             f"{k}: {_shown(had[k]) if k in had else '(not recorded)'} in the pool, {_shown(v)} in this config"
             for k, v in want.items()

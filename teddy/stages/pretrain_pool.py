@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from teddy import augment, health, models, workflow
+from teddy import augment, health, models
 from teddy import config as config_mod
 from teddy.data.datasets import DatasetError
 from teddy.data.source import open_source
@@ -34,6 +34,7 @@ from teddy.pool.prune import prune, recalibrate_bn
 from teddy.runtime.distributed import data_parallel, local_part, share_weight
 from teddy.runtime.progress import Progress
 from teddy.train import TrainState, accuracy_of, make_optimizer, to_unit, warmup_cosine
+from teddy.workflow.params import pool_recipe
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -350,7 +351,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker, member=None, assem
             entries = build_prior(cfg, source, spec, index, job_dir, device, tracker, base_top1, arch)
         else:
             entries = build_post(cfg, source, spec, index, base_dir / "base.pt", job_dir, device)
-        recipe = {"config": workflow.pool_recipe(data, kind), "data": artifacts.data_digest(data_dir)}
+        recipe = {"config": pool_recipe(data, kind), "data": artifacts.data_digest(data_dir)}
         entries = [e | {"recipe": recipe} for e in entries]  # what every reader checks its config against
         write_json(entries, job_dir / MEMBERS)
         dirs.append(job_dir)

@@ -216,7 +216,7 @@ def missing_runs(df: pd.DataFrame, cfg) -> list[str]:
     """Runs of the configured grid with no evaluation (a partial run, or a dvc.yaml generated for
     another grid), as 'method ipcK arch sS'."""
     from teddy.config import full_data_row, to_dict
-    from teddy.workflow import evaluation_grid
+    from teddy.workflow.plan import evaluation_grid
 
     renamed = full_data_row(cfg)
     have = set(zip(df.method, df.ipc, df.arch, df.seed, strict=True))

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from teddy import cli, config, workflow
+from teddy import cli, config
+from teddy.workflow import plan
 
 from ..conftest import BASE, TINY
 
@@ -44,7 +45,7 @@ def written(tmp_path_factory):
     cwd = Path.cwd()
     os.chdir(root)
     try:
-        for job in workflow.plan(data):
+        for job in plan.plan(data):
             argv = [job.command[0], *args, *job.command[1:]]
             assert cli.main(argv) == 0, job.name
             now = files_under(root / "results")

@@ -4,14 +4,15 @@ baseline's distill, relabel and evaluate jobs, in Snakemake (params trigger) and
 
 import pytest
 
-from teddy import config, workflow
+from teddy import config
+from teddy.workflow import params, plan
 
 from ..conftest import BASE
 
 
 def plan_params(overrides=()):
     data = config.to_dict(config.load([BASE], list(overrides)))
-    jobs = {job.name: job for job in workflow.plan(data)}
+    jobs = {job.name: job for job in plan.plan(data)}
     return data, jobs
 
 
@@ -31,15 +32,13 @@ def test_a_synthesis_knob_leaves_random_alone(change):
     key = change.split("=")[0]
     for name, job in jobs_after.items():
         old = jobs_before[name]
-        same_for_dvc = workflow.params_of(before, list(old.params)) == workflow.params_of(
-            after, list(job.params)
-        )
+        same_for_dvc = params.params_of(before, list(old.params)) == params.params_of(after, list(job.params))
         method = next((m for m in ("random", "teddy") if f"_{m}_" in f"_{name}_"), None)
         if method == "random":
             assert same_for_dvc, (name, job.params)
             if job.stage == "distill":
                 assert not any(p.startswith("distill.") for p in job.params), job.params
-                stage_params = workflow.job_params(after, "distill", "random")
-                assert stage_params == workflow.job_params(before, "distill", "random")  # Snakemake
+                stage_params = params.job_params(after, "distill", "random")
+                assert stage_params == params.job_params(before, "distill", "random")  # Snakemake
         elif method == "teddy" and job.stage in ("distill", "distill_shard"):
             assert key in job.params and not same_for_dvc, name

@@ -13,8 +13,9 @@ import time
 import pytest
 import torch
 
-from teddy import cli, workflow
+from teddy import cli
 from teddy.io import artifacts, checkpoints
+from teddy.workflow import params
 
 from ..conftest import ROOT, tiny_synthetic_set
 
@@ -115,13 +116,13 @@ def test_grid_keys_do_not_make_a_checkpoint_stale():
     from teddy import config
 
     data = config.to_dict(config.load([ROOT / "config" / "config.yaml"]))
-    base = workflow.result_params(data, "evaluate", {"arch": "convnet"})
+    base = params.result_params(data, "evaluate", {"arch": "convnet"})
     more = json.loads(json.dumps(data))
     more["evaluate"]["archs"].append("mobilenetv2")
     more["run"]["seeds"].append(99)
-    assert workflow.result_params(more, "evaluate", {"arch": "convnet"}) == base
+    assert params.result_params(more, "evaluate", {"arch": "convnet"}) == base
     more["evaluate"]["lr"] *= 2
-    assert workflow.result_params(more, "evaluate", {"arch": "convnet"}) != base
-    prior = workflow.result_params(data, "pretrain_pool", {}, "prior:0")
+    assert params.result_params(more, "evaluate", {"arch": "convnet"}) != base
+    prior = params.result_params(data, "pretrain_pool", {}, "prior:0")
     data["pretrain_pool"]["prune_ratio"] = [0.1, 0.9]  # a post-member key
-    assert workflow.result_params(data, "pretrain_pool", {}, "prior:0") == prior
+    assert params.result_params(data, "pretrain_pool", {}, "prior:0") == prior

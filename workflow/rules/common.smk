@@ -3,17 +3,11 @@ import re
 import sys
 
 from teddy.config import algorithm, data_file, stable_copy
-from teddy.workflow import (
-    KEY_PATTERN,
-    code_files,
-    evaluation_grid,
-    final_outputs,
-    job_params,
-    path,
-    recipe_keys,
-)
+from teddy.workflow.plan import KEY_PATTERN, evaluation_grid, final_outputs, path
+from teddy.workflow.deps import code_files
+from teddy.workflow.params import job_params, recipe_keys
 from teddy.pool.naming import arch_slug, needs_base, pool_job_names
-from teddy.workflow import stage_resources as config_stage_resources
+from teddy.workflow.resources import stage_resources as config_stage_resources
 from teddy.method import registry
 
 # STUDIES (Snakefile): {study: (resolved config, its file)}. A study's own jobs carry {study} in their
@@ -86,7 +80,7 @@ def all_outputs():
 
 
 def stage_params(stage, method=None, member=None):
-    """Config a job's result depends on (teddy.workflow.param_keys); a change reruns the job."""
+    """Config a job's result depends on (teddy.workflow.params.param_keys); a change reruns the job."""
     return lambda w: job_params(
         cfg(w), stage, getattr(w, "method", None) if method else None, member
     )
