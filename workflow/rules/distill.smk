@@ -13,11 +13,9 @@ rule distill_shard:
         **stage_resources("distill"),
     params:
         cfg=stage_params("distill", method=True),
+        command=command_of("metrics"),
     shell:
-        "{TEDDY} distill --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --data $(dirname {input.data})"
-        " --pool $(dirname {input.pool}) --method {wildcards.method} --ipc {wildcards.ipc}"
-        " --seed {wildcards.seed} --shard {wildcards.shard}/{wildcards.nshards}"
-        " --out $(dirname {output.metrics}) > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} > {log} 2>&1"
 
 
 rule distill:
@@ -41,8 +39,6 @@ rule distill:
         **stage_resources("distill"),
     params:
         cfg=stage_params("distill", method=True),
-        merge=lambda w, input: merge_args(input.shards),
+        command=command_of("metrics"),
     shell:
-        "{TEDDY} distill --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --data $(dirname {input.data})"
-        " {params.merge} --method {wildcards.method} --ipc {wildcards.ipc} --seed {wildcards.seed}"
-        " --out $(dirname {output.metrics}) > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} > {log} 2>&1"

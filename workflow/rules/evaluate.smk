@@ -14,9 +14,6 @@ rule evaluate:
         **stage_resources("evaluate"),
     params:
         cfg=stage_params("evaluate"),
+        command=command_of("metrics"),
     shell:
-        "{TEDDY} evaluate --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --data $(dirname {input.data})"
-        " --synthetic $(dirname {input.synthetic}) --soft-labels $(dirname {input.soft})"
-        " --pool $(dirname {input.pool})"
-        " --arch {wildcards.arch} --seed {wildcards.seed}"
-        " --out $(dirname {output.metrics}) > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} > {log} 2>&1"

@@ -20,6 +20,6 @@ for _i, _file in enumerate(sorted(set(DATA_FILES.values()))):
             **stage_resources("prepare_data"),
         params:
             cfg=stage_params("prepare_data"),
+            command=command_of("metrics"),
         shell:
-            "{TEDDY} prepare-data --config {CONFIG_DIR}/recipe-{wildcards.data_key}.yaml --set run.threads={threads}"
-            " --out $(dirname {output.metrics}) > {log} 2>&1"
+            "{TEDDY} {params.command} --config {CONFIG_DIR}/recipe-{wildcards.data_key}.yaml --set run.threads={threads} > {log} 2>&1"

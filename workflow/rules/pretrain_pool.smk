@@ -14,9 +14,9 @@ rule pretrain_pool_base:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="base"),
+        command=command_of("members"),
     shell:
-        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} --data $(dirname {input.data})"
-        " --member base --out $(dirname {output.members}) > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} > {log} 2>&1"
 
 
 rule pretrain_pool_prior:
@@ -34,12 +34,9 @@ rule pretrain_pool_prior:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="prior"),
-        base=lambda wildcards, input: (
-            f"--base {os.path.dirname(input.base[0])}" if input.base else ""
-        ),
+        command=command_of("members"),
     shell:
-        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} --data $(dirname {input.data})"
-        " {params.base} --member prior:{wildcards.seed} --out $(dirname {output.members}) > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} > {log} 2>&1"
 
 
 rule pretrain_pool_prior_arch:
@@ -58,14 +55,9 @@ rule pretrain_pool_prior_arch:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="prior"),
-        arch=lambda wildcards: MEMBER_ARCHS[wildcards.member_arch],
-        base=lambda wildcards, input: (
-            f"--base {os.path.dirname(input.base[0])}" if input.base else ""
-        ),
+        command=command_of("members"),
     shell:
-        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} --data $(dirname {input.data})"
-        " {params.base} --member prior:{params.arch}:{wildcards.seed} --out $(dirname {output.members})"
-        " > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} > {log} 2>&1"
 
 
 rule pretrain_pool_post:
@@ -84,10 +76,9 @@ rule pretrain_pool_post:
         **stage_resources("pretrain_pool"),
     params:
         cfg=stage_params("pretrain_pool", member="post"),
+        command=command_of("members"),
     shell:
-        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} --data $(dirname {input.data})"
-        " --base $(dirname {input.base}) --member post:{wildcards.index} --out $(dirname {output.members})"
-        " > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} > {log} 2>&1"
 
 
 rule pretrain_pool:
@@ -104,6 +95,7 @@ rule pretrain_pool:
     log:
         "logs/{dataset}/pool/{pool_key}/manifest.log",
     localrule: True
+    params:
+        command=command_of("manifest"),
     shell:
-        "{TEDDY} pretrain-pool --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --assemble $(dirname {input.jobs})"
-        " --out $(dirname {output.manifest}) > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/recipe-{wildcards.pool_key}.yaml --set run.threads={threads} > {log} 2>&1"

@@ -13,7 +13,6 @@ rule relabel:
         **stage_resources("relabel"),
     params:
         cfg=stage_params("relabel"),  # with evaluate.epochs: one stored view per student epoch
+        command=command_of("metrics"),
     shell:
-        "{TEDDY} relabel --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --synthetic $(dirname {input.synthetic})"
-        " --pool $(dirname {input.pool}) --seed {wildcards.seed}"
-        " --out $(dirname {output.metrics}) > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} > {log} 2>&1"

@@ -24,9 +24,6 @@ rule report:
         **stage_resources("report"),
     params:
         cfg=stage_params("report"),
-        evaluations=lambda w, input: " ".join(
-            os.path.dirname(f) for f in input.evaluations
-        ),
+        command=command_of("metrics"),
     shell:
-        "{TEDDY} report --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} --evaluations {params.evaluations}"
-        " --out $(dirname {output.metrics}) > {log} 2>&1"
+        "{TEDDY} {params.command} --config {CONFIG_DIR}/study-{wildcards.study}.yaml --set run.threads={threads} > {log} 2>&1"
