@@ -49,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check teddy tests benchmarks workflow/scripts
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
-# dvc.yaml is generated from teddy/workflow.py's stage table (the jobs Snakemake runs) for STUDY
+# dvc.yaml is generated from teddy/workflow/plan.py's stage table (the jobs Snakemake runs) for STUDY
 # (STUDY=a,b several, STUDY=all every committed study); `make repro STUDY=x` regenerates it for x
 # and reproduces x's report (and whatever it needs) with dvc repro; DVC_SET="run.device=cuda" gives
 # every command machine keys (never what the study computes).

@@ -47,7 +47,9 @@ def command_of(output):
     def command(wildcards, output):
         folder = os.path.dirname(output[key])
         if folder not in COMMANDS:
-            raise ValueError(f"{folder}: no job of the plan writes this folder (teddy.workflow.plan)")
+            raise ValueError(
+                f"{folder}: no job of the plan writes this folder (teddy.workflow.plan)"
+            )
         return shlex.join(COMMANDS[folder])
 
     key = output
