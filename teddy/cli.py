@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from teddy import config as config_mod
+from teddy.method import registry
 
 log = logging.getLogger("teddy")
 
@@ -25,7 +26,7 @@ STAGES = {
     "prepare-data": ("Read, split, resize and cache the dataset.", [], []),
     "pretrain-pool": ("Train the base model and build the pool of weak models.", ["data?", "base?"], []),
     "distill": (
-        "Synthesize the distilled set (teddy / sre2l / random).",
+        f"Synthesize the distilled set ({' / '.join(registry.METHODS)}).",
         ["data", "pool?"],
         ["method", "ipc", "seed"],
     ),
@@ -83,6 +84,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from teddy.data import miniature  # its layout names only (not a stage's code: workflow.deps)
+
     parser = argparse.ArgumentParser(
         prog="teddy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -115,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                 help=f"input folder: {folder}" + (" (only for methods that need it)" if optional else ""),
             )
         for option in sel:
-            p.add_argument(f"--{option}", required=True, type=SELECTION_TYPES[option])
+            hint = {"method": f"{', '.join(registry.METHODS)}, or a distill.variants name"}.get(option)
+            p.add_argument(f"--{option}", required=True, type=SELECTION_TYPES[option], help=hint)
         if name == "pretrain-pool":
             p.add_argument(
                 "--member",
@@ -212,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         "make-miniature",
         help="Write a small copy of an image-file layout (from Fashion-MNIST or digits) to try a layout on.",
     )
-    mini.add_argument("--layout", required=True, choices=["imagefolder", "tiny_imagenet", "imagenet"])
+    mini.add_argument("--layout", required=True, choices=miniature.LAYOUTS)
     mini.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
     mini.add_argument("--classes", type=positive("--classes"), default=10)
     mini.add_argument("--train", type=positive("--train"), default=40, help="training images per class")

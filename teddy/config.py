@@ -33,10 +33,16 @@ class ConfigError(ValueError):
 
 @functools.cache
 def load_schema() -> dict:
-    """The JSON Schema, with the registries' names filled in (teddy.method.registry: a variant's method)."""
+    """The JSON Schema, with the registries' names filled in: run.dataset (teddy.data: array datasets
+    and image-file layouts), distill.matching and a variant's method (teddy.method.registry)."""
+    from teddy.data import datasets
+
     with open(SCHEMA_PATH) as f:
         schema = yaml.safe_load(f)
-    variant = schema["properties"]["distill"]["properties"]["variants"]["additionalProperties"]
+    props = schema["properties"]
+    props["run"]["properties"]["dataset"]["enum"] = datasets.available()
+    props["distill"]["properties"]["matching"]["enum"] = list(registry.MATCHING)
+    variant = props["distill"]["properties"]["variants"]["additionalProperties"]
     variant["properties"]["method"]["enum"] = list(registry.METHODS)
     return schema
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,11 +61,34 @@ class Listing:
                 kept.append((path, label))
             setattr(self, split, kept)
 
+    def train_folder(self, c: int) -> str:
+        """Where class ``c``'s training images sit (relative to the root), for messages."""
+        folders = {os.path.dirname(path) for path, label in self.train if label == c}
+        return os.path.commonpath(sorted(folders)) if folders else f"train/{self.class_ids[c]}"
+
     def per_class(self, split: str = "train") -> list[int]:
         counts = [0] * len(self.class_ids)
         for _, label in getattr(self, split) or []:
             counts[label] += 1
         return counts
+
+
+def layout(name: str, native_size: int | None = None):
+    """Register the decorated lister ``(prepare_data section) -> Listing`` as the image-file dataset
+    ``name`` (``run.dataset: name``; the schema's enum and the dataset registry pick it up).
+    ``native_size``: the side its images have (None: whatever prepare_data.image_size says)."""
+
+    def add(lister: Callable[[Mapping], Listing]) -> Callable[[Mapping], Listing]:
+        from teddy.data.datasets import DatasetSpec, register
+
+        register(DatasetSpec(name=name, classes=(), channels=3, native_size=native_size, lister=lister))
+        LAYOUTS[name] = lister
+        return lister
+
+    return add
+
+
+LAYOUTS: dict[str, Callable[[Mapping], Listing]] = {}  # name → lister, in registration order
 
 
 def root_of(prep: Mapping, name: str) -> Path:
@@ -122,6 +145,7 @@ def _val_from_folders(root: Path, ids: list[str]) -> list[tuple[str, int]]:
     return _entries(root, root / "val", ids)  # a class without a val folder has no val images
 
 
+@layout("imagefolder")
 def list_imagefolder(prep: Mapping) -> Listing:
     root = root_of(prep, "imagefolder")
     ids = _class_dirs(root / "train")
@@ -148,6 +172,7 @@ def _names(path: Path, ids: list[str]) -> list[str]:
     return [names.get(i, i) for i in ids]
 
 
+@layout("tiny_imagenet", native_size=64)
 def list_tiny_imagenet(prep: Mapping) -> Listing:
     root = root_of(prep, "tiny_imagenet")
     wnids = root / "wnids.txt"
@@ -201,6 +226,7 @@ def _csv_truth(truth: Path) -> dict[str, str]:
     return {r[0]: r[1].split()[0] for r in rows if len(r) >= 2 and r[1].strip()}
 
 
+@layout("imagenet")
 def list_imagenet(prep: Mapping) -> Listing:
     root = root_of(prep, "imagenet")
     ids = _class_dirs(root / "train")
@@ -243,17 +269,3 @@ def list_imagenet(prep: Mapping) -> Listing:
             why = f"no label in {found.name}" if wnid is None else f"class {wnid} has no train folder"
             problems.append((path, why))
     return Listing(root, ids, classes, train, val, problems)
-
-
-LAYOUTS = {"imagefolder": list_imagefolder, "tiny_imagenet": list_tiny_imagenet, "imagenet": list_imagenet}
-
-
-def _register() -> None:
-    from teddy.data.datasets import DatasetSpec, register
-
-    sizes = {"imagefolder": None, "tiny_imagenet": 64, "imagenet": None}
-    for name, lister in LAYOUTS.items():
-        register(DatasetSpec(name=name, classes=(), channels=3, native_size=sizes[name], lister=lister))
-
-
-_register()

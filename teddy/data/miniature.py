@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+LAYOUTS = ("imagefolder", "tiny_imagenet", "imagenet")  # the layouts make() writes
+
 # readable names kept exactly: spaces, punctuation and non-ASCII on purpose
 NAMES = [
     "T-shirt, top",

@@ -1,6 +1,8 @@
 """The distillation methods: one :class:`Method` spec each, consulted by the config checks, the CLI,
-distill, estimate, report and the workflow. Adding a method = one entry here (plus its objective
-class, named by import path, and its tests); nothing else compares method names.
+distill, estimate, report and the workflow, and the objectives they optimise. Adding a method = one
+entry in METHODS; an objective = its class (any module) and one entry in OBJECTIVES. The schema's
+enums (a variant's method, distill.matching) and the CLI's help are filled in from here; nothing else
+compares method or objective names.
 
 Torch-free on purpose: the Snakefile and config checks import it at start-up.
 """
@@ -11,14 +13,27 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-# objectives by name: "module:Class", imported only when distill builds one
+
+@dataclass(frozen=True)
+class Objective:
+    """A synthesis objective: its class by import path ("module:Class", imported only when distill
+    builds one: the class is ``(cfg, data, device)`` → ``objective(model, view, labels, gen) ->
+    (loss, terms)``), whether it reads real class batches every step, and whether
+    ``distill.matching`` may name it (an objective of one method only, like unrolled, may not)."""
+
+    path: str
+    real_batches: bool = False
+    matching: bool = True
+
+
 OBJECTIVES = {
-    "bn": "teddy.method.objectives:BNMatching",
-    "taylor": "teddy.method.objectives:TaylorMatching",
-    "cosine": "teddy.method.objectives:CosineMatching",
-    "unrolled": "teddy.method.objectives:Unrolled",
+    "bn": Objective("teddy.method.objectives:BNMatching"),
+    "taylor": Objective("teddy.method.objectives:TaylorMatching", real_batches=True),
+    "cosine": Objective("teddy.method.objectives:CosineMatching", real_batches=True),
+    "unrolled": Objective("teddy.method.objectives:Unrolled", real_batches=True, matching=False),
 }
-REAL_BATCH_OBJECTIVES = {"taylor", "cosine", "unrolled"}  # read real class batches every step
+REAL_BATCH_OBJECTIVES = {name for name, o in OBJECTIVES.items() if o.real_batches}  # read real class batches
+MATCHING = [name for name, o in OBJECTIVES.items() if o.matching]  # the values of distill.matching
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,7 @@ class Method:
         )
 
     def make_objective(self, cfg: Any, data, device):
-        module, _, cls = OBJECTIVES[self.objective_name(cfg)].partition(":")
+        module, _, cls = OBJECTIVES[self.objective_name(cfg)].path.partition(":")
         return getattr(importlib.import_module(module), cls)(cfg, data, device)
 
 

@@ -224,7 +224,7 @@ def prepare_files(cfg, spec, prep: dict, out: Path) -> dict:
         counts = np.bincount([label for _, label in kept["train"]], minlength=len(listing.class_ids)).tolist()
         small = too_few(counts, need)
         for c in small:
-            folder = f"train/{listing.class_ids[c]}" + ("/images" if spec.name == "tiny_imagenet" else "")
+            folder = listing.train_folder(c)
             why = (
                 f"class {listing.classes[c]!r} has {counts[c]} readable training images, fewer than IPC {need}"
             )
