@@ -5,6 +5,7 @@ import torch
 
 from teddy import cli
 from teddy.io import artifacts
+from teddy.method import init
 from teddy.stages import distill
 
 from .conftest import BASE, TINY
@@ -63,7 +64,7 @@ def test_synthesis_lowers_the_objective(tmp_path):
     pool, _ = load_pool(tmp_path / "pool", "base", "cpu")
     manifest = {"num_classes": 10, "channels": 1, "image_size": 8, "mean": [0.3], "std": [0.3]}
     batch = distill.Batch(0, (0,), tuple(range(10)))
-    st = distill.new_state(distill.init_batch(manifest, cfg, None, batch, 0), cfg, "cpu")
+    st = distill.new_state(init.init_batch(manifest, cfg, None, batch, 0), cfg, "cpu")
     gen = torch.Generator().manual_seed(0)
     schedule = distill.draw_schedule(cfg, 10, lambda it, g: 0, gen, "cpu")
     st = distill.synthesize_batch(st, torch.arange(10), pool, BNMatching(cfg), schedule, cfg, gen, "cpu")
@@ -222,7 +223,7 @@ def test_candidates_are_disjoint_across_slots_and_independent_of_batching():
     per_slot = {}
     for slots in (1, 2, 3):
         for batch in distill.plan_batches(3, ipc=3, classes_per_batch=2, slots_per_batch=slots):
-            idx = distill.candidates(source, batch, ipc=3, per_image=4, seed=7)
+            idx = init.candidates(source, batch, ipc=3, per_image=4, seed=7)
             assert idx.shape == (len(batch.labels), 4)
             assert torch.equal(source.labels("train")[idx], batch.labels[:, None].expand(-1, 4))
             for row, slot, c in zip(
@@ -236,7 +237,7 @@ def test_candidates_are_disjoint_across_slots_and_independent_of_batching():
         assert len(picked) == len(set(picked)) == 12  # no candidate serves two slots of a class
     # a class too small for ipc × per_image gives every slot what it can (20 // 3 = 6)
     batch = distill.plan_batches(3, ipc=3, classes_per_batch=None)[0]
-    assert distill.candidates(source, batch, ipc=3, per_image=50, seed=7).shape == (3, 6)
+    assert init.candidates(source, batch, ipc=3, per_image=50, seed=7).shape == (3, 6)
 
 
 def _brightness_case():
@@ -258,7 +259,7 @@ def _brightness_case():
 def test_teacher_choice_picks_the_lowest_cross_entropy():
     cfg, images, teacher = _brightness_case()
     labels = torch.tensor([1, 0])
-    pick = distill.teacher_choice(teacher, images, labels, 3, cfg, torch.Generator(), "cpu", [0, 0])
+    pick = init.teacher_choice(teacher, images, labels, 3, cfg, torch.Generator(), "cpu", [0, 0])
     assert pick.tolist() == [1, 2]
 
 
@@ -266,19 +267,19 @@ def test_teacher_choice_takes_the_asked_rank_of_each_row():
     """ranks[i] picks row i's candidate at that place in the easiest-first order."""
     cfg, images, teacher = _brightness_case()
     labels, gen = torch.tensor([1, 0]), torch.Generator()
-    assert distill.teacher_choice(teacher, images, labels, 2, cfg, gen, "cpu", [1, 3]).tolist() == [3, 1]
-    assert distill.teacher_choice(teacher, images, labels, 2, cfg, gen, "cpu", [3, 2]).tolist() == [2, 3]
+    assert init.teacher_choice(teacher, images, labels, 2, cfg, gen, "cpu", [1, 3]).tolist() == [3, 1]
+    assert init.teacher_choice(teacher, images, labels, 2, cfg, gen, "cpu", [3, 2]).tolist() == [2, 3]
 
 
 def test_stratified_pick_spreads_the_slots_over_the_ranks():
-    assert [distill.pick_rank(s, 50, 16, "easiest", 1.0) for s in range(50)] == [0] * 50
-    assert distill.pick_rank(0, 1, 16, "stratified", 1.0) == 0  # one image per class: the easiest
-    ranks = [distill.pick_rank(s, 50, 16, "stratified", 1.0) for s in range(50)]
+    assert [init.pick_rank(s, 50, 16, "easiest", 1.0) for s in range(50)] == [0] * 50
+    assert init.pick_rank(0, 1, 16, "stratified", 1.0) == 0  # one image per class: the easiest
+    ranks = [init.pick_rank(s, 50, 16, "stratified", 1.0) for s in range(50)]
     assert ranks == sorted(ranks) and set(ranks) == set(range(16))  # every rank, easiest to hardest
     assert max(ranks.count(r) for r in range(16)) - min(ranks.count(r) for r in range(16)) <= 1
-    half = [distill.pick_rank(s, 10, 16, "stratified", 0.5) for s in range(10)]
+    half = [init.pick_rank(s, 10, 16, "stratified", 0.5) for s in range(10)]
     assert half == [0, 0, 1, 2, 3, 4, 4, 5, 6, 7]  # the easier half only
-    assert [distill.pick_rank(s, 3, 2, "stratified", 1.0) for s in range(3)] == [0, 0, 1]  # n < ipc
+    assert [init.pick_rank(s, 3, 2, "stratified", 1.0) for s in range(3)] == [0, 0, 1]  # n < ipc
 
 
 def test_stratified_init_keeps_slot_zero_and_takes_harder_images_later(tmp_path):

@@ -36,6 +36,7 @@ RERUNS = {
     **{f"teddy/stages/{s}.py": {s} for s in STAGES},
     "teddy/method/objectives.py": {"distill"},
     "teddy/method/meta.py": {"distill"},
+    "teddy/method/init.py": {"distill"},
     "teddy/method/losses.py": {"distill", "evaluate"},
     "teddy/pool/prune.py": {"pretrain_pool"},
     "teddy/pool/members.py": POOL_USERS,
