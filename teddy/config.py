@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from teddy.data import datasets
 from teddy.method import registry
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -35,8 +36,6 @@ class ConfigError(ValueError):
 def load_schema() -> dict:
     """The JSON Schema, with the registries' names filled in: run.dataset (teddy.data: array datasets
     and image-file layouts), distill.matching and a variant's method (teddy.method.registry)."""
-    from teddy.data import datasets
-
     with open(SCHEMA_PATH) as f:
         schema = yaml.safe_load(f)
     props = schema["properties"]
@@ -374,8 +373,7 @@ FULL_DATA_MAX_GB = 16  # evaluate.full_data holds the training set in memory as 
 
 def check(data: Mapping) -> None:
     """Checks the schema cannot express: names in registries, datasets present, IPC feasible."""
-    from teddy import models
-    from teddy.data import datasets
+    from teddy import models  # loads torch: not at import (config checks and the Snakefile's DAG)
 
     problems = []
     for key, names in (
@@ -540,7 +538,7 @@ def resolve_for_workflow(raw: Mapping, folder: str | Path) -> tuple[dict, Path]:
     text = yaml.safe_dump(data, sort_keys=True)
     path = Path(folder) / f"config-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
     if not path.exists():
-        from teddy.io.files import atomic_path
+        from teddy.io.files import atomic_path  # loads torch: not at import
 
         with atomic_path(path) as tmp:
             tmp.write_text(text)
@@ -601,7 +599,7 @@ def stable_copy(source: Path, folder: str | Path, name: str) -> Path:
     target = Path(folder) / f"{name}.yaml"
     text = Path(source).read_text()
     if not target.is_file() or target.read_text() != text:
-        from teddy.io.files import atomic_path
+        from teddy.io.files import atomic_path  # loads torch: not at import
 
         with atomic_path(target) as tmp:
             tmp.write_text(text)
@@ -621,16 +619,12 @@ METHODS = tuple(registry.METHODS)  # teddy.method.registry is the registry
 
 def data_file(dataset: str) -> str:
     """The file prepare_data writes besides its manifest: cache.pt (arrays) or index.json (image files)."""
-    from teddy.data import datasets
-
     return "index.json" if datasets.get(dataset).files else "cache.pt"
 
 
 def full_data_ipc(data: Any) -> int | None:
     """IPC of the full-data reference row (random real images at the smallest class's size: the
     whole training set of a balanced dataset), or None when evaluate.full_data is off."""
-    from teddy.data import datasets
-
     plain = data if isinstance(data, Mapping) else to_dict(data)
     if not plain["evaluate"]["full_data"]:
         return None

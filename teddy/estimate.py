@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from teddy import config as config_mod
 from teddy import models
+from teddy.data import datasets
 from teddy.method import registry as method_registry
 
 # published sizes (train, val, classes) for planning before the files are mounted
@@ -40,7 +42,6 @@ DECODE_PER_CORE_S = 300  # ImageNet-sized JPEGs decoded and resized per second o
 
 def runtimes_min(data) -> dict[str, int]:
     """SLURM time limits (minutes) for runtimes set to 0: twice the largest job's estimate + 10."""
-    from teddy import config as config_mod
 
     cfg = config_mod.freeze(data)
     rows, _ = estimate(cfg, cfg.resources.gpu_tflops)
@@ -118,8 +119,6 @@ def measure_tflops(arch: str, spec: models.InputSpec, width: int, device, batch:
 
 
 def dataset_sizes(cfg) -> tuple[int, int, int, str]:
-    from teddy import config as config_mod
-    from teddy.data import datasets
 
     name, prep = cfg.run.dataset, config_mod.to_dict(cfg.prepare_data)
     spec = datasets.get(name)
@@ -147,11 +146,9 @@ def gpu_mem_gb(cost: Cost, batch: int, bytes_per_act: int, optimizer_bytes: int 
 
 
 def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], dict]:
-    from teddy import config as config_mod
 
     n_train, n_val, classes, source = dataset_sizes(cfg)
     p, d, r, e = cfg.pretrain_pool, cfg.distill, cfg.relabel, cfg.evaluate
-    from teddy.data import datasets
 
     data = datasets.get(cfg.run.dataset)
     channels = cfg.prepare_data.channels if data.files else data.channels
@@ -330,8 +327,6 @@ def table(rows: list[Row], info: dict) -> str:
 
 def main(args) -> int:
     import sys
-
-    from teddy import config as config_mod
 
     try:
         cfg = config_mod.load(args.config, args.overrides, check_data=False)

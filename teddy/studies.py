@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from teddy import config as config_mod
-from teddy.io.files import read_json
+from teddy.io.files import atomic_path, read_json
 from teddy.stages.report import PROVENANCE, SUMMARY_CSV, paired_interval
 from teddy.workflow import params, plan
 
@@ -104,7 +104,6 @@ def render(names: list[str]) -> str:
 
 
 def write(out: Path = INDEX, check: bool = False) -> int:
-    from teddy.io.files import atomic_path
 
     text = render(config_mod.study_names())
     if check:

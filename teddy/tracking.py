@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from teddy.config import to_dict
-from teddy.io.files import first_line
+from teddy.io.files import first_line, read_json, write_json
 from teddy.runtime.preemption import CallAbandoned, preemption
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ class PendingTracker(NullTracker):
     def save(self, folder: Path) -> Path:
         """Artifacts inside ``folder`` are kept relative to it, so that the results can be moved
         (copied back from a GPU node, say) before ``teddy sync-tracking`` runs."""
-        from teddy.io.files import write_json
 
         root = Path(folder).resolve()
         kept = [Path(a) for a in self.record["artifacts"]]
@@ -252,8 +251,6 @@ def dataset_input(mlflow, manifest_path: Path) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    from teddy.io.files import read_json
-
     manifest = read_json(manifest_path)
     digest = manifest.get("cache_sha256") or manifest.get("index_sha256") or ""
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
@@ -370,8 +367,6 @@ def sync_pending(path: Path) -> str:
     import time as _time
 
     from mlflow.entities import Metric, Param, RunTag
-
-    from teddy.io.files import read_json
 
     rec = read_json(path)
     mlflow = init_store(rec["uri"], rec["experiment"])

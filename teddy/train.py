@@ -7,6 +7,10 @@ import math
 import torch
 from torch import nn
 
+from teddy.io.checkpoints import load_checkpoint, save_checkpoint
+from teddy.runtime.distributed import is_main
+from teddy.runtime.preemption import Preempted, preemption
+
 
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float):
     if name == "sgd":
@@ -70,7 +74,6 @@ class TrainState:
     def load(self, device) -> dict | None:
         """Restore everything and return the saved loop position, or None when there is nothing to
         resume (no state, or one written for another job: teddy.io.checkpoints.load_checkpoint)."""
-        from teddy.io.checkpoints import load_checkpoint
 
         saved = None if self.path is None else load_checkpoint(self.path, device)
         if saved is None:
@@ -82,7 +85,6 @@ class TrainState:
         return saved["loop"]
 
     def save(self, loop: dict) -> None:
-        from teddy.io.checkpoints import save_checkpoint
 
         if self.path is not None:
             parts = {
@@ -94,14 +96,12 @@ class TrainState:
 
     def preempt(self, loop: dict, where: str) -> None:
         """When preemption is requested: save and raise Preempted (non-resumable loops ignore it)."""
-        from teddy.runtime.preemption import Preempted, preemption
 
         if self.path is not None and preemption.requested:
             self.save(loop)
             raise Preempted(f"preempted {where}; state saved to {self.path}")
 
     def done(self) -> None:
-        from teddy.runtime.distributed import is_main
 
         if self.path is not None and is_main():
             self.path.unlink(missing_ok=True)

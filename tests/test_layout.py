@@ -70,3 +70,21 @@ def test_every_package_folder_says_what_it_holds():
     readme = (ROOT / "README.md").read_text()
     for folder in folders:
         assert f"{folder.name}/" in readme, f"README's Layout section does not name teddy/{folder.name}/"
+
+
+def test_the_config_loader_plan_and_registries_load_no_torch():
+    """The config loader, the plan and the registries are what a config check, `teddy workflow`
+    and the Snakefile's DAG need; they stay torch-free (teddy.method.registry says so) so that
+    checking a config costs no torch start-up. Function-local imports of torch-heavy helpers in
+    them carry a comment saying so. (The Snakefile itself loads torch for SLURM runtime estimates,
+    teddy.workflow.resources → teddy.estimate → teddy.models.)"""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, teddy.config, teddy.workflow.plan, teddy.workflow.params, teddy.workflow.deps, "
+        "teddy.pool.naming, teddy.method.registry, teddy.data.datasets, teddy.data.layouts; "
+        "print(sorted(m for m in ('torch', 'torchvision', 'PIL') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from teddy.data.datasets import DatasetError
+from teddy.data.datasets import DatasetError, DatasetSpec, register
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -79,7 +79,6 @@ def layout(name: str, native_size: int | None = None):
     ``native_size``: the side its images have (None: whatever prepare_data.image_size says)."""
 
     def add(lister: Callable[[Mapping], Listing]) -> Callable[[Mapping], Listing]:
-        from teddy.data.datasets import DatasetSpec, register
 
         register(DatasetSpec(name=name, classes=(), channels=3, native_size=native_size, lister=lister))
         LAYOUTS[name] = lister

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from teddy.data import datasets
+
 LAYOUTS = ("imagefolder", "tiny_imagenet", "imagenet")  # the layouts make() writes
 
 # readable names kept exactly: spaces, punctuation and non-ASCII on purpose
@@ -39,7 +41,6 @@ BAD = {"empty.JPEG": b"", "notes.JPEG": b"this is a text file, not an image\n"}
 
 def source_images(classes: int, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 grey images (n, H, W) and labels: Fashion-MNIST if installed, else digits."""
-    from teddy.data import datasets
 
     prep = {"fashion_mnist_dir": "/usr/share/datasets/fashion-mnist", "val_fraction": 0.2, "split_seed": 0}
     try:

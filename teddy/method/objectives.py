@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from teddy.method import meta
+from teddy.method import meta, registry
 from teddy.method.losses import BNStatsRecorder, bn_matching_loss, gradient_cosine_loss, layer_weights
 from teddy.train import to_unit
 
@@ -159,6 +159,5 @@ class Unrolled:
 
 def make_objective(method: str, cfg, data, device):
     """The objective ``method`` optimises under ``cfg`` (teddy.method.registry decides which)."""
-    from teddy.method import registry
 
     return registry.get(method).make_objective(cfg, data, device)

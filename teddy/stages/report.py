@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from teddy import config
+from teddy.config import STUDIES_DIR, full_data_ipc, full_data_row, to_dict
+from teddy.io.checkpoints import code_digest
 from teddy.io.files import ArtifactError, atomic_path, read_json, write_json
 from teddy.method import registry
+from teddy.runtime.provenance import git_sha, provenance
+from teddy.workflow.plan import evaluation_grid
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +32,6 @@ def provenance_of(cfg) -> dict:
     import hashlib
     import json
 
-    from teddy.config import to_dict
-    from teddy.runtime.provenance import provenance
-
     config_json = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
     return provenance() | {"config_sha256": hashlib.sha256(config_json).hexdigest(), "study": study_record(cfg)}
 
@@ -37,7 +39,6 @@ def provenance_of(cfg) -> dict:
 def study_record(cfg) -> dict:
     """The study a report belongs to: its name, file (None: a config that is no committed study) and
     the commands that rebuild it."""
-    from teddy.config import STUDIES_DIR
 
     name = cfg.study.name
     file = STUDIES_DIR / f"{name}.yaml"
@@ -69,8 +70,6 @@ def provenance_line(prov: dict) -> str:
 def stale_report(folder: Path) -> str | None:
     """Why a report folder's numbers come from another version of the code than the one installed
     (None: same sources, or no provenance recorded)."""
-    from teddy.io.checkpoints import code_digest
-    from teddy.runtime.provenance import git_sha
 
     path = folder / PROVENANCE
     if not path.is_file():
@@ -167,7 +166,6 @@ def find_evaluations(folders: list[str]) -> list[Path]:
 
 def in_config_grid(df: pd.DataFrame, cfg) -> pd.DataFrame:
     """Keep rows of the configured grid (a searched tree may hold runs of older configs)."""
-    from teddy.config import full_data_ipc, full_data_row
 
     full = full_data_ipc(cfg)
     in_grid = df.method.isin(cfg.distill.methods) & df.ipc.isin(cfg.distill.ipcs)
@@ -215,8 +213,6 @@ def missing_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
 def missing_runs(df: pd.DataFrame, cfg) -> list[str]:
     """Runs of the configured grid with no evaluation (a partial run, or a dvc.yaml generated for
     another grid), as 'method ipcK arch sS'."""
-    from teddy.config import full_data_row, to_dict
-    from teddy.workflow.plan import evaluation_grid
 
     renamed = full_data_row(cfg)
     have = set(zip(df.method, df.ipc, df.arch, df.seed, strict=True))
@@ -411,7 +407,6 @@ def plot(df: pd.DataFrame, path: Path) -> None:
 def pool_ablation(df: pd.DataFrame, cfg) -> pd.DataFrame | None:
     """Top-1 (mean ± std over seeds) by pool generation (rows) and pool size M (columns), for the
     configured teddy variants plus sre2l as the M = 1 base-only pool; None without such rows."""
-    from teddy import config
 
     rows = []
     for name in df.method.unique():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from teddy import estimate
+
 
 def stage_resources(data: Mapping, stage: str) -> dict:
     """Snakemake rule resources of a stage from ``resources.<stage>``: runtime (minutes) ×
@@ -25,7 +27,6 @@ _RUNTIMES: dict[str, dict] = {}
 
 
 def _estimated_runtimes(data: Mapping) -> dict:
-    from teddy import estimate
 
     key = json.dumps(data, sort_keys=True, default=str)
     if key not in _RUNTIMES:  # one estimate per config and process (Snakemake asks once per rule)
