@@ -434,10 +434,10 @@ def check(data: Mapping) -> None:
             "local checkpoint, or null to train the base model"
         )
     distill_keys = (
-        set(load_schema()["properties"]["distill"]["properties"]) - GRID_KEYS["distill"] - {"variants"}
+        set(load_schema()["properties"]["distill"]["properties"]) - grid_keys()["distill"] - {"variants"}
     )
     for name, variant in data["distill"]["variants"].items():
-        if name in METHODS:
+        if name in registry.METHODS:
             problems.append(
                 f"config key distill.variants.{name}: a variant cannot reuse a method name; rename it"
             )
@@ -448,7 +448,7 @@ def check(data: Mapping) -> None:
                 f"config key distill.variants.{name}.{key}: not a distill key a variant can set"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
             )
-        if not unknown and name not in METHODS:  # the variant's own config must be valid too
+        if not unknown and name not in registry.METHODS:  # the variant's own config must be valid too
             merged = copy.deepcopy(dict(data))
             merged["distill"] = {**merged["distill"], **_variant_keys(variant)}
             merged["distill"] |= {"variants": {}, "methods": [variant["method"]]}
@@ -463,9 +463,9 @@ def check(data: Mapping) -> None:
             except ConfigError as err:
                 problems.append(f"config key distill.variants.{name}: {str(err).split(chr(10), 1)[-1].strip()}")
     for name in data["distill"]["methods"]:
-        if name not in METHODS and name not in data["distill"]["variants"]:
+        if name not in registry.METHODS and name not in data["distill"]["variants"]:
             problems.append(
-                f"config key distill.methods: {name!r} is neither a method ({', '.join(METHODS)}) nor "
+                f"config key distill.methods: {name!r} is neither a method ({', '.join(registry.METHODS)}) nor "
                 "defined under distill.variants"
             )
     for name in data["pretrain_pool"]["member_archs"]:
@@ -606,57 +606,22 @@ def stable_copy(source: Path, folder: str | Path, name: str) -> Path:
     return target
 
 
-# Keys that only define the workflow's grid of jobs (one job per value), not what a job computes.
-GRID_KEYS = {
-    "run": {"seeds", "threads"},
-    "distill": {"methods", "ipcs", "grid_max_ipc", "shards", "checkpoint_every", "variants"},
-    "evaluate": {"archs", "full_data_archs"},
-}
+def plain(data: Any) -> dict:
+    """A config as a plain nested mapping: ``data`` itself when it is one (the workflow's resolved
+    configs), else the frozen config's to_dict (a stage's). The one place the two shapes meet."""
+    return data if isinstance(data, Mapping) else to_dict(data)
 
 
-METHODS = tuple(registry.METHODS)  # teddy.method.registry is the registry
-
-
-def data_file(dataset: str) -> str:
-    """The file prepare_data writes besides its manifest: cache.pt (arrays) or index.json (image files)."""
-    return "index.json" if datasets.get(dataset).files else "cache.pt"
-
-
-def full_data_ipc(data: Any) -> int | None:
-    """IPC of the full-data reference row (random real images at the smallest class's size: the
-    whole training set of a balanced dataset), or None when evaluate.full_data is off."""
-    plain = data if isinstance(data, Mapping) else to_dict(data)
-    if not plain["evaluate"]["full_data"]:
-        return None
-    return datasets.get(plain["run"]["dataset"]).min_train_per_class(plain["prepare_data"])
-
-
-def full_data_row(data: Any, full: int | None = None) -> int | None:
-    """IPC of the full-data row as a row of its own: method BASELINE at full_data_ipc when
-    evaluate.full_data is on and that IPC is not one of distill.ipcs (else that run is the
-    baseline's own row, with the sets' epochs and students); None otherwise. The one rule the
-    evaluation grid, the student epochs and the report's naming share. ``full``: full_data_ipc(data)
-    when the caller has it (for image folders it counts every class's files)."""
-    plain = data if isinstance(data, Mapping) else to_dict(data)
-    full = full_data_ipc(plain) if full is None else full
-    return full if full is not None and full not in plain["distill"]["ipcs"] else None
-
-
-def student_epochs(data: Any, method: str, ipc: int) -> int:
-    """Student epochs of the set (``method``, ``ipc``), which are also the relabel views stored per
-    image: evaluate.full_data_epochs for the full-data row when set (its epochs are the whole
-    training set), else evaluate.epochs."""
-    plain = data if isinstance(data, Mapping) else to_dict(data)
-    e = plain["evaluate"]
-    if e["full_data_epochs"] is not None and method == registry.BASELINE and ipc == full_data_row(plain):
-        return e["full_data_epochs"]
-    return e["epochs"]
-
-
-def algorithm(data: Mapping, name: str) -> str:
-    """The method behind a method or variant name (``data``: config mapping or frozen config)."""
-    variants = data["distill"]["variants"] if isinstance(data, Mapping) else data.distill.variants
-    return variants[name]["method"] if name in variants else name
+@functools.cache
+def grid_keys() -> dict[str, frozenset[str]]:
+    """Per section, the keys that define the workflow's grid of jobs (one job per value) rather than
+    what one job computes: those the schema marks ``x-grid: true``."""
+    return {
+        name: frozenset(
+            k for k, v in body.get("properties", {}).items() if isinstance(v, Mapping) and v.get("x-grid")
+        )
+        for name, body in load_schema()["properties"].items()
+    }
 
 
 def resolve_variant(cfg: Any, name: str) -> tuple[Any, str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from teddy import config as config_mod
-from teddy import models
+from teddy import models, protocol
 from teddy.data import datasets
 from teddy.method import registry as method_registry
 
@@ -208,7 +208,7 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     pool.disk_gb = (members * base.params + others) * 4 / 1e9
     rows.append(pool)
 
-    methods = [config_mod.algorithm(config_mod.to_dict(cfg), m) for m in d.methods]
+    methods = [protocol.algorithm(cfg, m) for m in d.methods]
     optimised = [m for m in methods if method_registry.get(m).optimises]
     sets = [(m, ipc) for m in methods for ipc in d.ipcs for _ in cfg.run.seeds]
     dist = Row("distill")

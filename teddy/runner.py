@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from teddy import config as config_mod
-from teddy import models, tracking
+from teddy import models, protocol, tracking
 from teddy.data import datasets
 from teddy.data.datasets import DatasetError
 from teddy.io import artifacts
@@ -151,13 +151,13 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
             if naming.needs_base(cfg.pretrain_pool, kind) and "base" not in inputs:
                 member = options["member"]
                 return f"--member {member} starts from the base model: pass --base (the base job's --out)"
-    algo = config_mod.algorithm(cfg, selection["method"]) if "method" in selection else None
+    algo = protocol.algorithm(cfg, selection["method"]) if "method" in selection else None
     needs_pool = algo in registry.METHODS and registry.get(algo).pool is not None
     if needs_pool and "pool" not in inputs and not merging:
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
     if "arch" in selection and not models.known(selection["arch"]):
         return f"--arch: {models.unknown_message(selection['arch'])}"
-    known = [*config_mod.METHODS, *cfg.distill.variants]
+    known = [*registry.METHODS, *cfg.distill.variants]
     if "method" in selection and selection["method"] not in known:
         return f"--method {selection['method']!r}: use one of {', '.join(known)} (variants: distill.variants)"
     if "ipc" in selection:

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from teddy import augment, cli
+from teddy import augment, cli, protocol
 from teddy.io import artifacts
 from teddy.pool.members import load_pool
 
@@ -210,15 +210,16 @@ def test_the_full_data_row_has_its_own_epochs_in_relabel_and_evaluate(tmp_path):
     over += ["evaluate.hard_label_archs=[convnet]"]
     extra = [a for o in over for a in ("--set", o)]
     cfg_obj = config.load([BASE, TINY], over)
-    full = config.full_data_ipc(cfg_obj)
-    assert config.student_epochs(cfg_obj, "random", full) == 2
+    full = protocol.full_data_ipc(cfg_obj)
+    assert protocol.student_epochs(cfg_obj, "random", full) == 2
     assert (
-        config.student_epochs(cfg_obj, "random", 2) == 3 and config.student_epochs(cfg_obj, "teddy", full) == 3
+        protocol.student_epochs(cfg_obj, "random", 2) == 3
+        and protocol.student_epochs(cfg_obj, "teddy", full) == 3
     )
     # full data at a configured IPC is random's own row: the sets' epochs
     same = config.load([BASE, TINY], [*over, f"distill.ipcs=[1, {full}]"])
-    assert config.student_epochs(same, "random", full) == 3
-    assert config.student_epochs(config.load([BASE, TINY], over[1:]), "random", full) == 3  # row off
+    assert protocol.student_epochs(same, "random", full) == 3
+    assert protocol.student_epochs(config.load([BASE, TINY], over[1:]), "random", full) == 3  # row off
 
     for ipc, epochs in ((full, 2), (2, 3)):
         cfg, d, p, s = tiny_synthetic_set(tmp_path / f"ipc{ipc}", *extra, ipc=ipc)

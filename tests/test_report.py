@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from teddy import config
+from teddy import config, protocol
 from teddy.data import datasets
 from teddy.stages import report
 
@@ -53,7 +53,7 @@ def test_a_variant_that_cannot_run_fails_at_load():
 
 def test_full_data_row_is_named_kept_out_of_ior_and_drawn(tmp_path):
     cfg = config.load([BASE], ["evaluate.full_data=true", "evaluate.archs=[convnet]"])
-    full = config.full_data_ipc(cfg)
+    full = protocol.full_data_ipc(cfg)
     train_y = datasets.get("digits").reader(config.to_dict(cfg.prepare_data)).train_y
     assert full == int(np.bincount(train_y).min())  # every class's images, at the smallest class's size
     rows = [
@@ -172,7 +172,7 @@ def test_hlr_is_full_data_hard_top1_minus_the_sets_same_arch_and_seed():
 def test_configured_runs_without_an_evaluation_are_listed():
     """A partial run, or a dvc.yaml generated for another grid, must not shrink the report silently."""
     cfg = config.load([BASE], ["evaluate.full_data=true", "evaluate.archs=[convnet]", "run.seeds=[0, 1]"])
-    full = config.full_data_ipc(cfg)
+    full = protocol.full_data_ipc(cfg)
     present = [("random", 1, 0), ("teddy", 1, 0), ("random", 10, 0), ("teddy", 10, 0), ("full data", full, 0)]
     df = pd.DataFrame(
         [{"method": m, "ipc": i, "arch": "convnet", "seed": s, "top1": 50.0} for m, i, s in present]
@@ -248,13 +248,13 @@ def test_full_data_keeps_random_s_name_when_its_ipc_is_configured():
     """With full data's IPC among distill.ipcs, that random run is random's own row (not renamed);
     random runs at IPCs outside the grid stay out whatever evaluate.full_data says."""
     cfg = config.load([BASE], ["evaluate.full_data=true", "evaluate.archs=[convnet]"])
-    full = config.full_data_ipc(cfg)
+    full = protocol.full_data_ipc(cfg)
     same = config.load(
         [BASE], ["evaluate.full_data=true", "evaluate.archs=[convnet]", f"distill.ipcs=[1, {full}]"]
     )
     off = config.load([BASE], ["evaluate.archs=[convnet]"])
-    assert config.full_data_row(cfg) == full and config.full_data_row(same) is None
-    assert config.full_data_row(off) is None
+    assert protocol.full_data_row(cfg) == full and protocol.full_data_row(same) is None
+    assert protocol.full_data_row(off) is None
     rows = [{"method": "random", "ipc": i, "top1": 50.0} for i in (1, 7, full)] + [
         {"method": "teddy", "ipc": full, "top1": 40.0}
     ]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from teddy import protocol
 from teddy.cli import STAGES
 
 from .conftest import BASE, ROOT
@@ -171,7 +172,7 @@ def test_the_full_data_row_runs_on_full_data_archs_only():
 
     over = ["evaluate.full_data=true", "evaluate.archs=[convnet, resnet18]", "run.seeds=[0, 1]"]
     cfg = config.load([BASE], [*over, "evaluate.full_data_archs=[convnet]"])
-    full = config.full_data_ipc(cfg)
+    full = protocol.full_data_ipc(cfg)
     grid = plan.evaluation_grid(config.to_dict(cfg))
     rows = {(g["method"], g["ipc"], g["arch"]) for g in grid}
     assert {a for m, i, a in rows if i == full} == {"convnet"} and len(grid) == 2 * (2 * 2 * 2 + 1)

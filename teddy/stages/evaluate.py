@@ -15,12 +15,12 @@ import torch
 
 from teddy import health, models
 from teddy.augment import render
-from teddy.config import student_epochs
 from teddy.data.source import open_source
 from teddy.io import artifacts
 from teddy.io.files import ArtifactError, atomic_path, read_json
 from teddy.method.losses import mixed_cross_entropy, soft_kl
 from teddy.pool.members import Teacher, check_stored_logits, check_teacher_accuracy
+from teddy.protocol import student_epochs
 from teddy.runtime.distributed import data_parallel, local_part, share_weight
 from teddy.runtime.progress import Progress
 from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
@@ -46,7 +46,7 @@ def train_student(
 ) -> int:
     """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online; with
     ``hard_labels``, cross-entropy to the images' labels on the same views instead. ``epochs``:
-    evaluate.epochs unless given (the full-data row's, config.student_epochs).
+    evaluate.epochs unless given (the full-data row's, teddy.protocol.student_epochs).
 
     ``on_epoch(epoch, loss, extra) -> extra`` after every epoch (``extra``: e.g. the accuracy curve,
     None at first); ``progress`` (its loop's :class:`Progress`) learns the epoch a rerun resumes at.

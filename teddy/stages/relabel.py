@@ -16,10 +16,10 @@ import torch
 
 from teddy import augment
 from teddy.augment import render
-from teddy.config import student_epochs
 from teddy.io import artifacts
 from teddy.io.artifacts import SOFT_LABELS
 from teddy.pool.members import Teacher
+from teddy.protocol import student_epochs
 from teddy.runtime.progress import Progress
 
 

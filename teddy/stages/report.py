@@ -9,10 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from teddy import config
-from teddy.config import STUDIES_DIR, full_data_ipc, full_data_row, to_dict
+from teddy.config import STUDIES_DIR, to_dict
 from teddy.io.checkpoints import code_digest
 from teddy.io.files import ArtifactError, atomic_path, read_json, write_json
 from teddy.method import registry
+from teddy.protocol import full_data_ipc, full_data_row
 from teddy.runtime.provenance import git_sha, provenance
 from teddy.workflow.plan import evaluation_grid
 

@@ -9,9 +9,10 @@ import json
 from collections.abc import Mapping
 
 from teddy import config as config_mod
-from teddy.config import GRID_KEYS, algorithm
+from teddy.config import grid_keys
 from teddy.method import registry
 from teddy.pool.naming import pool_job_config
+from teddy.protocol import algorithm
 
 
 def job_params(data: Mapping, stage: str, method: str | None = None, member: str | None = None) -> dict:
@@ -44,7 +45,7 @@ def param_keys(data: Mapping, stage: str, method: str | None = None, member: str
             pool_job_config(data["pretrain_pool"], member.split(":")[0]) if member else data["pretrain_pool"]
         )
         return keys + [f"pretrain_pool.{k}" for k in section]
-    grid = GRID_KEYS.get(stage, set())
+    grid = grid_keys().get(stage, frozenset())
     section = [k for k in data[stage] if k not in grid]
     if stage == "distill" and method is not None:
         section = registry.get(algorithm(data, method)).distill_keys(section)
@@ -55,7 +56,7 @@ def param_keys(data: Mapping, stage: str, method: str | None = None, member: str
     if stage == "relabel":
         keys.append("evaluate.epochs")  # one stored view per student epoch
         if data["evaluate"]["full_data"]:
-            keys.append("evaluate.full_data_epochs")  # the full-data row's (config.student_epochs)
+            keys.append("evaluate.full_data_epochs")  # the full-data row's (teddy.protocol.student_epochs)
     return keys
 
 

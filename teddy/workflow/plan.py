@@ -8,9 +8,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from teddy.config import RESOLVED, algorithm, full_data_row
+from teddy.config import RESOLVED
 from teddy.method import registry
 from teddy.pool.naming import arch_slug, needs_base, parse_member, pool_job_names
+from teddy.protocol import algorithm, full_data_row
 from teddy.workflow.params import param_keys, recipe_keys
 
 FOLDERS = {

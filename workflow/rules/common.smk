@@ -3,7 +3,8 @@ import re
 import shlex
 import sys
 
-from teddy.config import algorithm, data_file, stable_copy
+from teddy.config import stable_copy
+from teddy.protocol import algorithm, data_file
 from teddy.workflow.plan import KEY_PATTERN, evaluation_grid, final_outputs, path, plan
 from teddy.workflow.deps import code_files
 from teddy.workflow.params import job_params, recipe_keys
