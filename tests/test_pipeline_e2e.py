@@ -216,6 +216,7 @@ def test_snakemake_and_dvc_give_the_same_results(snakemake_project, dvc_project)
 
 def edit(project: Path, module: str) -> None:
     """A code change that changes no behaviour: what matters is which jobs each tool reruns."""
+    assert (project / "teddy" / module).is_file(), f"teddy/{module} moved: update the test"
     with open(project / "teddy" / module, "a") as f:
         f.write("\n# edited by the rerun-scope test\n")
 
@@ -236,15 +237,15 @@ def dvc_ran(project: Path) -> set[str]:
 
 
 def test_a_code_change_reruns_exactly_the_stages_downstream_of_it(snakemake_project, dvc_project):
-    # report.py is the report's code only
+    # stages/report.py is the report's code only
     for project in (snakemake_project, dvc_project):
-        edit(project, "report.py")
+        edit(project, "stages/report.py")
     assert snakemake_plan(snakemake_project) == {"report"}
     assert dvc_ran(dvc_project) == {"report"}
-    # relabel.py: the relabel jobs, and everything downstream of them
+    # stages/relabel.py: the relabel jobs, and everything downstream of them
     run([*SNAKEMAKE, "2"], snakemake_project)
     for project in (snakemake_project, dvc_project):
-        edit(project, "relabel.py")
+        edit(project, "stages/relabel.py")
     assert snakemake_plan(snakemake_project) == {"relabel", "evaluate", "report"}
     assert dvc_ran(dvc_project) == {"relabel", "evaluate", "report"}
 
@@ -261,7 +262,7 @@ def test_a_library_module_change_schedules_only_the_stages_that_run_it(snakemake
     editing the image decoder schedules everything (Snakemake's dry run, `dvc status`)."""
     run([*SNAKEMAKE, "2"], snakemake_project)  # up to date after the test above
     expected = {  # module → (Snakemake: the jobs that rerun, DVC: the stages whose code changed)
-        "losses.py": (
+        "method/losses.py": (
             {"distill_shard", "distill", "relabel", "evaluate", "report"},
             {"distill_shard", "distill", "evaluate"},  # relabel's inputs are unchanged bytes: DVC skips it
         ),
