@@ -67,11 +67,12 @@ def extended(tmp_path_factory):
     return project
 
 
-def test_the_extending_page_states_these_counts():
-    page = (ROOT / "docs" / "extending.md").read_text()
+@pytest.mark.parametrize("page", ["docs/extending.md", "README.md"])
+def test_the_pages_state_these_counts(page):
+    text = (ROOT / page).read_text()
     for what, files in EXTENDING_ROWS.items():
-        row = next((line for line in page.splitlines() if line.startswith(f"| {what} |")), None)
-        assert row is not None, f"docs/extending.md has no row for {what}"
+        row = next((line for line in text.splitlines() if line.startswith(f"| {what} |")), None)
+        assert row is not None, f"{page} has no row for {what}"
         assert re.search(rf"\| {what} \| {files} \|", row), row
 
 
