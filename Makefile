@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-quick test-slurm lint dvc-yaml repro index mutation report-html plots mlflow-ui bench bench-fidelity bench-data gpu-check lock clean
+.PHONY: run test test-quick test-slurm lint dvc-yaml repro index mutation report-html plots mlflow-ui bench bench-fidelity bench-data bench-peers gpu-check lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,11 @@ bench: $(STAMP)
 # Every distill objective against the exact unrolled meta-gradient → benchmarks/results/fidelity.json.
 bench-fidelity: $(STAMP)
 	$(BIN)/python benchmarks/fidelity.py $(BENCH_ARGS)
+
+# The package's synthesis step vs SRe2L's recover loop (re-implemented from their public code),
+# interleaved repeats → benchmarks/results/peers.json (BENCH_ARGS="--device cuda" on a GPU).
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/peers.py $(BENCH_ARGS)
 
 # Data loading: teddy's image-file loader vs torchvision ImageFolder+PIL → benchmarks/results/data.json.
 bench-data: $(STAMP)

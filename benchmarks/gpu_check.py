@@ -3,17 +3,19 @@
     make gpu-check                       # on a GPU node, e.g. srun --gpus=1 make gpu-check
     python benchmarks/gpu_check.py --device cpu --quick --out DIR    # CPU smoke run (make test)
 
-Five parts, each in its own process group with its own time budget, inside --budget seconds in all
-(default 450: a lent GPU session has 8 minutes of wall time for the whole command):
+Six parts, each in its own process group with its own time budget, inside --budget seconds in all
+(default 525: a lent GPU session has 15 minutes of device time, start-up included):
 
 1. ``gpu_tests``: ``pytest -m gpu`` (bf16 vs fp32 synthesis, DDP with NCCL at world size 1);
 2. ``bench_distill``: benchmarks/distill.py on the device (Teddy step vs bare forward+backward,
    unrolled K ratios; the objectives' fidelity is device-independent: benchmarks/fidelity.py);
 3. ``bench_evaluate``: benchmarks/evaluate.py on the device (evaluation loop vs a DataLoader
    pipeline; goal on GPU ≥ 3× its images/s);
-4. ``synthesis``: ResNet-18 BN-matching throughput at 32, 64 and 224 px, batch 100 (images/s,
+4. ``bench_peers``: benchmarks/peers.py on the device (the package's synthesis step vs SRe2L's
+   recover loop, interleaved; goal on CUDA ≥ 1.5× at 224 px, batch 100);
+5. ``synthesis``: ResNet-18 BN-matching throughput at 32, 64 and 224 px, batch 100 (images/s,
    iteration time, peak CUDA memory) and from it the GPU-hours to distil ImageNet-1K at IPC 10/50;
-5. ``pipeline``: a short Fashion-MNIST pipeline through Snakemake on the device (one IPC, one seed,
+6. ``pipeline``: a short Fashion-MNIST pipeline through Snakemake on the device (one IPC, one seed,
    two students; digits when the Debian Fashion-MNIST files are absent), each stage's wall time.
 
 A part that does not fit in the time left is skipped and says so; a part that overruns its budget
@@ -41,6 +43,7 @@ BUDGETS = {
     "gpu_tests": (60, 60),
     "bench_distill": (90, 120),
     "bench_evaluate": (90, 90),
+    "bench_peers": (75, 120),
     "synthesis": (60, 60),
     "pipeline": (150, 240),
 }
@@ -190,6 +193,9 @@ PARTS = {
         "evaluate",
         ("throughput_images_per_s", "throughput_ratio_vs_dataloader", "max_possible_ratio_vs_dataloader"),
     ),
+    "bench_peers": benchmark(
+        "peers", ("speedup_median", "teddy_overhead_vs_bare", "peak_memory_ratio", "agreement_max_rel")
+    ),
     "synthesis": synthesis,
     "pipeline": pipeline,
 }
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cpu, or auto")
     parser.add_argument("--quick", action="store_true", help="smoke sizes (the CPU test in make test)")
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for all parts together")
+    parser.add_argument("--budget", type=float, default=525.0, help="seconds for all parts together")
     parser.add_argument(
         "--out", type=Path, help="results folder (default: benchmarks/results on CUDA, benchmarks/out on CPU)"
     )
@@ -357,7 +363,11 @@ def check(args, torch) -> int:
             record.pop("log", None)
             result["parts"][name] = record
             log(f"{name}: {record['status']} in {record['wall_s']:.1f} s")
-        for name in ("distill.json", "evaluate.json"):  # full benchmark outputs beside the summary
+        for name in (
+            "distill.json",
+            "evaluate.json",
+            "peers.json",
+        ):  # full benchmark outputs beside the summary
             if (work / name).is_file():
                 shutil.copy(work / name, args.out / f"gpu_check_{name}")
     result["wall_s"] = time.monotonic() - t0

@@ -27,7 +27,7 @@ def smoke(tmp_path_factory):
 def test_every_part_runs_on_cpu(smoke):
     out, result = smoke
     assert {n: p["status"] for n, p in result["parts"].items()} == dict.fromkeys(
-        ("gpu_tests", "bench_distill", "bench_evaluate", "synthesis", "pipeline"), "ok"
+        ("gpu_tests", "bench_distill", "bench_evaluate", "bench_peers", "synthesis", "pipeline"), "ok"
     )
     assert (out / "gpu_check.md").read_text().startswith("# GPU check (cpu)")
     assert json.loads((out / "gpu_check_distill.json").read_text())["device"] == "cpu"
@@ -45,6 +45,8 @@ def test_figures_are_measured(smoke):
     parts = smoke[1]["parts"]
     assert parts["bench_distill"]["figures"]["overhead_vs_fwd_bwd"] > -1
     assert parts["bench_evaluate"]["figures"]["throughput_images_per_s"] > 0
+    assert parts["bench_peers"]["figures"]["speedup_median"]["32px"] > 0
+    assert parts["bench_peers"]["figures"]["agreement_max_rel"] < 1e-5
     assert parts["synthesis"]["figures"]["32px"]["images_per_s"] > 0
     walls = parts["pipeline"]["stage_wall_s"]
     assert set(walls) == {"prepare_data", "pretrain_pool", "distill", "relabel", "evaluate", "report"}
