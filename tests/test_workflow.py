@@ -223,3 +223,20 @@ def test_dvc_runs_each_job_with_the_threads_snakemake_gives_it():
     cpus = config.to_dict(config.load([BASE]))["resources"]
     for job in plan.plan(config.to_dict(config.load([BASE]))):
         assert f"--set run.threads={cpus[job.code]['cpus']} " in stages[job.name]["cmd"], job.name
+
+
+def test_every_job_is_found_by_the_folder_it_writes():
+    """Snakemake's rules take their commands from the plan by output folder: each job's folder is
+    its own, and a folder no job writes is an error naming it, not a wrong command."""
+    from teddy import config
+    from teddy.workflow import plan
+
+    data = config.to_dict(config.load([BASE]))
+    jobs = plan.plan(data)
+    commands = plan.commands_by_folder([data])
+    assert len(commands) == len(jobs)
+    for job in jobs:
+        folder = job.command[job.command.index("--out") + 1]
+        assert plan.command_in(commands, folder).split() == list(job.command)
+    with pytest.raises(ValueError, match="results/nowhere: no job of the plan writes this folder"):
+        plan.command_in(commands, "results/nowhere")

@@ -5,6 +5,7 @@ params) and the folders they live in.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -245,6 +246,23 @@ def plan(data: Mapping) -> list[Job]:
         )
     )
     return jobs
+
+
+def commands_by_folder(configs: list[Mapping]) -> dict[str, tuple[str, ...]]:
+    """Every job's command of the resolved ``configs`` (studies run together), keyed by the folder it
+    writes (``--out``): how Snakemake's rules take their shell commands from the plan."""
+    commands: dict[str, tuple[str, ...]] = {}
+    for data in configs:
+        for job in plan(data):
+            commands.setdefault(job.command[job.command.index("--out") + 1], job.command)
+    return commands
+
+
+def command_in(commands: Mapping[str, tuple[str, ...]], folder: str) -> str:
+    """The shell-quoted command of the job writing ``folder`` (see commands_by_folder)."""
+    if folder not in commands:
+        raise ValueError(f"{folder}: no job of the plan writes this folder (teddy.workflow.plan)")
+    return shlex.join(commands[folder])
 
 
 def final_outputs(data: Mapping) -> list[str]:

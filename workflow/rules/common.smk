@@ -1,11 +1,17 @@
 import os
 import re
-import shlex
 import sys
 
 from teddy.config import stable_copy
 from teddy.protocol import algorithm, data_file
-from teddy.workflow.plan import KEY_PATTERN, evaluation_grid, final_outputs, path, plan
+from teddy.workflow.plan import (
+    KEY_PATTERN,
+    command_in,
+    commands_by_folder,
+    evaluation_grid,
+    final_outputs,
+    path,
+)
 from teddy.workflow.deps import code_files
 from teddy.workflow.params import job_params, recipe_keys
 from teddy.pool.naming import arch_slug, needs_base, pool_job_names
@@ -33,28 +39,14 @@ CONFIGS = [data for data, _ in STUDIES.values()]
 MEMBER_ARCHS = {
     arch_slug(a): a for data in CONFIGS for a in data["pretrain_pool"]["member_archs"]
 }
-# Every job's teddy command comes from the plan (teddy.workflow.plan, which dvc.yaml is written from
-# too), keyed by the folder it writes; a rule's shell adds only what Snakemake decides: the config
-# file its wildcards name, the threads and the log.
-COMMANDS = {}
-for _data in CONFIGS:
-    for _job in plan(_data):
-        COMMANDS.setdefault(_job.command[_job.command.index("--out") + 1], _job.command)
+# Every job's teddy command comes from the plan (as dvc.yaml's do), by the folder it writes; a
+# rule's shell adds only what Snakemake decides: the config file its wildcards name, threads, log.
+COMMANDS = commands_by_folder(CONFIGS)
 
 
-def command_of(output):
-    """The plan's command (stage and arguments) of the job whose ``output`` file the rule writes."""
-
-    def command(wildcards, output):
-        folder = os.path.dirname(output[key])
-        if folder not in COMMANDS:
-            raise ValueError(
-                f"{folder}: no job of the plan writes this folder (teddy.workflow.plan)"
-            )
-        return shlex.join(COMMANDS[folder])
-
-    key = output
-    return command
+def command_of(name):
+    """params: the plan's command of the job writing the rule's output ``name``."""
+    return lambda wildcards, output: command_in(COMMANDS, os.path.dirname(output[name]))
 
 
 DATA_FILES = {
