@@ -79,15 +79,10 @@ def layout(name: str, native_size: int | None = None):
     ``native_size``: the side its images have (None: whatever prepare_data.image_size says)."""
 
     def add(lister: Callable[[Mapping], Listing]) -> Callable[[Mapping], Listing]:
-
         register(DatasetSpec(name=name, classes=(), channels=3, native_size=native_size, lister=lister))
-        LAYOUTS[name] = lister
         return lister
 
     return add
-
-
-LAYOUTS: dict[str, Callable[[Mapping], Listing]] = {}  # name → lister, in registration order
 
 
 def root_of(prep: Mapping, name: str) -> Path:
