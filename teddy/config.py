@@ -371,18 +371,56 @@ def load(paths: Iterable[str | Path] = (), overrides: Iterable[str] = (), check_
 FULL_DATA_MAX_GB = 16  # evaluate.full_data holds the training set in memory as float32
 
 
+@functools.cache
+def registered_archs() -> tuple[str, ...]:
+    """The architectures teddy/models.py registers (``@register("name")``), read from its source: the
+    config checks and the Snakefile's DAG load no torch, and no stage's code includes models.py
+    for a name check (adding an architecture reruns only the stages that build models)."""
+    import ast
+
+    tree = ast.parse((Path(__file__).parent / "models.py").read_text())
+    return tuple(
+        sorted(
+            d.args[0].value
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef)
+            for d in node.decorator_list
+            if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "register" and d.args
+        )
+    )
+
+
+def unknown_arch(name: str) -> str | None:
+    """None for a known architecture, else the message naming the choices. ``torchvision:<name>`` and
+    ``timm:<name>`` ask the library (imported only then); names registered at run time count once
+    teddy.models is loaded."""
+    import sys
+
+    models = sys.modules.get("teddy.models")
+    if ":" in name or models is not None:
+        if models is None:
+            from teddy import models  # torchvision:/timm: names: the library says
+        return None if models.known(name) else models.unknown_message(name)
+    return None if name in registered_archs() else unknown_arch_message(name, registered_archs())
+
+
+def unknown_arch_message(name: str, registered: Iterable[str]) -> str:
+    return (
+        f"unknown architecture {name!r}; registered: {', '.join(registered)}, or any "
+        "torchvision:<name> (torchvision.models.list_models()) or timm:<name> (timm.list_models())"
+    )
+
+
 def check(data: Mapping) -> None:
     """Checks the schema cannot express: names in registries, datasets present, IPC feasible."""
-    from teddy import models  # loads torch: not at import (config checks and the Snakefile's DAG)
-
     problems = []
     for key, names in (
         ("pretrain_pool.arch", [data["pretrain_pool"]["arch"]]),
         ("evaluate.archs", data["evaluate"]["archs"]),
     ):
         for name in names:
-            if not models.known(name):
-                problems.append(f"config key {key}: {models.unknown_message(name)}")
+            if (problem := unknown_arch(name)) is not None:
+                problems.append(f"config key {key}: {problem}")
     try:
         spec = datasets.get(data["run"]["dataset"])
         spec.check_available(data["prepare_data"])
@@ -469,8 +507,8 @@ def check(data: Mapping) -> None:
                 "defined under distill.variants"
             )
     for name in data["pretrain_pool"]["member_archs"]:
-        if not models.known(name):
-            problems.append(f"config key pretrain_pool.member_archs: {models.unknown_message(name)}")
+        if (problem := unknown_arch(name)) is not None:
+            problems.append(f"config key pretrain_pool.member_archs: {problem}")
     in_pool = {data["pretrain_pool"]["arch"], *data["pretrain_pool"]["member_archs"]}
     for name in data["distill"]["pool_archs"] or []:
         if name not in in_pool:

@@ -79,10 +79,9 @@ def known(name: str) -> bool:
 
 
 def unknown_message(name: str) -> str:
-    return (
-        f"unknown architecture {name!r}; registered: {', '.join(available())}, or any "
-        "torchvision:<name> (torchvision.models.list_models()) or timm:<name> (timm.list_models())"
-    )
+    from teddy.config import unknown_arch_message
+
+    return unknown_arch_message(name, available())
 
 
 def create_model(name: str, spec: InputSpec, width: int = 128) -> nn.Module:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from teddy import config as config_mod
-from teddy import models, protocol, tracking
+from teddy import protocol, tracking
 from teddy.data import datasets
 from teddy.data.datasets import DatasetError
 from teddy.io import artifacts
@@ -155,8 +155,8 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
     needs_pool = algo in registry.METHODS and registry.get(algo).pool is not None
     if needs_pool and "pool" not in inputs and not merging:
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
-    if "arch" in selection and not models.known(selection["arch"]):
-        return f"--arch: {models.unknown_message(selection['arch'])}"
+    if "arch" in selection and (problem := config_mod.unknown_arch(selection["arch"])) is not None:
+        return f"--arch: {problem}"
     known = [*registry.METHODS, *cfg.distill.variants]
     if "method" in selection and selection["method"] not in known:
         return f"--method {selection['method']!r}: use one of {', '.join(known)} (variants: distill.variants)"

@@ -18,7 +18,11 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float):
             model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True
         )
     if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        # the fused kernel: one pass over each parameter instead of ~10 (2.3× faster steps for a
+        # ResNet-18 student on CPU, benchmarks/results/optimizer.json); same update
+        params = list(model.parameters())
+        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     raise ValueError(f"unknown optimizer {name!r}; use sgd or adamw")
 
 

@@ -75,15 +75,16 @@ def test_every_package_folder_says_what_it_holds():
 def test_the_config_loader_plan_and_registries_load_no_torch():
     """The config loader, the plan and the registries are what a config check, `teddy workflow`
     and the Snakefile's DAG need; they stay torch-free (teddy.method.registry says so) so that
-    checking a config costs no torch start-up. Function-local imports of torch-heavy helpers in
-    them carry a comment saying so. (The Snakefile itself loads torch for SLURM runtime estimates,
-    teddy.workflow.resources → teddy.estimate → teddy.models.)"""
+    checking a config or building the DAG costs no torch start-up (architecture names are read
+    from models.py's source). Function-local imports of torch-heavy helpers in them carry a
+    comment saying so (the SLURM runtime estimate of a runtime-0 config loads torch, only then)."""
     import subprocess
     import sys
 
     probe = (
         "import sys, teddy.config, teddy.workflow.plan, teddy.workflow.params, teddy.workflow.deps, "
-        "teddy.pool.naming, teddy.method.registry, teddy.data.datasets, teddy.data.layouts; "
+        "teddy.pool.naming, teddy.method.registry, teddy.data.datasets, teddy.data.layouts, "
+        "teddy.workflow.resources; teddy.config.load([teddy.config.study_path('quickstart')]); "
         "print(sorted(m for m in ('torch', 'torchvision', 'PIL') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)

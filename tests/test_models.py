@@ -23,6 +23,15 @@ def test_registry_lists_required_architectures():
     } <= set(models.available())
 
 
+def test_the_config_checks_know_exactly_the_registered_architectures():
+    """The config checks read the names from models.py's source (no torch): the same as the registry."""
+    from teddy import config
+
+    assert config.registered_archs() == tuple(models.available())
+    assert config.unknown_arch("resnet18") is None
+    assert "registered: convnet" in config.unknown_arch("vgg99")
+
+
 def test_unknown_architecture_names_alternatives():
     with pytest.raises(KeyError, match="registered: .*convnet"):
         models.create_model("vgg99", SPECS["digits"])

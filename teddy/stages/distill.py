@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 from teddy import augment
 from teddy import config as config_mod
@@ -279,6 +278,8 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, ipc: int, max_ipc: int
     order = torch.argsort(labels, stable=True)
     n_classes = int(labels.max()) + 1
     per_class = images[order].view(n_classes, ipc, *images.shape[1:])[:, :max_ipc]
+    import torchvision.utils  # 1.5 s of imports: only here, not in every distill shard's start-up
+
     with atomic_path(path) as tmp:
         torchvision.utils.save_image(
             per_class.reshape(-1, *images.shape[1:]),

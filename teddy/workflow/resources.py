@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from teddy import estimate
-
 
 def stage_resources(data: Mapping, stage: str) -> dict:
     """Snakemake rule resources of a stage from ``resources.<stage>``: runtime (minutes) ×
@@ -27,6 +25,7 @@ _RUNTIMES: dict[str, dict] = {}
 
 
 def _estimated_runtimes(data: Mapping) -> dict:
+    from teddy import estimate  # loads torch: only for a runtime of 0 (paper configs), not every DAG
 
     key = json.dumps(data, sort_keys=True, default=str)
     if key not in _RUNTIMES:  # one estimate per config and process (Snakemake asks once per rule)
