@@ -1,10 +1,12 @@
-"""The whole workflow, end to end: a miniature study (the tiny digits config with a variant and the
-full-data row) built once by Snakemake (`--config study=mini`) and once by `dvc repro` (dvc.yaml
-generated for the study from the same stage table):
-each builds everything, a second run does nothing, both give the same report and the same
-synthetic sets, a code change reruns exactly the stages downstream of it in both, and a finished
-DVC pipeline goes to a remote and comes back in a fresh clone."""
+"""The whole workflow, end to end, by Snakemake: a miniature study (the tiny digits config with a
+variant and the full-data row) built by `snakemake --config study=mini`: it builds everything, a
+second run does nothing, a code change reruns exactly the stages downstream of it, a study edit
+only the jobs of the keys it changes, two studies run side by side. The same study by `dvc repro`:
+tests/test_pipeline_dvc.py (a module of its own, so that make test's two workers build both at
+once; it compares its results with the record this build leaves, see ``snakemake_build``)."""
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, copy_project, project_path
+from .conftest import copy_project
 
 BIN = Path(sys.executable).parent
 # one worker builds the two projects once for every test here (make test: --dist loadscope)
@@ -62,42 +64,52 @@ def with_study(project: Path) -> Path:
     return project
 
 
-@pytest.fixture(scope="module")
-def copies(tmp_path_factory):
-    """Two copies of the project made at once (the code under test is the same in both)."""
-    snakemake_dir = copy_project(
-        tmp_path_factory.mktemp("snakemake"), tracking={"enabled": True, "uri": "sqlite:///mlflow.db"}, **GRID
-    )
-    dvc_dir = tmp_path_factory.mktemp("dvc") / "project"  # its parent holds the default DVC remote
-    dvc_dir.mkdir()
-    return with_study(snakemake_dir), with_study(copy_project(dvc_dir, **GRID))
+def shared_folder(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this session sees (each worker's basetemp is a child of it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def snakemake_build(tmp_path_factory) -> tuple[Path, dict]:
+    """The mini study built once per session by Snakemake with no network at all (as root) and
+    MLflow tracking on, and the record of what the build made (summary rows, checksums of every
+    synthetic set and soft-label file, student epochs), taken before any test edits the project.
+    Whichever module asks first builds it; the other waits on the lock and reads the record."""
+    shared = shared_folder(tmp_path_factory)
+    project, record = shared / "e2e-snakemake" / "project", shared / "e2e-snakemake" / "record.json"
+    with open(shared / "e2e-snakemake.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.is_file():
+            shutil.rmtree(project.parent, ignore_errors=True)
+            project.mkdir(parents=True)
+            with_study(copy_project(project, tracking={"enabled": True, "uri": "sqlite:///mlflow.db"}, **GRID))
+            offline = offline_prefix()
+            assert offline or os.geteuid() != 0, "root could not make a network namespace: unshare -n failed"
+            run([*offline, *SNAKEMAKE, "2"], project)
+            record.write_text(json.dumps(build_record(project)))
+    return project, json.loads(record.read_text())
+
+
+def build_record(project: Path) -> dict:
+    import pandas as pd
+
+    summary = pd.read_csv(project / "results" / "digits" / "mini" / "report" / "summary.csv")
+    return {
+        "summary": summary[SUMMARY_COLUMNS].to_dict(orient="list"),
+        **{name: built_files(project, name) for name in ("synthetic.pt", "soft_labels.pt")},
+        "epochs": {  # student epochs by IPC
+            str(json.loads(m.read_text())["ipc"]): json.loads(m.read_text())["epochs"]
+            for m in (project / "results" / "digits" / "mini" / "evaluate").rglob("metrics.json")
+        },
+    }
+
+
+SUMMARY_COLUMNS = ["dataset", "method", "ipc", "arch", "seed", "top1", "top5", "hard_top1", "ior", "hlr"]
 
 
 @pytest.fixture(scope="module")
-def snakemake_project(copies):
-    """Built by Snakemake with no network at all (as root) and MLflow tracking on."""
-    project = copies[0]
-    offline = offline_prefix()
-    assert offline or os.geteuid() != 0, "root could not make a network namespace: unshare -n failed"
-    run([*offline, *SNAKEMAKE, "2"], project)
-    return project
-
-
-@pytest.fixture(scope="module")
-def dvc_project(copies):
-    """Built by `dvc repro` from dvc.yaml generated for the same config, the committed DVC config
-    (its default remote) and plot templates in place."""
-    project = copies[1]
-    run(["git", "init", "-q"], project)
-    run([str(BIN / "dvc"), "init", "-q"], project)
-    shutil.copy(ROOT / ".dvc" / "config", project / ".dvc" / "config")
-    shutil.copy(ROOT / ".gitignore", project / ".gitignore")  # git holds no artifact: DVC carries them
-    shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")
-    run([sys.executable, "-m", "teddy", "workflow", "dvc", "--study", "mini"], project)
-    run([str(BIN / "dvc"), "repro"], project)
-    run(["git", "add", "-A"], project)
-    run([*GIT, "commit", "-qm", "pipeline"], project)
-    return project
+def snakemake_project(tmp_path_factory):
+    return snakemake_build(tmp_path_factory)[0]
 
 
 def sha256(path: Path) -> str:
@@ -171,49 +183,6 @@ def check_mlflow_store(project):
     )
 
 
-def test_dvc_repro_builds_everything_then_nothing(dvc_project):
-    project = dvc_project
-    assert (project / "results" / "digits" / "mini" / "report" / "accuracy.json").is_file()
-    run([sys.executable, "-m", "teddy", "workflow", "dvc", "--check", "--study", "mini"], project)
-    again = run([str(BIN / "dvc"), "repro"], project)
-    assert "Data and pipelines are up to date" in again
-    metrics = run([str(BIN / "dvc"), "metrics", "show"], project)
-    assert "convnet" in metrics
-
-    # plots render without a CDN: vega is inlined by the offline template
-    template = project / ".dvc" / "offline.html"
-    script = ROOT / "workflow" / "scripts" / "dvc_offline_template.py"
-    run([sys.executable, str(script), str(template)], project)
-    run([str(BIN / "dvc"), "plots", "show", "--html-template", str(template), "-o", "plots"], project)
-    page = (project / "plots" / "index.html").read_text()
-    assert "cdn.jsdelivr" not in page and "vegaEmbed(" in page and "summary.csv" in page
-    # one line per method, one panel per student (.dvc/plots/top1_by_method.json), not one point cloud
-    assert '"field": "method"' in page and '"column": {"field": "arch"' in page
-
-
-def test_snakemake_and_dvc_give_the_same_results(snakemake_project, dvc_project):
-    import pandas as pd
-
-    columns = ["dataset", "method", "ipc", "arch", "seed", "top1", "top5", "hard_top1", "ior", "hlr"]
-    summary = "results/digits/mini/report/summary.csv"
-    by_snakemake = pd.read_csv(snakemake_project / summary)[columns]
-    by_dvc = pd.read_csv(dvc_project / summary)[columns]
-    pd.testing.assert_frame_equal(by_snakemake, by_dvc)
-    assert {"teddy", "teddy_sel", "random", "full data"} == set(by_dvc.method)  # variant and full-data row
-    assert by_dvc.hard_top1.notna().all()
-    for name in ("synthetic.pt", "soft_labels.pt"):
-        snakemake_sets, dvc_sets = built_files(snakemake_project, name), built_files(dvc_project, name)
-        assert len(dvc_sets) == 4 and snakemake_sets == dvc_sets, name  # teddy, teddy_sel, random, full data
-    # the full-data row trains evaluate.full_data_epochs (1), the sets the tiny config's 2, in both tools
-    for project in (snakemake_project, dvc_project):
-        epochs = {
-            json.loads(m.read_text())["ipc"]: json.loads(m.read_text())["epochs"]
-            for m in (project / "results" / "digits" / "mini" / "evaluate").rglob("metrics.json")
-        }
-        full = max(epochs)
-        assert epochs == {1: 2, full: 1} and full > 1
-
-
 def edit(project: Path, module: str) -> None:
     """A code change that changes no behaviour: what matters is which jobs each tool reruns."""
     assert (project / "teddy" / module).is_file(), f"teddy/{module} moved: update the test"
@@ -229,114 +198,53 @@ def snakemake_plan(project: Path) -> set[str]:
 KINDS = ("distill_shard", "pretrain_pool", "prepare_data", "distill", "relabel", "evaluate", "report")
 
 
-def dvc_ran(project: Path) -> set[str]:
-    """The stages (Snakemake's rule names) whose jobs `dvc repro` ran."""
-    out = run([str(BIN / "dvc"), "repro"], project)
-    names = re.findall(r"Running stage '([^']+)'", out)
-    return {next(k for k in KINDS if n == k or n.startswith(k + "_")) for n in names}
+@contextlib.contextmanager
+def edited(project: Path, module: str):
+    """``edit`` for the time of the block, then the file as it was, its mtime too: Snakemake, which
+    compares mtimes, sees the project up to date again without rebuilding anything."""
+    file = project / "teddy" / module
+    kept, stat = file.read_bytes(), file.stat()
+    edit(project, module)
+    try:
+        yield
+    finally:
+        file.write_bytes(kept)
+        os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_a_code_change_reruns_exactly_the_stages_downstream_of_it(snakemake_project, dvc_project):
-    # stages/report.py is the report's code only
-    for project in (snakemake_project, dvc_project):
-        edit(project, "stages/report.py")
-    assert snakemake_plan(snakemake_project) == {"report"}
-    assert dvc_ran(dvc_project) == {"report"}
+def planned_kinds(project: Path) -> set[str]:
+    return {next(k for k in KINDS if n == k or n.startswith(k + "_")) for n in snakemake_plan(project)}
+
+
+def test_a_code_change_reruns_exactly_the_stages_downstream_of_it(snakemake_project):
+    # stages/report.py is the report's code only (the same edits by dvc: tests/test_pipeline_dvc.py)
+    with edited(snakemake_project, "stages/report.py"):
+        assert snakemake_plan(snakemake_project) == {"report"}
     # stages/relabel.py: the relabel jobs, and everything downstream of them
-    run([*SNAKEMAKE, "2"], snakemake_project)
-    for project in (snakemake_project, dvc_project):
-        edit(project, "stages/relabel.py")
-    assert snakemake_plan(snakemake_project) == {"relabel", "evaluate", "report"}
-    assert dvc_ran(dvc_project) == {"relabel", "evaluate", "report"}
+    with edited(snakemake_project, "stages/relabel.py"):
+        assert snakemake_plan(snakemake_project) == {"relabel", "evaluate", "report"}
+    assert snakemake_plan(snakemake_project) == set()  # as it was: nothing to rebuild
 
 
-def dvc_changed(project: Path) -> set[str]:
-    """The stages (Snakemake's rule names) whose dependencies `dvc status` says have changed."""
-    out = run([str(BIN / "dvc"), "status"], project)
-    names = re.findall(r"^(\S+):\s*$", out, re.M)
-    return {next(k for k in KINDS if n == k or n.startswith(k + "_")) for n in names}
+# module → the jobs that a Snakemake dry run reruns after an edit of it (DVC: tests/test_pipeline_dvc.py)
+LIBRARY_EDITS = {
+    "method/losses.py": {"distill_shard", "distill", "relabel", "evaluate", "report"},
+    "data/decode.py": set(KINDS),
+}
 
 
-def test_a_library_module_change_schedules_only_the_stages_that_run_it(snakemake_project, dvc_project):
+def test_a_library_module_change_schedules_only_the_stages_that_run_it(snakemake_project):
     """Editing the loss schedules distill and what follows, never data preparation or the pool;
-    editing the image decoder schedules everything (Snakemake's dry run, `dvc status`)."""
-    run([*SNAKEMAKE, "2"], snakemake_project)  # up to date after the test above
-    expected = {  # module → (Snakemake: the jobs that rerun, DVC: the stages whose code changed)
-        "method/losses.py": (
-            {"distill_shard", "distill", "relabel", "evaluate", "report"},
-            {"distill_shard", "distill", "evaluate"},  # relabel's inputs are unchanged bytes: DVC skips it
-        ),
-        "data/decode.py": (
-            set(KINDS),
-            {"prepare_data", "pretrain_pool", "distill_shard", "distill", "evaluate"},
-        ),
-    }
-    for module, (rerun, changed) in expected.items():
-        kept = (ROOT / "teddy" / module).read_text()
-        for project in (snakemake_project, dvc_project):
-            edit(project, module)
-        planned = {
-            next(k for k in KINDS if n == k or n.startswith(k + "_")) for n in snakemake_plan(snakemake_project)
-        }
-        status = dvc_changed(dvc_project)
-        for project in (snakemake_project, dvc_project):
-            (project / "teddy" / module).write_text(kept)
-        assert planned == rerun, module
-        assert status == changed, module
-
-
-def test_a_finished_pipeline_goes_to_the_default_remote_and_comes_back(dvc_project, tmp_path):
-    """`dvc push` to the committed default remote (a folder beside the project: the shared file
-    system on a cluster), then a fresh clone pulls every artifact back and is up to date."""
-    project = dvc_project
-    run(["git", "add", "-A"], project)
-    run([*GIT, "commit", "-qm", "after the rerun-scope test", "--allow-empty"], project)
-    run([str(BIN / "dvc"), "push"], project)
-    remote = project.parent / "teddy-dvc-remote"
-    assert remote.is_dir() and any(remote.rglob("*"))
-    clone = tmp_path / "clone"
-    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
-    assert not built_files(clone, "synthetic.pt")  # git holds only DVC's pointers (dvc.lock, .gitignore)
-    run([str(BIN / "dvc"), "remote", "modify", "--local", "shared", "url", str(remote)], clone)
-    run([str(BIN / "dvc"), "pull"], clone)
-    assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], clone)
-    assert built_files(clone, "synthetic.pt") == built_files(project, "synthetic.pt")
-    assert built_files(clone, "soft_labels.pt") == built_files(project, "soft_labels.pt")
-    # the pulled artifacts are usable: their checksum records came along (issue 36, 2)
-    verified = run([sys.executable, "-m", "teddy", "verify", "results"], clone)
-    assert "artifacts under results are intact" in verified
-    s, r = (
-        clone / project_path(clone, kind, study="mini", method="teddy", ipc=1, seed=0)
-        for kind in ("distill", "relabel")
-    )
-    data, pool = (clone / project_path(clone, kind, study="mini") for kind in ("prepare_data", "pretrain_pool"))
-    evaluate = ["evaluate", "--config", "config/studies/mini.yaml", "--data", str(data), "--synthetic", str(s)]
-    evaluate += ["--soft-labels", str(r), "--pool", str(pool), "--arch", "convnet", "--seed", "0"]
-    run([sys.executable, "-m", "teddy", *evaluate, "--out", str(tmp_path / "again")], clone)
-    # and in the project itself: its DVC-versioned results deleted, then pulled back
-    for folder in ("data", "pool", "mini/distill", "mini/relabel", "mini/evaluate"):
-        shutil.rmtree(project / "results" / "digits" / folder)
-    run([str(BIN / "dvc"), "pull"], project)
-    verified = run([sys.executable, "-m", "teddy", "verify", "results"], project)
-    assert "artifacts under results are intact" in verified
-    assert "Data and pipelines are up to date" in run([str(BIN / "dvc"), "status"], project)
-
-
-def test_dvc_sweep_reruns_only_what_the_parameter_touches(dvc_project):
-    project = dvc_project
-    exp = run(
-        [str(BIN / "dvc"), "exp", "run", "-S", "config/config.yaml:evaluate.epochs=3", "-n", "epochs3"], project
-    )
-    ran = set(re.findall(r"Running stage '([^']+)'", exp))
-    assert ran and all(name.startswith(("relabel_", "evaluate_", "report")) for name in ran), ran
-    assert "epochs3" in run([str(BIN / "dvc"), "exp", "show", "--csv"], project)
+    editing the image decoder schedules everything (Snakemake's dry run)."""
+    for module, rerun in LIBRARY_EDITS.items():
+        with edited(snakemake_project, module):
+            assert planned_kinds(snakemake_project) == rerun, module
 
 
 def test_a_study_edit_reruns_only_the_jobs_of_the_keys_it_changes(snakemake_project):
     """Each job's command reads its study's config by a stable path: a report-only key reruns the
     report, a synthesis knob the synthesised sets and what follows, never data, pool or random."""
-    project = snakemake_project
-    run([*SNAKEMAKE, "2"], project)  # up to date after the code edits of the tests above
+    project = snakemake_project  # up to date: the code edits of the tests above are undone
     study = project / "config" / "studies" / "mini.yaml"
     kept = study.read_text()
     try:
@@ -359,8 +267,7 @@ def snapshot(*folders: Path) -> dict[str, tuple[str, int]]:
 def test_two_studies_run_side_by_side_in_one_invocation(snakemake_project):
     """A second study on the same dataset, run in one invocation with the first: its own folder, the
     data and the pool (same recipe) shared and not rebuilt, the first study's files untouched."""
-    project = snakemake_project
-    run([*SNAKEMAKE, "2"], project)  # up to date after the code edits of the tests above
+    project = snakemake_project  # up to date: the code edits of the tests above are undone
     (project / "config" / "studies" / "other.yaml").write_text(
         "question: A second study beside mini.\n"
         "distill: {methods: [teddy, random], iterations: 2}\n"
