@@ -32,7 +32,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def dvc_project(tmp_path_factory):
+def dvc_project(dvc_build):
+    return dvc_build[0]
+
+
+@pytest.fixture(scope="module")
+def dvc_build(tmp_path_factory):
     """Built by `dvc repro` from dvc.yaml generated for the same config, the committed DVC config
     (its default remote) and plot templates in place."""
     project = tmp_path_factory.mktemp("dvc") / "project"  # its parent holds the default DVC remote
@@ -47,7 +52,7 @@ def dvc_project(tmp_path_factory):
     run([str(BIN / "dvc"), "repro"], project)
     run(["git", "add", "-A"], project)
     run([*GIT, "commit", "-qm", "pipeline"], project)
-    return project
+    return project, build_record(project)  # the record before any test here edits the project
 
 
 def test_dvc_repro_builds_everything_then_nothing(dvc_project):
@@ -68,25 +73,6 @@ def test_dvc_repro_builds_everything_then_nothing(dvc_project):
     assert "cdn.jsdelivr" not in page and "vegaEmbed(" in page and "summary.csv" in page
     # one line per method, one panel per student (.dvc/plots/top1_by_method.json), not one point cloud
     assert '"field": "method"' in page and '"column": {"field": "arch"' in page
-
-
-def test_snakemake_and_dvc_give_the_same_results(dvc_project, tmp_path_factory):
-    import pandas as pd
-
-    by_dvc = build_record(dvc_project)  # before any test here edits the project
-    by_snakemake = snakemake_build(tmp_path_factory)[1]  # built by the other worker (or here, if first)
-    pd.testing.assert_frame_equal(pd.DataFrame(by_snakemake["summary"]), pd.DataFrame(by_dvc["summary"]))
-    summary = pd.DataFrame(by_dvc["summary"])
-    assert list(summary.columns) == SUMMARY_COLUMNS
-    assert {"teddy", "teddy_sel", "random", "full data"} == set(summary.method)  # variant and full-data row
-    assert summary.hard_top1.notna().all()
-    for name in ("synthetic.pt", "soft_labels.pt"):
-        assert len(by_dvc[name]) == 4 and by_snakemake[name] == by_dvc[name], name  # + the full-data row
-    # the full-data row trains evaluate.full_data_epochs (1), the sets the tiny config's 2, in both tools
-    for record in (by_snakemake, by_dvc):
-        epochs = {int(ipc): e for ipc, e in record["epochs"].items()}
-        full = max(epochs)
-        assert epochs == {1: 2, full: 1} and full > 1
 
 
 def dvc_ran(project: Path) -> set[str]:
@@ -168,9 +154,31 @@ def test_a_finished_pipeline_goes_to_the_default_remote_and_comes_back(dvc_proje
 
 def test_dvc_sweep_reruns_only_what_the_parameter_touches(dvc_project):
     project = dvc_project
-    exp = run(
-        [str(BIN / "dvc"), "exp", "run", "-S", "config/config.yaml:evaluate.epochs=3", "-n", "epochs3"], project
-    )
+    # the students' lr: every evaluate job and the report, no relabel (its views do not read it)
+    sweep = ["exp", "run", "-S", "config/config.yaml:evaluate.lr=0.001", "-n", "lr"]
+    exp = run([str(BIN / "dvc"), *sweep], project)
     ran = set(re.findall(r"Running stage '([^']+)'", exp))
-    assert ran and all(name.startswith(("relabel_", "evaluate_", "report")) for name in ran), ran
-    assert "epochs3" in run([str(BIN / "dvc"), "exp", "show", "--csv"], project)
+    assert "report_mini" in ran and all(name.startswith(("evaluate_", "report")) for name in ran), ran
+    assert len(ran) == 1 + len(list(project.glob("results/digits/mini/evaluate/*/ipc*/*/seed0"))), ran
+    assert "lr" in run([str(BIN / "dvc"), "exp", "show", "--csv"], project)
+
+
+def test_snakemake_and_dvc_give_the_same_results(dvc_build, tmp_path_factory):
+    """Last in this module: the other worker builds the Snakemake project meanwhile (if it has not
+    yet started it, this test builds it)."""
+    import pandas as pd
+
+    by_dvc = dvc_build[1]  # recorded right after the build
+    by_snakemake = snakemake_build(tmp_path_factory)[1]
+    pd.testing.assert_frame_equal(pd.DataFrame(by_snakemake["summary"]), pd.DataFrame(by_dvc["summary"]))
+    summary = pd.DataFrame(by_dvc["summary"])
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert {"teddy", "teddy_sel", "random", "full data"} == set(summary.method)  # variant and full-data row
+    assert summary.hard_top1.notna().all()
+    for name in ("synthetic.pt", "soft_labels.pt"):
+        assert len(by_dvc[name]) == 4 and by_snakemake[name] == by_dvc[name], name  # + the full-data row
+    # the full-data row trains evaluate.full_data_epochs (1), the sets the tiny config's 2, in both tools
+    for record in (by_snakemake, by_dvc):
+        epochs = {int(ipc): e for ipc, e in record["epochs"].items()}
+        full = max(epochs)
+        assert epochs == {1: 2, full: 1} and full > 1
