@@ -456,16 +456,24 @@ def check(data: Mapping) -> None:
                 f"config key pretrain_pool.prior_epochs: epoch {epoch} is not before the last "
                 f"epoch ({data['pretrain_pool']['epochs']}); prior members are early checkpoints"
             )
-    pool, pp = data["distill"]["pool"], data["pretrain_pool"]
-    if pool in ("post", "both") and pp["post_members"] == 0:
-        problems.append(
-            f"config key distill.pool: {pool!r} needs post members; set pretrain_pool.post_members ≥ 1"
-        )
-    if pool in ("prior", "both") and not (pp["prior_epochs"] or pp["prior_targets"]):
-        problems.append(
-            f"config key distill.pool: {pool!r} needs prior members; set pretrain_pool.prior_epochs "
-            "or pretrain_pool.prior_targets"
-        )
+    pp, variants = data["pretrain_pool"], data["distill"]["variants"]
+    for name in data["distill"]["methods"]:  # only what a configured method draws from must exist
+        method = registry.METHODS.get(variants[name]["method"] if name in variants else name)
+        if method is None or method.pool != "members":
+            continue
+        own = name in variants and "pool" in variants[name]
+        pool = variants[name]["pool"] if own else data["distill"]["pool"]
+        key = f"distill.variants.{name}.pool" if own else "distill.pool"
+        if pool in ("post", "both") and pp["post_members"] == 0:
+            problems.append(
+                f"config key {key}: {pool!r} needs post members; set pretrain_pool.post_members ≥ 1"
+            )
+        if pool in ("prior", "both") and not (pp["prior_epochs"] or pp["prior_targets"]):
+            problems.append(
+                f"config key {key}: {pool!r} needs prior members; set pretrain_pool.prior_epochs "
+                "or pretrain_pool.prior_targets"
+            )
+    problems = list(dict.fromkeys(problems))  # one line per key, however many methods share it
     if pp["checkpoint"] and not Path(pp["checkpoint"]).expanduser().is_file():
         problems.append(
             f"config key pretrain_pool.checkpoint: {pp['checkpoint']} is not a file; give the path of a "

@@ -160,3 +160,19 @@ def test_schema_method_enum_is_the_registry():
 
     variant = config.load_schema()["properties"]["distill"]["properties"]["variants"]["additionalProperties"]
     assert variant["properties"]["method"]["enum"] == list(registry.METHODS)
+
+
+def test_pool_members_are_required_only_by_a_method_that_draws_from_them():
+    """sre2l (base model) and random (no model) need no prior or post members; teddy, or a variant
+    with its own pool, does, and the error names the key that asks for them."""
+    no_members = ["pretrain_pool.prior_epochs=[]", "pretrain_pool.post_members=0", "distill.pool=both"]
+    config.load([BASE], [*no_members, "distill.methods=[sre2l, random]"])
+    with pytest.raises(config.ConfigError, match=r"distill.pool: 'both' needs post members"):
+        config.load([BASE], [*no_members, "distill.methods=[teddy, random]"])
+    variant = [
+        "distill.pool=prior",
+        "distill.methods=[sre2l, random, p]",
+        "distill.variants={p: {method: teddy, pool: post}}",
+    ]
+    with pytest.raises(config.ConfigError, match=r"distill.variants.p.pool: 'post' needs post members"):
+        config.load([BASE], ["pretrain_pool.post_members=0", *variant])
