@@ -351,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return write_index(args)
     _, ins, sel = STAGES[args.stage]
     try:
-        cfg = config_mod.load(args.config, args.overrides)
+        # after prepare-data the stages read its index: an image-file dataset's folder is not walked
+        cfg = config_mod.load(args.config, args.overrides, list_files=args.stage == "prepare-data")
     except config_mod.ConfigError as err:
         print(f"teddy {args.stage}: {err}", file=sys.stderr)
         return 2

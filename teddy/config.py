@@ -356,15 +356,22 @@ def freeze(data: Mapping) -> Any:
     return _freeze("Config", data, load_schema())
 
 
-def load(paths: Iterable[str | Path] = (), overrides: Iterable[str] = (), check_data: bool = True) -> Any:
+def load(
+    paths: Iterable[str | Path] = (),
+    overrides: Iterable[str] = (),
+    check_data: bool = True,
+    list_files: bool = True,
+) -> Any:
     """Compose config files (first = base) and overrides, validate, check (unless ``check_data``
-    is false: planning before the data is there), and freeze."""
+    is false: planning before the data is there), and freeze. ``list_files`` false: an image-file
+    dataset's folder is not walked again (the stages after prepare_data read its index; walking
+    ImageNet's 1.28M files costs a minute per job, benchmarks/results/scale.json)."""
     raw = merged(list(paths) or [DEFAULT_CONFIG])
     for item in overrides:
         raw = deep_merge(raw, parse_override(item))
     data = validate(raw)
     if check_data:
-        check(data)
+        check(data, list_files)
     return freeze(data)
 
 
@@ -411,8 +418,9 @@ def unknown_arch_message(name: str, registered: Iterable[str]) -> str:
     )
 
 
-def check(data: Mapping) -> None:
-    """Checks the schema cannot express: names in registries, datasets present, IPC feasible."""
+def check(data: Mapping, list_files: bool = True) -> None:
+    """Checks the schema cannot express: names in registries, datasets present, IPC feasible (for an
+    image-file dataset only with ``list_files``: that walks its folder)."""
     problems = []
     for key, names in (
         ("pretrain_pool.arch", [data["pretrain_pool"]["arch"]]),
@@ -423,24 +431,26 @@ def check(data: Mapping) -> None:
                 problems.append(f"config key {key}: {problem}")
     try:
         spec = datasets.get(data["run"]["dataset"])
-        spec.check_available(data["prepare_data"])
-        smallest = spec.min_train_per_class(data["prepare_data"])
-        too_big = [ipc for ipc in data["distill"]["ipcs"] if ipc > smallest]
-        if too_big:
-            problems.append(
-                f"config key distill.ipcs: IPC {too_big} exceeds the {smallest} training images "
-                f"of the smallest class of {spec.name}; use IPC ≤ {smallest}"
-            )
-        if spec.files and data["evaluate"]["full_data"]:
-            prep = data["prepare_data"]
-            side = prep["image_size"] or spec.native_size or 0
-            gb = smallest * len(spec.listing(prep).class_ids) * prep["channels"] * side * side * 4 / 1e9
-            if gb > FULL_DATA_MAX_GB:
+        if list_files or not spec.files:  # an image-file dataset's folder checks are prepare_data's
+            spec.check_available(data["prepare_data"])
+            smallest = spec.min_train_per_class(data["prepare_data"])
+            too_big = [ipc for ipc in data["distill"]["ipcs"] if ipc > smallest]
+            if too_big:
                 problems.append(
-                    f"config key evaluate.full_data: the full-data row trains students on the whole training "
-                    f"set held in memory as a float32 set (≈ {gb:,.0f} GB for {spec.name}); turn it off "
-                    "at this scale (the base model's val top-1 in the pool manifest is the full-data reference)"
+                    f"config key distill.ipcs: IPC {too_big} exceeds the {smallest} training images "
+                    f"of the smallest class of {spec.name}; use IPC ≤ {smallest}"
                 )
+            if spec.files and data["evaluate"]["full_data"]:
+                prep = data["prepare_data"]
+                side = prep["image_size"] or spec.native_size or 0
+                gb = smallest * len(spec.listing(prep).class_ids) * prep["channels"] * side * side * 4 / 1e9
+                if gb > FULL_DATA_MAX_GB:
+                    problems.append(
+                        "config key evaluate.full_data: the full-data row trains students on the whole "
+                        f"training set held in memory as a float32 set (≈ {gb:,.0f} GB for {spec.name}); turn "
+                        "it off at this scale (the base model's val top-1 in the pool manifest is the "
+                        "full-data reference)"
+                    )
     except datasets.DatasetError as err:
         problems.append(str(err))
     weights = data["pretrain_pool"]["checkpoint"]

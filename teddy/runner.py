@@ -20,7 +20,7 @@ from teddy.data import datasets
 from teddy.data.datasets import DatasetError
 from teddy.io import artifacts
 from teddy.io.checkpoints import fingerprint, resume
-from teddy.io.files import DISK_FULL, ArtifactError, disk_full, write_json
+from teddy.io.files import DISK_FULL, ArtifactError, disk_full, read_json, write_json
 from teddy.method import registry
 from teddy.pool import naming
 from teddy.runtime.device import DeviceUnavailable, device_name, peak_memory_mb, resolve_device
@@ -135,6 +135,17 @@ def run(stage: str, cfg, inputs: dict, out: Path, selection: dict, options: dict
     return 0
 
 
+def smallest_class(cfg, inputs: dict) -> int:
+    """Training images of the smallest class: from the prepared set's manifest when the stage reads
+    one (no walk of an image folder: ImageNet's takes a minute), else from the dataset's spec."""
+    manifest = Path(inputs["data"]) / artifacts.DATA_MANIFEST if "data" in inputs else None
+    if manifest is not None and manifest.is_file():
+        per_class = read_json(manifest).get("train_per_class")
+        if per_class:
+            return min(per_class)
+    return datasets.get(cfg.run.dataset).min_train_per_class(config_mod.to_dict(cfg.prepare_data))
+
+
 def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | None:
 
     merging = bool(options.get("merge_from"))
@@ -161,7 +172,7 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
     if "method" in selection and selection["method"] not in known:
         return f"--method {selection['method']!r}: use one of {', '.join(known)} (variants: distill.variants)"
     if "ipc" in selection:
-        limit = datasets.get(cfg.run.dataset).min_train_per_class(config_mod.to_dict(cfg.prepare_data))
+        limit = smallest_class(cfg, inputs)
         if not 1 <= selection["ipc"] <= limit:
             return (
                 f"--ipc {selection['ipc']}: must be between 1 and {limit} (training images of "

@@ -154,6 +154,29 @@ def test_config_check_counts_files_without_decoding(minis):
         cfg_for(minis["imagenet"], "imagenet", "distill.ipcs=[7]")
 
 
+def test_stages_after_prepare_data_read_the_index_not_the_folder(minis, tmp_path):
+    """Walking an image folder is prepare_data's (ImageNet: a minute per job): with a cache, the later
+    stages run with the folder gone; an IPC above the prepared set's smallest class is still refused,
+    from its manifest, naming --ipc."""
+    import shutil
+
+    from teddy import cli
+
+    root = shutil.copytree(minis["imagefolder"], tmp_path / "if")
+    args = ["--config", str(BASE), "--config", str(TINY), "--set", f"prepare_data.root={root}"]
+    args += ["--set", "run.dataset=imagefolder", "--set", "prepare_data.bad_files=skip"]
+    data = tmp_path / "data"
+    assert cli.main(["prepare-data", *args, "--set", "prepare_data.storage=cache", "--out", str(data)]) == 0
+    shutil.rmtree(root)
+    datasets._LISTINGS.clear()  # the listing this process cached
+    with pytest.raises(config.ConfigError, match=str(root)):  # what prepare-data itself checks
+        config.load([BASE, TINY], [a for a in args if "=" in a])
+    distill = ["distill", *args, "--data", str(data), "--method", "random", "--seed", "0"]
+    assert cli.main([*distill, "--ipc", "2", "--out", str(tmp_path / "syn")]) == 0
+    assert cli.main([*distill, "--ipc", "7", "--out", str(tmp_path / "too_many")]) == 2
+    assert not (tmp_path / "too_many").exists()
+
+
 def test_cache_and_files_backends_give_the_same_images(minis, tmp_path):
     cached = open_source(prepare(tmp_path, minis["imagenet"], "imagenet", "prepare_data.storage=cache"))
     files = open_source(prepare(tmp_path, minis["imagenet"], "imagenet", "prepare_data.storage=files"))
