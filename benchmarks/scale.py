@@ -173,22 +173,8 @@ def main() -> None:
     merge = [*teddy, "distill", *common, "--merge", *[str(p) for p in sorted((syn / "shards").iterdir())]]
     stages["distill_merge"] = measured([*merge, "--out", str(syn)], work / "merge.log")
     log("relabel (top-10)")
-    stages["relabel"] = measured(
-        [
-            *teddy,
-            "relabel",
-            *cfg,
-            "--synthetic",
-            str(syn),
-            "--pool",
-            str(pool),
-            "--seed",
-            "0",
-            "--out",
-            str(soft),
-        ],
-        work / "relabel.log",
-    )
+    relabel = [*teddy, "relabel", *cfg, "--synthetic", str(syn), "--pool", str(pool)]
+    stages["relabel"] = measured([*relabel, "--seed", "0", "--out", str(soft)], work / "relabel.log")
     log("evaluate (ResNet-18, one epoch, every val file at the end)")
     evaluate = [
         *teddy,
