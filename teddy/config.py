@@ -466,9 +466,11 @@ def check(data: Mapping, list_files: bool = True) -> None:
                 f"config key pretrain_pool.prior_epochs: epoch {epoch} is not before the last "
                 f"epoch ({data['pretrain_pool']['epochs']}); prior members are early checkpoints"
             )
+    from teddy.protocol import algorithm  # imports this module at its top: not importable at ours
+
     pp, variants = data["pretrain_pool"], data["distill"]["variants"]
     for name in data["distill"]["methods"]:  # only what a configured method draws from must exist
-        method = registry.METHODS.get(variants[name]["method"] if name in variants else name)
+        method = registry.METHODS.get(algorithm(data, name))
         if method is None or method.pool != "members":
             continue
         own = name in variants and "pool" in variants[name]
