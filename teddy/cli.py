@@ -33,7 +33,7 @@ STAGES = {
     "relabel": ("Precompute the teacher's soft labels on stored crops.", ["synthetic", "pool"], ["seed"]),
     "evaluate": (
         "Train a student on the synthetic set; top-1 on real val.",
-        ["data", "synthetic", "soft_labels", "pool?"],
+        ["data", "synthetic", "soft_labels?", "pool?"],
         ["arch", "seed"],
     ),
     "report": ("Tables and plot from evaluation folders.", ["evaluations"], []),

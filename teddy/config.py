@@ -128,7 +128,8 @@ def _extends_path(value: Any, child: Path) -> Path:
 
 def layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     """The config files ``path`` stands for, base first: its ``extends:`` chain (a study name or a
-    file; a study without one extends config/config.yaml), then ``path`` itself. A study file (one
+    file, or a list of them layered in order, each file once; a study without one extends
+    config/config.yaml), then ``path`` itself. A study file (one
     with a top-level ``question:``) becomes the ``study`` section (name = its file name) and may not
     set machine keys."""
     path = Path(path)
@@ -147,7 +148,14 @@ def layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, d
             "question": raw.pop("question"),
             "headline": raw.pop("headline", None),
         }
-    below = layers(_extends_path(parent, path), (*_seen, path.resolve())) if parent is not None else []
+    parents = parent if isinstance(parent, list) else [] if parent is None else [parent]
+    if isinstance(parent, list) and not parent:
+        raise ConfigError(f"{path}: extends is an empty list; name a study or config file, or remove it")
+    below: list[tuple[Path, dict]] = []
+    for name in parents:  # a list layers its files in order; a file two of them share comes in once, first
+        for layer in layers(_extends_path(name, path), (*_seen, path.resolve())):
+            if all(layer[0].resolve() != seen.resolve() for seen, _ in below):
+                below.append(layer)
     return [*below, (path, raw)]
 
 
@@ -547,6 +555,11 @@ def check(data: Mapping, list_files: bool = True) -> None:
         problems.append(
             f"config key evaluate.hard_label_archs: {stray} not in evaluate.archs {data['evaluate']['archs']}; "
             "a hard-label student trains beside a student of evaluate.archs"
+        )
+    if data["evaluate"]["labels"] == "hard" and data["evaluate"]["hard_label_archs"]:
+        problems.append(
+            "config key evaluate.hard_label_archs: with evaluate.labels: hard every student already learns "
+            "hard labels (and no soft-label student trains beside it); set it to []"
         )
     if data["evaluate"]["full_data"] and registry.BASELINE not in data["distill"]["methods"]:
         problems.append(

@@ -158,12 +158,12 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     spec = models.InputSpec(classes, channels, size, (0.5,) * channels, (0.25,) * channels)
     act_bytes = 2 if cfg.run.dtype == "bfloat16" else 4
     archs = {
-        a: arch_cost(a, spec, e.width if a == "convnet" else p.width)
+        a: arch_cost(a, spec, e.width if a.startswith("convnet") else p.width)
         for a in {p.arch, *p.member_archs, *e.archs}
     }
     measured = {}
     if device is not None:
-        measured = {a: measure_tflops(a, spec, e.width if a == "convnet" else p.width, device) for a in archs}
+        measured = {a: measure_tflops(a, spec, e.width if a.startswith("convnet") else p.width, device) for a in archs}
     speed = {a: (measured.get(a) or tflops or DEFAULT_TFLOPS) * 1e12 for a in archs}
     base = archs[p.arch]
     image_bytes = channels * size * size

@@ -168,6 +168,26 @@ def convnet(spec: InputSpec, width: int = 128) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+@register("convnet_in")
+def convnet_in(spec: InputSpec, width: int = 128) -> nn.Module:
+    """The evaluation ConvNet of DC/DSA/DM (VICO-UoE/DatasetCondensation, networks.py ConvNet with
+    get_default_convnet_setting: depth 3, instance norm, ReLU, average pooling): conv3×3 with bias →
+    GroupNorm(width, width) (instance norm with affine) → ReLU → avg-pool, three blocks. As there, a
+    28-px input's first convolution pads 3 so the maps are 32 px (MNIST, Fashion-MNIST); the blocks
+    pool while the map is ≥ 4 px, as ``convnet`` does."""
+    layers, channels = [], spec.channels
+    size = 32 if spec.image_size == 28 else spec.image_size
+    for depth in range(3):
+        pad = 3 if depth == 0 and spec.image_size == 28 else 1
+        layers += [nn.Conv2d(channels, width, 3, padding=pad), nn.GroupNorm(width, width), nn.ReLU(inplace=True)]
+        if size >= 4:
+            layers.append(nn.AvgPool2d(2))
+            size //= 2
+        channels = width
+    layers += [nn.Flatten(), nn.Linear(width * size * size, spec.num_classes)]
+    return nn.Sequential(*layers)
+
+
 # -- torchvision families, adapted to small images -------------------------------------------
 
 

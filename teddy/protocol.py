@@ -51,3 +51,17 @@ def algorithm(data: Any, name: str) -> str:
     """The method behind a method or variant name (``data``: config mapping or frozen config)."""
     variants = config_plain(data)["distill"]["variants"]
     return variants[name]["method"] if name in variants else name
+
+
+def hard_labels(data: Any) -> bool:
+    """evaluate.labels is hard: students learn each image's own label, no relabel job runs."""
+    return config_plain(data)["evaluate"]["labels"] == "hard"
+
+
+def uses_pool(data: Any) -> bool:
+    """Whether any job reads the pool: relabel's teacher (soft labels) or a method that synthesizes
+    from its models. Under hard labels with only real-image methods no pool is trained."""
+    plain = config_plain(data)
+    if not hard_labels(plain):
+        return True
+    return any(registry.get(algorithm(plain, m)).optimises for m in plain["distill"]["methods"])

@@ -168,6 +168,11 @@ def check_selection(cfg, selection: dict, inputs: dict, options: dict) -> str | 
         return f"--method {selection['method']} synthesizes from the pool: pass --pool (pretrain-pool's --out)"
     if "arch" in selection and (problem := config_mod.unknown_arch(selection["arch"])) is not None:
         return f"--arch: {problem}"
+    if "arch" in selection:  # evaluate: the protocol decides whether soft labels are read
+        if protocol.hard_labels(cfg) and "soft_labels" in inputs:
+            return "evaluate.labels is hard (students learn each image's own label): leave out --soft-labels"
+        if not protocol.hard_labels(cfg) and "soft_labels" not in inputs:
+            return "evaluate.labels is soft: pass --soft-labels (relabel's --out), or set evaluate.labels=hard"
     known = [*registry.METHODS, *cfg.distill.variants]
     if "method" in selection and selection["method"] not in known:
         return f"--method {selection['method']!r}: use one of {', '.join(known)} (variants: distill.variants)"

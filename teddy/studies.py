@@ -95,8 +95,10 @@ def render(names: list[str]) -> str:
         r = row(name)
         page = Path("docs/results") / f"{name}.md"
         link = f"[`{name}`](../{page})" if page.is_file() else f"`{name}`"
+        summary = r["report"] / "summary.md"
+        report = f"[report]({summary.relative_to('results')})" if summary.is_file() else "no report yet"
         lines.append(
-            f"| {link} ({r['dataset']}; [report]({r['report'].relative_to('results')}/summary.md)) "
+            f"| {link} ({r['dataset']}; {report}) "
             f"| {r['question']} | {r['headline']} | {r.get('n', '—')} | {r['ran_on']} | {r['commit']} "
             f"| `{command(name, r['ran_on'])}` |"
         )

@@ -13,9 +13,9 @@ from teddy.runtime.preemption import Preempted, preemption
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float):
-    if name == "sgd":
+    if name in ("sgd", "sgd_plain"):  # sgd_plain: DC/DSA/DM's evaluation optimiser (utils.evaluate_synset)
         return torch.optim.SGD(
-            model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True
+            model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=name == "sgd"
         )
     if name == "adamw":
         # the fused kernel: one pass over each parameter instead of ~10; a ResNet-18 student's whole
@@ -24,7 +24,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float):
         params = list(model.parameters())
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
-    raise ValueError(f"unknown optimizer {name!r}; use sgd or adamw")
+    raise ValueError(f"unknown optimizer {name!r}; use sgd, sgd_plain or adamw")
 
 
 def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 0):
@@ -37,6 +37,19 @@ def warmup_cosine(optimizer, total_steps: int, warmup_steps: int = 0):
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def student_schedule(optimizer, name: str, epochs: int, steps_per_epoch: int):
+    """The student's lr schedule, stepped once per batch: ``cosine`` (warmup_cosine without warm-up)
+    or ``step`` (the lr × 0.1 from epoch ⌊epochs/2⌋ on: DC/DSA/DM's evaluate_synset, which decays
+    after epoch ⌊E/2⌋+1 of its E+1)."""
+    total = epochs * steps_per_epoch
+    if name == "cosine":
+        return warmup_cosine(optimizer, total)
+    if name == "step":
+        decay_at = (epochs // 2) * steps_per_epoch
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step < decay_at else 0.1)
+    raise ValueError(f"unknown schedule {name!r}; use cosine or step")
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -52,8 +52,23 @@ def test_every_arch_trains_one_step_on_every_dataset_shape(arch, dataset):
     assert torch.isfinite(loss)
     with torch.no_grad():
         assert model.eval()(x).shape == (2, spec.num_classes)
-    if arch != "deit_tiny":  # CNNs can serve as pool models: BN matching needs BatchNorm
+    if arch not in ("deit_tiny", "convnet_in"):  # CNNs can serve as pool models: BN matching needs BatchNorm
         assert models.bn_layers(model)
+
+
+def test_convnet_in_is_dc_evaluation_convnet():
+    """DC/DSA/DM's ConvNet (width 128, instance norm, 28 px padded to 32 maps): the same layers and
+    parameter count as theirs (317,706 on Fashion-MNIST), and instance norm, not batch statistics:
+    an image's output does not depend on the rest of its batch in training mode."""
+    spec = models.InputSpec(10, 1, 28, (0.286,), (0.353,))
+    model = models.create_model("convnet_in", spec, width=128).train()
+    assert models.count_params(model) == 317_706
+    assert not models.bn_layers(model)
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.allclose(model(x)[:1], model(x[:1]), atol=1e-5)
+    assert models.create_model("convnet_in", models.InputSpec(10, 3, 32, (0.5,) * 3, (0.25,) * 3), width=128)(
+        torch.rand(1, 3, 32, 32)
+    ).shape == (1, 10)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -3,7 +3,11 @@ KL divergence at temperature T; report top-1/top-5 on the real val split.
 
 For the students in ``evaluate.hard_label_archs`` the job also trains a second student, same
 initialisation and the very same views, with cross-entropy on the images' own labels (mixed by the
-view's CutMix/Mixup λ): DD-Ranking's hard-label accuracy, from which report computes HLR."""
+view's CutMix/Mixup λ): DD-Ranking's hard-label accuracy, from which report computes HLR.
+
+Under ``evaluate.labels: hard`` (the published hard-label protocol of DC/DSA/DM) there are no soft
+labels and no views: the one student learns each image's own label with cross-entropy on the
+images as they are; its accuracy is both the set's top-1 and its hard-label top-1."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
 
 from teddy import health, models
 from teddy.augment import render
@@ -20,10 +25,10 @@ from teddy.io import artifacts
 from teddy.io.files import ArtifactError, atomic_path, read_json
 from teddy.method.losses import mixed_cross_entropy, soft_kl
 from teddy.pool.members import Teacher, check_stored_logits, check_teacher_accuracy
-from teddy.protocol import student_epochs
+from teddy.protocol import hard_labels, student_epochs
 from teddy.runtime.distributed import data_parallel, local_part, share_weight
 from teddy.runtime.progress import Progress
-from teddy.train import TrainState, accuracy_of, make_optimizer, warmup_cosine
+from teddy.train import TrainState, accuracy_of, make_optimizer, student_schedule
 
 log = logging.getLogger(__name__)
 STATE = "train_state.pt"  # resumable student state; removed when training completes
@@ -34,7 +39,7 @@ def train_student(
     cfg,
     model,
     images,
-    soft: dict,
+    soft: dict | None,
     seed: int,
     device,
     on_epoch,
@@ -45,7 +50,8 @@ def train_student(
     progress: Progress | None = None,
 ) -> int:
     """KL to the soft labels of the stored views: replayed logits, or ``teacher`` run online; with
-    ``hard_labels``, cross-entropy to the images' labels on the same views instead. ``epochs``:
+    ``hard_labels``, cross-entropy to the images' labels on the same views instead, or on the images
+    as they are when ``soft`` is None (evaluate.labels: hard). ``epochs``:
     evaluate.epochs unless given (the full-data row's, teddy.protocol.student_epochs).
 
     ``on_epoch(epoch, loss, extra) -> extra`` after every epoch (``extra``: e.g. the accuracy curve,
@@ -57,26 +63,27 @@ def train_student(
     e = cfg.evaluate
     epochs = e.epochs if epochs is None else epochs
     n = len(images)
-    stored_epochs = soft["crops"].shape[0]
-    if stored_epochs < epochs or soft["crops"].shape[1] != n:
+    if soft is None and hard_labels is None:
+        raise ValueError("without soft labels the student needs the images' hard labels")
+    if soft is not None and (soft["crops"].shape[0] < epochs or soft["crops"].shape[1] != n):
         raise ArtifactError(
-            f"soft-label file holds {stored_epochs} epochs × {soft['crops'].shape[1]} images but "
+            f"soft-label file holds {soft['crops'].shape[0]} epochs × {soft['crops'].shape[1]} images but "
             f"evaluate needs {epochs} × {n}: rerun relabel with the same evaluate.epochs "
             "(evaluate.full_data_epochs for the full-data row)"
         )
-    replay = soft.get("replay")
-    if replay is None and teacher is None and hard_labels is None:
+    replay = None if soft is None else soft.get("replay")
+    if soft is not None and replay is None and teacher is None and hard_labels is None:
         raise ArtifactError(
             "the soft-label file was made with relabel.mode=online: pass --pool for the teacher"
         )
     batch = min(e.batch_size, n)
     net = data_parallel(model)
     opt = make_optimizer(model, e.optimizer, e.lr, e.weight_decay)
-    sched = warmup_cosine(opt, epochs * -(-n // batch))
+    sched = student_schedule(opt, e.schedule, epochs, -(-n // batch))
     gen = torch.Generator().manual_seed(seed)
     images = images.to(device)
     hard = None if hard_labels is None else hard_labels.to(device)
-    views = {**soft, "crops": soft["crops"].to(device), "mix": soft["mix"].to(device)}
+    views = None if soft is None else {**soft, "crops": soft["crops"].to(device), "mix": soft["mix"].to(device)}
     st = {"epoch": 0, "start": 0, "perm": None, "total": torch.zeros((), device=device), "extra": None}
     state = TrainState(state_path, model, opt, sched, gen)
     st = state.load(device) or st
@@ -96,10 +103,13 @@ def train_student(
             state.preempt(st, f"in epoch {epoch + 1}")
             whole = st["perm"][st["start"] : st["start"] + batch]
             idx = local_part(whole)  # this rank's share (DDP)
-            view = render(images, views, epoch, idx)
-            if hard is not None:
+            if views is None:  # hard-label protocol: the images as they are
+                loss = F.cross_entropy(net(images[idx]), hard[idx])
+            elif hard is not None:
+                view = render(images, views, epoch, idx)
                 loss = mixed_cross_entropy(net(view), hard, idx, views["mix"][epoch, idx], views["mix_mode"])
             else:
+                view = render(images, views, epoch, idx)
                 target = replay(epoch, idx, device) if replay is not None else teacher(view)
                 loss = soft_kl(net(view), target, e.temperature)
             opt.zero_grad(set_to_none=True)
@@ -127,24 +137,26 @@ def curve_subset(n_val: int, n: int) -> torch.Tensor | None:
 
 def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, tracker) -> dict:
     """inputs: ``data``, ``synthetic``, ``soft_labels`` (+ ``pool``: the teacher, for online relabel and
-    to check stored logits against) dirs; outputs: ``out``."""
+    to check stored logits against) dirs, no ``soft_labels`` or ``pool`` under evaluate.labels: hard;
+    outputs: ``out``."""
     data_dir = Path(inputs["data"])
     manifest = read_json(data_dir / artifacts.DATA_MANIFEST)
     source = open_source(data_dir, cfg.prepare_data.workers)
     syn = artifacts.load_synthetic(inputs["synthetic"], manifest)
-    soft = artifacts.load_soft_labels(inputs["soft_labels"], syn)
+    hard = hard_labels(cfg)
+    soft = None if hard else artifacts.load_soft_labels(inputs["soft_labels"], syn)
     probe = curve_subset(source.count("val"), cfg.evaluate.curve_val_images)
     spec = models.InputSpec.from_manifest(manifest)
     name = f"{syn['method']} ipc{syn['ipc']} {arch} seed{seed}"
     epochs = student_epochs(cfg, syn["method"], syn["ipc"])
-    stored = soft["crops"].shape[0]
+    stored = epochs if hard else soft["crops"].shape[0]
     if stored < epochs:  # before anything is trained or written
         raise ArtifactError(
             f"{Path(inputs['soft_labels']) / artifacts.SOFT_LABELS}: holds views for {stored} student epochs, "
             f"evaluate.epochs asks for {epochs}: set evaluate.epochs to at most {stored}, or rerun relabel "
             f"with evaluate.epochs={epochs} (evaluate.full_data_epochs for the full-data row)"
         )
-    teacher = Teacher(inputs["pool"], soft["teacher"], device, cfg, data_dir) if "pool" in inputs else None
+    teacher = Teacher(inputs["pool"], soft["teacher"], device, cfg, data_dir) if "pool" in inputs and not hard else None
     if teacher is not None:  # the teacher still scores what it did when it was built
         check_teacher_accuracy(teacher, source, Path(inputs["pool"]) / artifacts.POOL_MANIFEST, device)
     if teacher is not None and "replay" in soft:  # stored logits: are they this teacher's?
@@ -208,8 +220,12 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
         }
         return final, curve, resumed
 
-    final, curve, resumed = student("soft", STATE)
+    if hard:  # the one student is the hard-label one: its accuracy is the set's top-1 and hard top-1
+        final, curve, resumed = student("hard", STATE, labels=syn["labels"])
+    else:
+        final, curve, resumed = student("soft", STATE)
     metrics = {
+        "labels": "hard" if hard else "soft",
         "arch": arch,
         "seed": seed,
         "method": syn["method"],
@@ -222,10 +238,12 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
         "resumed_from_epoch": resumed,
         "health": final["health"],  # why this number is not a result (diverged, at chance); empty: none
     }
-    if arch in cfg.evaluate.hard_label_archs:
-        hard, hard_curve, _ = student("hard", STATE_HARD, labels=syn["labels"])
-        metrics |= {"hard_top1": hard["top1"], "hard_top5": hard["top5"], "hard_curve": hard_curve}
-        metrics["health"] += hard["health"]
+    if hard:
+        metrics |= {"hard_top1": final["top1"], "hard_top5": final["top5"]}
+    elif arch in cfg.evaluate.hard_label_archs:
+        second, hard_curve, _ = student("hard", STATE_HARD, labels=syn["labels"])
+        metrics |= {"hard_top1": second["top1"], "hard_top5": second["top5"], "hard_curve": hard_curve}
+        metrics["health"] += second["health"]
     plot_curve(metrics, name, out / artifacts.CURVE_PNG)
     tracker.log_artifact(out / artifacts.CURVE_PNG)  # the learning curve, in the run that made it
     return metrics
@@ -240,7 +258,8 @@ def plot_curve(metrics: dict, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
-    for key, label in (("curve", "soft labels (KL)"), ("hard_curve", "hard labels (CE)")):
+    first = "hard labels (CE, no views)" if metrics.get("labels") == "hard" else "soft labels (KL)"
+    for key, label in (("curve", first), ("hard_curve", "hard labels (CE)")):
         points = metrics.get(key)
         if points:
             line = ax.plot(

@@ -107,9 +107,13 @@ def collect_row(eval_dir: Path) -> dict:
     """Follow an evaluation's recorded inputs back through the stages that produced them."""
     ev = read_json(eval_dir / "metrics.json")
     syn = read_json(recorded_input(ev["inputs"]["synthetic"], eval_dir) / "metrics.json")
-    soft = read_json(recorded_input(ev["inputs"]["soft_labels"], eval_dir) / "metrics.json")
     data = read_json(recorded_input(ev["inputs"]["data"], eval_dir) / "metrics.json")
-    pool = read_json(recorded_input(soft["inputs"]["pool"], eval_dir) / "metrics.json")
+    if "soft_labels" in ev["inputs"]:
+        soft = read_json(recorded_input(ev["inputs"]["soft_labels"], eval_dir) / "metrics.json")
+        pool_dir = soft["inputs"]["pool"]
+    else:  # evaluate.labels: hard: no relabel job; a pool only where the method synthesized from one
+        soft, pool_dir = {"wall_s": 0.0}, syn.get("inputs", {}).get("pool")
+    pool = read_json(recorded_input(pool_dir, eval_dir) / "metrics.json") if pool_dir else {"wall_s": 0.0}
     walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
     row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
     row["hard_top1"] = ev.get("hard_top1", float("nan"))  # evaluate.hard_label_archs only
@@ -322,6 +326,20 @@ def interval_cell(mean: float, low: float, high: float, n: int, students: int = 
     return f"{mean:+.2f}{span} (n={n}" + (f", {students} students" if students else "") + ")"
 
 
+def protocol_line(cfg) -> str:
+    """The evaluation protocol in one sentence (evaluate.labels, optimiser, schedule, epochs)."""
+    e = cfg.evaluate
+    kind = (
+        "hard labels: cross-entropy to each image's own label on the images as they are (no relabel, no views)"
+        if e.labels == "hard"
+        else f"soft labels: KL at T = {e.temperature:g} to the teacher's logits on relabel's stored views"
+    )
+    return (
+        f"Protocol: {kind}; {e.optimizer}, lr {e.lr:g}, {e.schedule} schedule, weight decay {e.weight_decay:g}, "
+        f"batch {e.batch_size}, {e.epochs} epochs."
+    )
+
+
 def hard_label_sections(df: pd.DataFrame) -> list[str]:
     """Hard-label top-1 and HLR tables (DD-Ranking), when evaluate.hard_label_archs trained any."""
     if df.hard_top1.isna().all():
@@ -470,7 +488,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         provenance_line(prov) + "\n",
         *flagged_section(df),
         f"Student val top-1 (%), mean ± sample std over seeds {seeds} (a cell without ± is one seed);"
-        " rows method/IPC, columns student arch.\n",
+        f" rows method/IPC, columns student arch. {protocol_line(cfg)}\n",
         mean_std_table(df, "top1").to_markdown(index=False, disable_numparse=True),
         f"\nIOR: top-1 minus `{cfg.report.baseline_method}` (same dataset/IPC/arch/seed, same protocol).\n",
         mean_std_table(df, "ior").to_markdown(index=False, disable_numparse=True),

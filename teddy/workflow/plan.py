@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from teddy.config import RESOLVED
 from teddy.method import registry
 from teddy.pool.naming import arch_slug, needs_base, parse_member, pool_job_names
-from teddy.protocol import algorithm, full_data_row
+from teddy.protocol import algorithm, full_data_row, hard_labels, uses_pool
 from teddy.workflow.params import param_keys, recipe_keys
 
 FOLDERS = {
@@ -139,7 +139,9 @@ def plan(data: Mapping) -> list[Job]:
             "prepare_data",
         )
     ]
-    jobs += _pool_jobs(data, w)
+    if uses_pool(data):
+        jobs += _pool_jobs(data, w)
+    hard = hard_labels(data)  # no relabel: students learn the images' own labels
     grid = evaluation_grid(data)
     sets = list(dict.fromkeys((g["method"], g["ipc"], g["seed"]) for g in grid))
     for method, ipc, seed in sets:
@@ -188,6 +190,8 @@ def plan(data: Mapping) -> list[Job]:
                 "distill",
             )
         )
+        if hard:
+            continue
         soft = path("relabel", **w, **s)
         jobs.append(
             Job(
@@ -206,6 +210,7 @@ def plan(data: Mapping) -> list[Job]:
         out = path("evaluate", **w, **g)
         evaluations.append(out)
         syn, soft = path("distill", **w, **s), path("relabel", **w, **s)
+        labels = () if hard else ("--soft-labels", soft, "--pool", pool)
         jobs.append(
             Job(
                 "evaluate",
@@ -216,10 +221,7 @@ def plan(data: Mapping) -> list[Job]:
                     data_dir,
                     "--synthetic",
                     syn,
-                    "--soft-labels",
-                    soft,
-                    "--pool",
-                    pool,
+                    *labels,
                     "--arch",
                     g["arch"],
                     "--seed",
@@ -227,7 +229,7 @@ def plan(data: Mapping) -> list[Job]:
                     "--out",
                     out,
                 ),
-                (data_dir, f"{syn}/synthetic.pt", soft, manifest),
+                (data_dir, f"{syn}/synthetic.pt", *(() if hard else (soft, manifest))),
                 (out,),
                 tuple(param_keys(data, "evaluate")),
                 "evaluate",

@@ -3,7 +3,7 @@ import re
 import sys
 
 from teddy.config import stable_copy
-from teddy.protocol import algorithm, data_file
+from teddy.protocol import algorithm, data_file, hard_labels
 from teddy.workflow.plan import (
     KEY_PATTERN,
     command_in,
@@ -140,6 +140,16 @@ def get_distill_shards(wildcards):
             "distill_shard", "batches.pt", **dict(wildcards.items()), shard=i, nshards=n
         )
         for i in range(n)
+    ]
+
+
+def evaluate_label_inputs(wildcards):
+    """Soft labels and the teacher's pool; nothing under evaluate.labels: hard (no relabel job)."""
+    if hard_labels(cfg(wildcards)):
+        return []
+    return [
+        path("relabel", "soft_labels.pt", **dict(wildcards.items())),
+        at("pretrain_pool", "manifest.json")(wildcards),
     ]
 
 

@@ -3,8 +3,7 @@ rule evaluate:
         code=code_files("evaluate", absolute=True),
         data=at("prepare_data", "manifest.json"),
         synthetic=path("distill", "synthetic.pt"),
-        soft=path("relabel", "soft_labels.pt"),
-        pool=at("pretrain_pool", "manifest.json"),
+        labels=evaluate_label_inputs,
     output:
         metrics=path("evaluate", "metrics.json"),
     log:
