@@ -152,7 +152,10 @@ def layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, d
     if isinstance(parent, list) and not parent:
         raise ConfigError(f"{path}: extends is an empty list; name a study or config file, or remove it")
     below: list[tuple[Path, dict]] = []
-    for name in parents:  # a list layers its files in order; a file two of them share comes in once, first
+    # a list layers its files in order, each with its own chain; a file two chains share (the project's
+    # config/config.yaml) comes in once, where it first appears: so every file of such a list should
+    # extend what it stands on, else a later chain's base would undo it
+    for name in parents:
         for layer in layers(_extends_path(name, path), (*_seen, path.resolve())):
             if all(layer[0].resolve() != seen.resolve() for seen, _ in below):
                 below.append(layer)

@@ -163,7 +163,9 @@ def estimate(cfg, tflops: float | None = None, device=None) -> tuple[list[Row], 
     }
     measured = {}
     if device is not None:
-        measured = {a: measure_tflops(a, spec, e.width if a.startswith("convnet") else p.width, device) for a in archs}
+        measured = {
+            a: measure_tflops(a, spec, e.width if a.startswith("convnet") else p.width, device) for a in archs
+        }
     speed = {a: (measured.get(a) or tflops or DEFAULT_TFLOPS) * 1e12 for a in archs}
     base = archs[p.arch]
     image_bytes = channels * size * size

@@ -179,7 +179,11 @@ def convnet_in(spec: InputSpec, width: int = 128) -> nn.Module:
     size = 32 if spec.image_size == 28 else spec.image_size
     for depth in range(3):
         pad = 3 if depth == 0 and spec.image_size == 28 else 1
-        layers += [nn.Conv2d(channels, width, 3, padding=pad), nn.GroupNorm(width, width), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(channels, width, 3, padding=pad),
+            nn.GroupNorm(width, width),
+            nn.ReLU(inplace=True),
+        ]
         if size >= 4:
             layers.append(nn.AvgPool2d(2))
             size //= 2

@@ -156,7 +156,9 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
             f"evaluate.epochs asks for {epochs}: set evaluate.epochs to at most {stored}, or rerun relabel "
             f"with evaluate.epochs={epochs} (evaluate.full_data_epochs for the full-data row)"
         )
-    teacher = Teacher(inputs["pool"], soft["teacher"], device, cfg, data_dir) if "pool" in inputs and not hard else None
+    teacher = None
+    if "pool" in inputs and not hard:
+        teacher = Teacher(inputs["pool"], soft["teacher"], device, cfg, data_dir)
     if teacher is not None:  # the teacher still scores what it did when it was built
         check_teacher_accuracy(teacher, source, Path(inputs["pool"]) / artifacts.POOL_MANIFEST, device)
     if teacher is not None and "replay" in soft:  # stored logits: are they this teacher's?

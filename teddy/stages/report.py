@@ -335,8 +335,8 @@ def protocol_line(cfg) -> str:
         else f"soft labels: KL at T = {e.temperature:g} to the teacher's logits on relabel's stored views"
     )
     return (
-        f"Protocol: {kind}; {e.optimizer}, lr {e.lr:g}, {e.schedule} schedule, weight decay {e.weight_decay:g}, "
-        f"batch {e.batch_size}, {e.epochs} epochs."
+        f"Protocol: {kind}; {e.optimizer}, lr {e.lr:g}, {e.schedule} schedule, "
+        f"weight decay {e.weight_decay:g}, batch {e.batch_size}, {e.epochs} epochs."
     )
 
 
