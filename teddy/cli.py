@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from teddy import config as config_mod
+from teddy import protocol
 from teddy.method import registry
 
 log = logging.getLogger("teddy")
@@ -133,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="DIR",
                 dest="assemble_from",
                 help="write --out/manifest.json from these job folders instead",
+            )
+            p.add_argument(
+                "--replicate",
+                type=non_negative("--replicate"),
+                default=None,
+                metavar="S",
+                help="with pretrain_pool.replicate: build run seed S's own pool (its seeds offset by S)",
             )
         if name == "distill":
             p.add_argument(
@@ -368,6 +376,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
     selection = {k: getattr(args, k) for k in sel}
+    replicate = selection.get("seed", getattr(args, "replicate", None))
+    if cfg.pretrain_pool.replicate:  # run seed S's jobs see pool S's seeds (teddy.protocol.replicate_config)
+        if replicate is None and args.stage == "pretrain-pool":
+            print(
+                f"teddy {args.stage}: pretrain_pool.replicate is on (one pool per run seed): "
+                "pass --replicate S, the run seed whose pool this is",
+                file=sys.stderr,
+            )
+            return 2
+        if replicate is not None:  # prepare-data and report read no pool
+            cfg = config_mod.freeze(protocol.replicate_config(cfg, replicate))
+    elif getattr(args, "replicate", None) is not None:
+        print(
+            f"teddy {args.stage}: --replicate needs pretrain_pool.replicate: true; leave it out", file=sys.stderr
+        )
+        return 2
     options = {
         k: getattr(args, k) for k in ("shard", "merge_from", "member", "assemble_from") if hasattr(args, k)
     }

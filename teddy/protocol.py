@@ -65,3 +65,14 @@ def uses_pool(data: Any) -> bool:
     if not hard_labels(plain):
         return True
     return any(registry.get(algorithm(plain, m)).optimises for m in plain["distill"]["methods"])
+
+
+def replicate_config(data: Any, seed: int) -> dict:
+    """The config run seed ``seed``'s jobs see: with pretrain_pool.replicate on, the pool's seeds
+    offset by it (pretrain_pool.seed + S, each prior seed + S: pool S); unchanged otherwise."""
+    plain = config_plain(data)
+    p = plain["pretrain_pool"]
+    if not p["replicate"]:
+        return plain
+    pool = {**p, "seed": p["seed"] + seed, "prior_seeds": [s + seed for s in p["prior_seeds"]]}
+    return {**plain, "pretrain_pool": pool}

@@ -12,7 +12,7 @@ from teddy import config as config_mod
 from teddy.config import grid_keys
 from teddy.method import registry
 from teddy.pool.naming import pool_job_config
-from teddy.protocol import algorithm
+from teddy.protocol import algorithm, replicate_config
 
 
 def job_params(data: Mapping, stage: str, method: str | None = None, member: str | None = None) -> dict:
@@ -93,6 +93,12 @@ def recipe_keys(data: Mapping) -> dict:
         "data_key": data_key,
         "pool_key": _fingerprint({"data": data_key, **pool}),
     }
+
+
+def replica_keys(data: Mapping) -> dict[int, dict]:
+    """Run seed → the recipe_keys of the config its jobs see (teddy.protocol.replicate_config): the
+    same pool for every seed, or with pretrain_pool.replicate each seed's own pool_key."""
+    return {seed: recipe_keys(replicate_config(data, seed)) for seed in data["run"]["seeds"]}
 
 
 def pool_recipe(data: Mapping, origin: str) -> dict:

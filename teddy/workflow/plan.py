@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from teddy.config import RESOLVED
 from teddy.method import registry
 from teddy.pool.naming import arch_slug, needs_base, parse_member, pool_job_names
-from teddy.protocol import algorithm, full_data_row, hard_labels, uses_pool
-from teddy.workflow.params import param_keys, recipe_keys
+from teddy.protocol import algorithm, full_data_row, hard_labels, replicate_config, uses_pool
+from teddy.workflow.params import param_keys, recipe_keys, replica_keys
 
 FOLDERS = {
     "prepare_data": "results/{dataset}/data/{data_key}",
@@ -58,8 +58,11 @@ class Job:
     code: str  # the stage whose code_files() it runs
 
 
-def _pool_jobs(data: Mapping, w: dict) -> list[Job]:
+def _pool_jobs(data: Mapping, w: dict, replicate: int | None = None) -> list[Job]:
+    """The pool's jobs (``data``: the config its seeds come from; ``replicate``: the run seed whose
+    own pool it is, pretrain_pool.replicate)."""
     p = data["pretrain_pool"]
+    own = ("--replicate", str(replicate)) if replicate is not None else ()
     data_dir, base = path("prepare_data", **w), path("pool_job", job="base", **w)
     jobs = []
     for name in pool_job_names(p):
@@ -82,6 +85,7 @@ def _pool_jobs(data: Mapping, w: dict) -> list[Job]:
                     *(("--base", base) if base_first else ()),
                     "--member",
                     member,
+                    *own,
                     "--out",
                     out,
                 ),
@@ -97,7 +101,7 @@ def _pool_jobs(data: Mapping, w: dict) -> list[Job]:
         Job(
             stage="pretrain_pool",
             name=f"pretrain_pool_{w['pool_key']}",
-            command=("pretrain-pool", "--assemble", *folders, "--out", pool),
+            command=("pretrain-pool", "--assemble", *folders, *own, "--out", pool),
             deps=tuple(folders),
             outs=declared(pool, ("manifest.json", "metrics.json")),
             params=(),
@@ -126,8 +130,8 @@ def evaluation_grid(data: Mapping) -> list[dict]:
 def plan(data: Mapping) -> list[Job]:
     """Every job of the resolved config ``data`` in an order that respects dependencies."""
     w = recipe_keys(data)
-    data_dir, pool = path("prepare_data", **w), path("pretrain_pool", **w)
-    manifest = f"{pool}/manifest.json"
+    data_dir = path("prepare_data", **w)
+    replicas = replica_keys(data)  # run seed → where its pool is (one pool unless pretrain_pool.replicate)
     jobs = [
         Job(
             "prepare_data",
@@ -140,12 +144,19 @@ def plan(data: Mapping) -> list[Job]:
         )
     ]
     if uses_pool(data):
-        jobs += _pool_jobs(data, w)
+        built = set()
+        for seed, keys in replicas.items():
+            if keys["pool_key"] not in built:
+                built.add(keys["pool_key"])
+                own = seed if data["pretrain_pool"]["replicate"] else None
+                jobs += _pool_jobs(replicate_config(data, seed), keys, own)
     hard = hard_labels(data)  # no relabel: students learn the images' own labels
     grid = evaluation_grid(data)
     sets = list(dict.fromkeys((g["method"], g["ipc"], g["seed"]) for g in grid))
     for method, ipc, seed in sets:
         s = {"method": method, "ipc": ipc, "seed": seed}
+        pool = path("pretrain_pool", **replicas[seed])
+        manifest = f"{pool}/manifest.json"
         tag = f"{w['study']}_{method}_ipc{ipc}_seed{seed}"
         syn = path("distill", **w, **s)
         keys = tuple(param_keys(data, "distill", method=method))
@@ -210,6 +221,8 @@ def plan(data: Mapping) -> list[Job]:
         out = path("evaluate", **w, **g)
         evaluations.append(out)
         syn, soft = path("distill", **w, **s), path("relabel", **w, **s)
+        pool = path("pretrain_pool", **replicas[g["seed"]])
+        manifest = f"{pool}/manifest.json"
         labels = () if hard else ("--soft-labels", soft, "--pool", pool)
         jobs.append(
             Job(

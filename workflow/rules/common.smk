@@ -3,7 +3,7 @@ import re
 import sys
 
 from teddy.config import stable_copy
-from teddy.protocol import algorithm, data_file, hard_labels
+from teddy.protocol import algorithm, data_file, hard_labels, replicate_config
 from teddy.workflow.plan import (
     KEY_PATTERN,
     command_in,
@@ -13,7 +13,7 @@ from teddy.workflow.plan import (
     path,
 )
 from teddy.workflow.deps import code_files
-from teddy.workflow.params import job_params, recipe_keys
+from teddy.workflow.params import job_params, recipe_keys, replica_keys
 from teddy.pool.naming import arch_slug, needs_base, pool_job_names
 from teddy.workflow.resources import stage_resources as config_stage_resources
 from teddy.method import registry
@@ -21,11 +21,19 @@ from teddy.method import registry
 # STUDIES (Snakefile): {study: (resolved config, its file)}. A study's own jobs carry {study} in their
 # paths; the data and pool folders carry the fingerprint of their recipe ({data_key}, {pool_key}), and
 # run with the config of the first study of that recipe (the others agree on every key they read).
+# With pretrain_pool.replicate every run seed has its own pool (REPLICAS: study → seed → keys), whose
+# jobs see that seed's config (POOL_CONFIG) and carry --replicate in their plan command.
 KEYS = {name: recipe_keys(data) for name, (data, _) in STUDIES.items()}
+REPLICAS = {name: replica_keys(data) for name, (data, _) in STUDIES.items()}
 BY_KEY = {}
+POOL_CONFIG = {}
 for _name, _keys in KEYS.items():
     BY_KEY.setdefault(_keys["data_key"], _name)
-    BY_KEY.setdefault(_keys["pool_key"], _name)
+    for _seed, _replica in REPLICAS[_name].items():
+        BY_KEY.setdefault(_replica["pool_key"], _name)
+        POOL_CONFIG.setdefault(
+            _replica["pool_key"], replicate_config(STUDIES[_name][0], _seed)
+        )
 # Each job reads its config from a path its wildcards name (shell: study-{wildcards.study}.yaml,
 # recipe-{wildcards.data_key}.yaml, ...), never from params: the rerun triggers are the keys a job
 # depends on (stage_params), not the whole study.
@@ -81,15 +89,24 @@ def study_of(wildcards):
 
 
 def cfg(wildcards):
-    """The resolved config a job runs with."""
+    """The resolved config a job runs with (a pool job's: its replicate's)."""
+    pool_key = getattr(wildcards, "pool_key", None)
+    if pool_key is not None:
+        return POOL_CONFIG[pool_key]
     return STUDIES[study_of(wildcards)][0]
+
+
+def keys_of(w):
+    """The data and pool keys of a job: its study's, with the pool of its run seed for a study job."""
+    name = study_of(w)
+    if hasattr(w, "study") and hasattr(w, "seed"):
+        return REPLICAS[name][int(w.seed)]
+    return KEYS[name]
 
 
 def at(kind, file, **fixed):
     """An input of a job: ``file`` in the ``kind`` folder of the job's study (its data and pool keys)."""
-    return lambda w: path(
-        kind, file, **{**KEYS[study_of(w)], **dict(w.items()), **fixed}
-    )
+    return lambda w: path(kind, file, **{**keys_of(w), **dict(w.items()), **fixed})
 
 
 def all_outputs():
