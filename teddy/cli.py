@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_mod.freeze(protocol.replicate_config(cfg, replicate))
     elif getattr(args, "replicate", None) is not None:
         print(
-            f"teddy {args.stage}: --replicate needs pretrain_pool.replicate: true; leave it out", file=sys.stderr
+            f"teddy {args.stage}: --replicate needs pretrain_pool.replicate: true; leave it out",
+            file=sys.stderr,
         )
         return 2
     options = {
