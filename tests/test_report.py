@@ -395,3 +395,33 @@ def test_paired_ior_over_students_averages_per_seed_over_fully_paired_students_o
     )
     assert list(table.columns)[-1] == report.ACROSS  # after the students
     assert report.ACROSS not in report.ior_interval_table(df, "random").columns  # no configured seeds given
+
+
+def test_holm_adjustment_matches_the_textbook_example():
+    """Holm (1979): p = 0.01, 0.04, 0.03, 0.005 (m = 4) → 0.03, 0.06, 0.06, 0.02; NaN is not counted."""
+    from teddy.stages.report import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.01, float("nan"), 0.04])
+    assert adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04) and adjusted[1] != adjusted[1]
+    assert holm([0.6, 0.9]) == [1.0, 1.0]
+
+
+def test_paired_tests_give_each_comparison_its_p_and_holm_p():
+    """Two methods against random over 4 seeds on one student: a clear gain is significant after the
+    adjustment, a noisy zero is not; the p-values are scipy's paired t-test."""
+    from scipy import stats
+
+    from teddy.stages.report import add_ior, ior_test_table
+
+    rows = []
+    for seed, (gain, noise) in enumerate([(5.1, 0.3), (4.8, -0.4), (5.3, 0.2), (4.9, -0.1)]):
+        for method, top1 in (("random", 50.0), ("good", 50.0 + gain), ("same", 50.0 + noise)):
+            rows.append({"dataset": "d", "method": method, "ipc": 1, "arch": "convnet", "seed": seed, "top1": top1})
+    table = ior_test_table(add_ior(pd.DataFrame(rows), "random"), "random", [0, 1, 2, 3]).set_index("method")
+    p_good = stats.ttest_1samp([5.1, 4.8, 5.3, 4.9], 0).pvalue
+    p_same = stats.ttest_1samp([0.3, -0.4, 0.2, -0.1], 0).pvalue
+    assert float(table.loc["good", "p"]) == pytest.approx(p_good, rel=0.05)
+    assert float(table.loc["good", "p (Holm)"]) == pytest.approx(2 * p_good, rel=0.05)
+    assert float(table.loc["same", "p (Holm)"]) == pytest.approx(min(1, p_same), rel=0.05)
+    assert float(table.loc["good", "p (Holm)"]) < 0.05 < float(table.loc["same", "p (Holm)"])

@@ -274,6 +274,19 @@ def paired_interval(diffs: pd.Series, level: float = 0.95) -> tuple[float, float
 ACROSS = "mean over students"  # the paired IOR table's column over every fully paired student
 
 
+def test_section(df: pd.DataFrame, cfg) -> list[str]:
+    """The paired IOR table's comparisons as tests: p and Holm-adjusted p (ior_test_table)."""
+    table = ior_test_table(df, cfg.report.baseline_method, list(cfg.run.seeds))
+    if table.empty or not table["p"].astype(bool).any():
+        return []
+    return [
+        f"\nPaired t-tests of the table above (two-sided, mean difference to `{cfg.report.baseline_method}` "
+        f"= 0 over seeds): p, and p Holm-adjusted over all {len(table)} comparisons of this table (the "
+        "family a reader scans; a study's own confirmatory claim should name its one comparison).\n",
+        table.to_markdown(index=False, disable_numparse=True),
+    ]
+
+
 def against_sections(df: pd.DataFrame, cfg) -> list[str]:
     """A paired table against each method of report.also_against (a study's second comparisons,
     e.g. a variant against the paper form), computed like the main one."""
@@ -293,31 +306,84 @@ def against_sections(df: pd.DataFrame, cfg) -> list[str]:
     return out
 
 
-def ior_interval_table(df: pd.DataFrame, baseline: str, seeds: list[int] | None = None) -> pd.DataFrame:
-    """Paired IOR per method/IPC/arch: mean difference to ``baseline`` over the seeds both ran
-    (same seed = same teacher, relabel views and student init) with its 95 % t-interval. With
-    ``seeds`` (the configured ones), column ACROSS: per seed the mean difference over the students
-    paired at every one of those seeds, then its interval over seeds (a student still partly run
-    stays out; the cell counts the students in it). Only where at least two students qualify."""
-    rows = []
+def paired_groups(df: pd.DataFrame, baseline: str, seeds: list[int] | None = None):
+    """The paired comparisons of a table against ``baseline``: (key {dataset, method, ipc}, column,
+    per-seed differences, students) per method/IPC/arch, and, with ``seeds`` (the configured ones),
+    column ACROSS: per seed the mean difference over the students paired at every one of those seeds
+    (a student still partly run stays out), where at least two students qualify."""
     for (dataset, method, ipc), g in df.dropna(subset=["ior"]).groupby(["dataset", "method", "ipc"]):
         if method in (baseline, FULL_DATA):
             continue
         key = {"dataset": dataset, "method": method, "ipc": ipc}
         complete = []  # students paired at every configured seed
         for arch, ga in g.groupby("arch"):
-            rows.append({**key, "arch": arch, "cell": interval_cell(*paired_interval(ga.ior))})
+            yield key, arch, ga.ior, 0
             if seeds and set(seeds) <= set(ga.seed):
                 complete.append(arch)
         if len(complete) > 1:
             per_seed = g[g.arch.isin(complete) & g.seed.isin(seeds)].groupby("seed").ior.mean()
-            cell = interval_cell(*paired_interval(per_seed), len(complete))
-            rows.append({**key, "arch": ACROSS, "cell": cell})
+            yield key, ACROSS, per_seed, len(complete)
+
+
+def ior_interval_table(df: pd.DataFrame, baseline: str, seeds: list[int] | None = None) -> pd.DataFrame:
+    """Paired IOR per method/IPC/arch: mean difference to ``baseline`` over the seeds both ran
+    (same seed = same teacher, relabel views and student init) with its 95 % t-interval; column
+    ACROSS over the students paired at every configured seed (paired_groups), its cell counting them."""
+    rows = [
+        {**key, "arch": arch, "cell": interval_cell(*paired_interval(diffs), students)}
+        for key, arch, diffs, students in paired_groups(df, baseline, seeds)
+    ]
     if not rows:
         return pd.DataFrame()
     wide = pd.DataFrame(rows).pivot(index=["dataset", "method", "ipc"], columns="arch", values="cell")
     order = sorted(c for c in wide.columns if c != ACROSS) + [c for c in wide.columns if c == ACROSS]
     return wide[order].fillna("").reset_index()
+
+
+def paired_p(diffs: pd.Series) -> float:
+    """Two-sided p-value of the paired t-test (mean difference 0) over seeds; NaN below two seeds or
+    when every difference is the same (no spread to test against)."""
+    from scipy import stats
+
+    values = diffs.dropna().to_numpy(dtype=float)
+    if len(values) < 2 or values.std() == 0:
+        return float("nan")
+    return float(stats.ttest_1samp(values, 0.0).pvalue)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN and is not counted): the
+    k-th smallest of m is multiplied by m − k + 1, kept monotone, capped at 1."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p == p)
+    out = [float("nan")] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        out[i] = running
+    return out
+
+
+def ior_test_table(df: pd.DataFrame, baseline: str, seeds: list[int] | None = None) -> pd.DataFrame:
+    """Every comparison of the paired IOR table with its paired t-test p-value and the p-value
+    Holm-adjusted over the whole table (the family: every method/IPC/student cell and every mean
+    over students)."""
+    rows = [
+        {
+            **key,
+            "students": arch if not students else f"{ACROSS} ({students})",
+            "IOR": f"{diffs.mean():+.2f}",
+            "n": int(diffs.notna().sum()),
+            "p": paired_p(diffs),
+        }
+        for key, arch, diffs, students in paired_groups(df, baseline, seeds)
+    ]
+    if not rows:
+        return pd.DataFrame()
+    out = pd.DataFrame(rows)
+    out["p (Holm)"] = holm(list(out.p))
+    for col in ("p", "p (Holm)"):
+        out[col] = [f"{v:.2g}" if v == v else "" for v in out[col]]
+    return out
 
 
 def interval_cell(mean: float, low: float, high: float, n: int, students: int = 0) -> str:
@@ -499,6 +565,7 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         ior_interval_table(df, cfg.report.baseline_method, list(cfg.run.seeds)).to_markdown(
             index=False, disable_numparse=True
         ),
+        *test_section(df, cfg),
         *against_sections(df, cfg),
         "\nMean wall seconds per job (distill, relabel: per synthetic set; evaluate: per student).\n",
         stage_times(df).to_markdown(index=False, floatfmt=".1f"),
