@@ -163,3 +163,14 @@ def test_the_anchor_study_is_the_published_protocol():
     e = config.load([ROOT / "config" / "studies" / "fm_anchor.yaml"], check_data=False).evaluate
     assert (e.labels, e.archs, e.width, e.epochs, e.batch_size) == ("hard", ("convnet_in",), 128, 300, 256)
     assert (e.optimizer, e.lr, e.weight_decay, e.schedule) == ("sgd_plain", 0.01, 0.0005, "step")
+
+
+def test_a_student_too_large_for_memory_names_evaluate_width(tmp_path, capsys):
+    """evaluate.width=100000 asks for a ~360 GB ConvNet: the stage says which key, not an allocator
+    traceback (a property test drew such a width once), and leaves no metrics behind."""
+    cfg, d, p, s = tiny_synthetic_set(tmp_path, "--set", "evaluate.labels=hard")
+    out = tmp_path / "eval"
+    args = ["--data", str(d), "--synthetic", str(s), "--arch", "convnet", "--seed", "0", "--out", str(out)]
+    assert cli.main(["evaluate", *cfg, "--set", "evaluate.width=100000", *args]) == 1
+    assert "evaluate.width=100000" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()

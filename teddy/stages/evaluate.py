@@ -127,6 +127,20 @@ def train_student(
     return resumed_from
 
 
+def student_model(arch: str, spec, width: int, device) -> torch.nn.Module:
+    """A fresh student; a size that cannot be allocated is a config error naming evaluate.width (a
+    ConvNet's weights grow with its square), not an allocator traceback."""
+    try:
+        return models.create_model(arch, spec, width=width).to(device)
+    except (RuntimeError, MemoryError) as err:
+        if not isinstance(err, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(err).lower():
+            raise
+        raise ArtifactError(
+            f"evaluate.width={width}: the {arch} student does not fit in memory on {device} "
+            f"({str(err).splitlines()[0][:160]}); lower evaluate.width (the ConvNet students' channels)"
+        ) from None
+
+
 def curve_subset(n_val: int, n: int) -> torch.Tensor | None:
     """Indices of the val images scored at intermediate curve points: a fixed random subset of
     ``n`` (the same for every student and seed), or None for the whole split."""
@@ -172,7 +186,7 @@ def run(cfg, inputs: dict, outputs: dict, *, arch: str, seed: int, device, track
         """Train one student (same init for both kinds) → (final accuracy with its ``health``, curve,
         resumed epoch)."""
         torch.manual_seed(seed)
-        model = models.create_model(arch, spec, width=cfg.evaluate.width).to(device)
+        model = student_model(arch, spec, cfg.evaluate.width, device)
         every = max(1, epochs // 10)
         curve: list = []
         prefix = "" if kind == "soft" else "hard_"
