@@ -403,7 +403,9 @@ def test_holm_adjustment_matches_the_textbook_example():
 
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     adjusted = holm([0.01, float("nan"), 0.04])
-    assert adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04) and adjusted[1] != adjusted[1]
+    assert (
+        adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.04) and adjusted[1] != adjusted[1]
+    )
     assert holm([0.6, 0.9]) == [1.0, 1.0]
 
 
@@ -417,7 +419,9 @@ def test_paired_tests_give_each_comparison_its_p_and_holm_p():
     rows = []
     for seed, (gain, noise) in enumerate([(5.1, 0.3), (4.8, -0.4), (5.3, 0.2), (4.9, -0.1)]):
         for method, top1 in (("random", 50.0), ("good", 50.0 + gain), ("same", 50.0 + noise)):
-            rows.append({"dataset": "d", "method": method, "ipc": 1, "arch": "convnet", "seed": seed, "top1": top1})
+            rows.append(
+                {"dataset": "d", "method": method, "ipc": 1, "arch": "convnet", "seed": seed, "top1": top1}
+            )
     table = ior_test_table(add_ior(pd.DataFrame(rows), "random"), "random", [0, 1, 2, 3]).set_index("method")
     p_good = stats.ttest_1samp([5.1, 4.8, 5.3, 4.9], 0).pvalue
     p_same = stats.ttest_1samp([0.3, -0.4, 0.2, -0.1], 0).pvalue
