@@ -578,6 +578,14 @@ def check(data: Mapping, list_files: bool = True) -> None:
     for name in data["report"]["also_against"]:
         if name not in listed:
             problems.append(f"config key report.also_against: {name!r} is not in distill.methods {listed}")
+    known = [*registry.METHODS, *data["distill"]["variants"]]
+    for label, names in data["report"]["row_groups"].items():
+        for name in names:  # a group may name methods other studies of a shared file run; not unknown ones
+            if name not in known:
+                problems.append(
+                    f"config key report.row_groups.{label}: {name!r} is neither a method nor a distill.variants "
+                    f"name ({', '.join(known)})"
+                )
     headline = data.get("study", {}).get("headline")
     for key, names in (("method", data["distill"]["methods"]), ("baseline", data["distill"]["methods"])):
         if headline and key in headline and headline[key] not in names:

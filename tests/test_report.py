@@ -429,3 +429,22 @@ def test_paired_tests_give_each_comparison_its_p_and_holm_p():
     assert float(table.loc["good", "p (Holm)"]) == pytest.approx(2 * p_good, rel=0.05)
     assert float(table.loc["same", "p (Holm)"]) == pytest.approx(min(1, p_same), rel=0.05)
     assert float(table.loc["good", "p (Holm)"]) < 0.05 < float(table.loc["same", "p (Holm)"])
+
+
+def test_row_groups_label_every_table_row_and_unknown_names_are_refused():
+    from teddy.stages.report import FULL_DATA, grouped, mean_std_table
+
+    cfg = config.load(
+        [BASE], overrides=["report.row_groups={as published: [sre2l], package additions: [teddy]}"]
+    )
+    rows = [
+        {"dataset": "d", "method": m, "ipc": 1, "arch": "convnet", "seed": 0, "top1": 50.0}
+        for m in ("random", "sre2l", "teddy", FULL_DATA)
+    ]
+    table = grouped(mean_std_table(pd.DataFrame(rows), "top1"), cfg).set_index("method")
+    assert list(table.columns[:3]) == ["dataset", "group", "ipc"]
+    assert table.group.to_dict() == {
+        FULL_DATA: "full data", "random": "", "sre2l": "as published", "teddy": "package additions"
+    }
+    with pytest.raises(config.ConfigError, match="report.row_groups.as published: 'teddy_x'"):
+        config.load([BASE], overrides=["report.row_groups={as published: [teddy_x]}"])

@@ -283,8 +283,20 @@ def test_section(df: pd.DataFrame, cfg) -> list[str]:
         f"\nPaired t-tests of the table above (two-sided, mean difference to `{cfg.report.baseline_method}` "
         f"= 0 over seeds): p, and p Holm-adjusted over all {len(table)} comparisons of this table (the "
         "family a reader scans; a study's own confirmatory claim should name its one comparison).\n",
-        table.to_markdown(index=False, disable_numparse=True),
+        grouped(table, cfg).to_markdown(index=False, disable_numparse=True),
     ]
+
+
+def grouped(table: pd.DataFrame, cfg) -> pd.DataFrame:
+    """``table`` with a column "group" after "method" (report.row_groups; empty for a method in none,
+    "full data" for the full-data row), or unchanged when no groups are configured."""
+    groups = dict(cfg.report.row_groups)
+    if not groups or "method" not in table:
+        return table
+    label = {m: name for name, methods in groups.items() for m in methods} | {FULL_DATA: "full data"}
+    out = table.copy()
+    out.insert(list(out.columns).index("method") + 1, "group", [label.get(m, "") for m in out.method])
+    return out
 
 
 def against_sections(df: pd.DataFrame, cfg) -> list[str]:
@@ -555,14 +567,14 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
         *flagged_section(df),
         f"Student val top-1 (%), mean ± sample std over seeds {seeds} (a cell without ± is one seed);"
         f" rows method/IPC, columns student arch. {protocol_line(cfg)}\n",
-        mean_std_table(df, "top1").to_markdown(index=False, disable_numparse=True),
+        grouped(mean_std_table(df, "top1"), cfg).to_markdown(index=False, disable_numparse=True),
         f"\nIOR: top-1 minus `{cfg.report.baseline_method}` (same dataset/IPC/arch/seed, same protocol).\n",
-        mean_std_table(df, "ior").to_markdown(index=False, disable_numparse=True),
+        grouped(mean_std_table(df, "ior"), cfg).to_markdown(index=False, disable_numparse=True),
         f"\nPaired IOR: mean difference to `{cfg.report.baseline_method}` over the seeds both ran, "
         "[95 % Student-t interval] (n = seeds); an interval above 0 is a win, one that holds 0 is not "
         f"a difference. `{ACROSS}` (where two or more students are paired at every configured seed): per "
         "seed the mean difference over those students, then its interval over seeds.\n",
-        ior_interval_table(df, cfg.report.baseline_method, list(cfg.run.seeds)).to_markdown(
+        grouped(ior_interval_table(df, cfg.report.baseline_method, list(cfg.run.seeds)), cfg).to_markdown(
             index=False, disable_numparse=True
         ),
         *test_section(df, cfg),
