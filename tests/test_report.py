@@ -444,7 +444,10 @@ def test_row_groups_label_every_table_row_and_unknown_names_are_refused():
     table = grouped(mean_std_table(pd.DataFrame(rows), "top1"), cfg).set_index("method")
     assert list(table.columns[:3]) == ["dataset", "group", "ipc"]
     assert table.group.to_dict() == {
-        FULL_DATA: "full data", "random": "", "sre2l": "as published", "teddy": "package additions"
+        FULL_DATA: "full data",
+        "random": "",
+        "sre2l": "as published",
+        "teddy": "package additions",
     }
     with pytest.raises(config.ConfigError, match="report.row_groups.as published: 'teddy_x'"):
         config.load([BASE], overrides=["report.row_groups={as published: [teddy_x]}"])
