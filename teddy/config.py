@@ -583,8 +583,8 @@ def check(data: Mapping, list_files: bool = True) -> None:
         for name in names:  # a group may name methods other studies of a shared file run; not unknown ones
             if name not in known:
                 problems.append(
-                    f"config key report.row_groups.{label}: {name!r} is neither a method nor a distill.variants "
-                    f"name ({', '.join(known)})"
+                    f"config key report.row_groups.{label}: {name!r} is neither a method nor a "
+                    f"distill.variants name ({', '.join(known)})"
                 )
     headline = data.get("study", {}).get("headline")
     for key, names in (("method", data["distill"]["methods"]), ("baseline", data["distill"]["methods"])):
