@@ -15,7 +15,7 @@ import pandas as pd
 
 from teddy import config as config_mod
 from teddy.io.files import atomic_path, read_json
-from teddy.stages.report import PROVENANCE, SUMMARY_CSV, paired_interval
+from teddy.stages.report import PROVENANCE, SUMMARY_CSV, holm, paired_interval, paired_p
 from teddy.workflow import params, plan
 
 INDEX = Path("results/INDEX.md")
@@ -41,7 +41,14 @@ def headline(summary: pd.DataFrame, method: str, baseline: str, ipc: int) -> dic
         return None
     per_seed = (pairs.top1 - pairs.top1_base).groupby(pairs.seed).mean()
     mean, low, high, n = paired_interval(per_seed)
-    return {"mean": mean, "low": low, "high": high, "seeds": n, "students": pairs.arch.nunique()}
+    return {
+        "mean": mean,
+        "low": low,
+        "high": high,
+        "seeds": n,
+        "students": pairs.arch.nunique(),
+        "p": paired_p(per_seed),
+    }
 
 
 def row(name: str) -> dict:
@@ -54,6 +61,7 @@ def row(name: str) -> dict:
         "question": " ".join(study["question"].split()),
         "report": report,
     }
+    out["family"] = (study["headline"] or {}).get("family")
     if not (report / SUMMARY_CSV).is_file():
         return out | {"headline": "not run yet", "ran_on": "—", "commit": "—"}
     prov = read_json(report / PROVENANCE) if (report / PROVENANCE).is_file() else {}
@@ -75,7 +83,26 @@ def row(name: str) -> dict:
     return out | {
         "headline": f"{what}: **{found['mean']:+.2f}** {interval}",
         "n": f"{found['students']} × {found['seeds']}",
+        "p": found["p"],
     }
+
+
+def family_tests(rows: list[dict]) -> dict[str, str]:
+    """Study name → ', p = … (Holm over family F, m = k: …)' for the studies whose headline names a
+    family (a pre-registration); a study of the family not run yet counts as p = 1."""
+    families: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("family"):
+            families.setdefault(r["family"], []).append(r)
+    out = {}
+    for family, members in families.items():
+        ps = [r.get("p", float("nan")) for r in members]
+        adjusted = holm([p if p == p else 1.0 for p in ps])
+        for r, p, adj in zip(members, ps, adjusted, strict=True):
+            if p == p:
+                holm_text = f"Holm over family `{family}`, m = {len(members)}: {adj:.2g}"
+                out[r["name"]] = f", p = {p:.2g} ({holm_text})"
+    return out
 
 
 def command(name: str, ran_on: str) -> str:
@@ -91,15 +118,16 @@ def render(names: list[str]) -> str:
         "| study | question | headline | students × seeds | ran on | commit | command |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in names:
-        r = row(name)
+    rows = [row(name) for name in names]
+    tests = family_tests(rows)
+    for name, r in zip(names, rows, strict=True):
         page = Path("docs/results") / f"{name}.md"
         link = f"[`{name}`](../{page})" if page.is_file() else f"`{name}`"
         summary = r["report"] / "summary.md"
         report = f"[report]({summary.relative_to('results')})" if summary.is_file() else "no report yet"
         lines.append(
             f"| {link} ({r['dataset']}; {report}) "
-            f"| {r['question']} | {r['headline']} | {r.get('n', '—')} | {r['ran_on']} | {r['commit']} "
+            f"| {r['question']} | {r['headline']}{tests.get(name, '')} | {r.get('n', '—')} | {r['ran_on']} | {r['commit']} "
             f"| `{command(name, r['ran_on'])}` |"
         )
     return "\n".join(lines) + "\n"

@@ -242,3 +242,17 @@ def test_dvc_stages_of_a_study_take_machine_keys_only(tmp_path, monkeypatch, cap
         == 2
     )
     assert "only machine keys" in capsys.readouterr().err
+
+
+def test_a_family_of_headlines_is_holm_adjusted_counting_studies_not_run_as_p_1():
+    from teddy.studies import family_tests
+
+    rows = [
+        {"name": "a", "family": "f", "p": 0.01},
+        {"name": "b", "family": "f", "p": 0.04},
+        {"name": "c", "family": "f"},  # not run yet
+        {"name": "d", "family": None, "p": 0.001},
+    ]
+    tests = family_tests(rows)
+    assert set(tests) == {"a", "b"}
+    assert "m = 3: 0.03)" in tests["a"] and "m = 3: 0.08)" in tests["b"]
