@@ -127,7 +127,8 @@ def render(names: list[str]) -> str:
         report = f"[report]({summary.relative_to('results')})" if summary.is_file() else "no report yet"
         lines.append(
             f"| {link} ({r['dataset']}; {report}) "
-            f"| {r['question']} | {r['headline']}{tests.get(name, '')} | {r.get('n', '—')} | {r['ran_on']} | {r['commit']} "
+            f"| {r['question']} | {r['headline']}{tests.get(name, '')} | {r.get('n', '—')} "
+            f"| {r['ran_on']} | {r['commit']} "
             f"| `{command(name, r['ran_on'])}` |"
         )
     return "\n".join(lines) + "\n"
