@@ -150,22 +150,26 @@ def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
 # -- ConvNet-BN (the DC/MTT family's ConvNet with BatchNorm) ----------------------------------
 
 
-@register("convnet")
-def convnet(spec: InputSpec, width: int = 128) -> nn.Module:
-    """conv3×3 → BN → ReLU → avg-pool, repeated while the map is ≥ 4 px (3 blocks at 16–32 px)."""
-    layers, channels, size = [], spec.channels, spec.image_size
-    for _ in range(3):
-        layers += [
-            nn.Conv2d(channels, width, 3, padding=1, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-        ]
+def _conv_blocks(spec: InputSpec, width: int, norm, bias: bool, first_pad: int = 1) -> nn.Module:
+    """Three blocks conv3×3 → ``norm(width)`` → ReLU → avg-pool (pooling while the map is ≥ 4 px),
+    then a linear classifier; ``first_pad`` > 1 grows the first map by 2·(first_pad − 1) px."""
+    layers, channels = [], spec.channels
+    size = spec.image_size + 2 * (first_pad - 1)
+    for depth in range(3):
+        pad = first_pad if depth == 0 else 1
+        layers += [nn.Conv2d(channels, width, 3, padding=pad, bias=bias), norm(width), nn.ReLU(inplace=True)]
         if size >= 4:
             layers.append(nn.AvgPool2d(2))
             size //= 2
         channels = width
     layers += [nn.Flatten(), nn.Linear(width * size * size, spec.num_classes)]
     return nn.Sequential(*layers)
+
+
+@register("convnet")
+def convnet(spec: InputSpec, width: int = 128) -> nn.Module:
+    """conv3×3 → BN → ReLU → avg-pool, repeated while the map is ≥ 4 px (3 blocks at 16–32 px)."""
+    return _conv_blocks(spec, width, nn.BatchNorm2d, bias=False)
 
 
 @register("convnet_in")
@@ -173,23 +177,9 @@ def convnet_in(spec: InputSpec, width: int = 128) -> nn.Module:
     """The evaluation ConvNet of DC/DSA/DM (VICO-UoE/DatasetCondensation, networks.py ConvNet with
     get_default_convnet_setting: depth 3, instance norm, ReLU, average pooling): conv3×3 with bias →
     GroupNorm(width, width) (instance norm with affine) → ReLU → avg-pool, three blocks. As there, a
-    28-px input's first convolution pads 3 so the maps are 32 px (MNIST, Fashion-MNIST); the blocks
-    pool while the map is ≥ 4 px, as ``convnet`` does."""
-    layers, channels = [], spec.channels
-    size = 32 if spec.image_size == 28 else spec.image_size
-    for depth in range(3):
-        pad = 3 if depth == 0 and spec.image_size == 28 else 1
-        layers += [
-            nn.Conv2d(channels, width, 3, padding=pad),
-            nn.GroupNorm(width, width),
-            nn.ReLU(inplace=True),
-        ]
-        if size >= 4:
-            layers.append(nn.AvgPool2d(2))
-            size //= 2
-        channels = width
-    layers += [nn.Flatten(), nn.Linear(width * size * size, spec.num_classes)]
-    return nn.Sequential(*layers)
+    28-px input's first convolution pads 3 so the maps are 32 px (MNIST, Fashion-MNIST)."""
+    first_pad = 3 if spec.image_size == 28 else 1
+    return _conv_blocks(spec, width, lambda c: nn.GroupNorm(c, c), bias=True, first_pad=first_pad)
 
 
 # -- torchvision families, adapted to small images -------------------------------------------
