@@ -75,3 +75,15 @@ def test_a_seed_refuses_another_seeds_pool(tmp_path, capsys):
 def test_without_replicate_every_seed_shares_one_pool(seeds, tmp_path):
     data = config.to_dict(config.load([BASE], overrides=[f"run.seeds={seeds}"]))
     assert sum(j.stage == "pretrain_pool" for j in plan.plan(data)) == 1
+
+
+def test_the_replicate_flag_itself_is_not_part_of_a_pools_fingerprint():
+    """Only the seeds a replicate's pool is trained from tell pools apart: seed 0's pool under
+    replicate is the one pool of the same recipe without it (built once), and turning the flag on
+    did not move every existing pool to a new folder."""
+    from teddy.workflow import params
+
+    off = config.to_dict(config.load([BASE], overrides=["run.seeds=[0, 1]"]))
+    on = config.to_dict(config.load([BASE], overrides=["run.seeds=[0, 1]", "pretrain_pool.replicate=true"]))
+    keys = params.replica_keys(on)
+    assert keys[0]["pool_key"] == params.recipe_keys(off)["pool_key"] != keys[1]["pool_key"]

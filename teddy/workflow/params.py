@@ -40,12 +40,12 @@ def param_keys(data: Mapping, stage: str, method: str | None = None, member: str
     trigger, DVC's params and the resumable checkpoints' fingerprint all read these. A variant's
     distill jobs depend on its own entry, so adding or editing one variant reruns only its jobs."""
     keys = ["run.dataset", "run.dtype"]
-    if stage == "pretrain_pool":
+    grid = grid_keys().get(stage, frozenset())
+    if stage == "pretrain_pool":  # replicate (a pool per seed) decides which pools exist: their seeds differ
         section = (
             pool_job_config(data["pretrain_pool"], member.split(":")[0]) if member else data["pretrain_pool"]
         )
-        return keys + [f"pretrain_pool.{k}" for k in section]
-    grid = grid_keys().get(stage, frozenset())
+        return keys + [f"pretrain_pool.{k}" for k in section if k not in grid]
     section = [k for k in data[stage] if k not in grid]
     if stage == "distill" and method is not None:
         section = registry.get(algorithm(data, method)).distill_keys(section)
