@@ -377,14 +377,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
     selection = {k: getattr(args, k) for k in sel}
     replicate = selection.get("seed", getattr(args, "replicate", None))
+    if args.stage == "pretrain-pool" and replicate is None:
+        replicate = 0  # seed 0's pool: the recipe's own seeds (the one pool without replicate)
     if cfg.pretrain_pool.replicate:  # run seed S's jobs see pool S's seeds (teddy.protocol.replicate_config)
-        if replicate is None and args.stage == "pretrain-pool":
-            print(
-                f"teddy {args.stage}: pretrain_pool.replicate is on (one pool per run seed): "
-                "pass --replicate S, the run seed whose pool this is",
-                file=sys.stderr,
-            )
-            return 2
         if replicate is not None:  # prepare-data and report read no pool
             cfg = config_mod.freeze(protocol.replicate_config(cfg, replicate))
     elif getattr(args, "replicate", None) is not None:

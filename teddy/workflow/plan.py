@@ -148,7 +148,8 @@ def plan(data: Mapping) -> list[Job]:
         for seed, keys in replicas.items():
             if keys["pool_key"] not in built:
                 built.add(keys["pool_key"])
-                own = seed if data["pretrain_pool"]["replicate"] else None
+                # seed 0's offset is none: its pool is the one pool of this recipe without replicate
+                own = seed if data["pretrain_pool"]["replicate"] and seed else None
                 jobs += _pool_jobs(replicate_config(data, seed), keys, own)
     hard = hard_labels(data)  # no relabel: students learn the images' own labels
     grid = evaluation_grid(data)
