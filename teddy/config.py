@@ -521,7 +521,12 @@ def check(data: Mapping, list_files: bool = True) -> None:
             merged = copy.deepcopy(dict(data))
             merged["distill"] = {**merged["distill"], **_variant_keys(variant)}
             merged["distill"] |= {"variants": {}, "methods": [variant["method"]]}
-            merged["report"] = {**merged["report"], "baseline_method": variant["method"], "also_against": []}
+            merged["report"] = {
+                **merged["report"],
+                "baseline_method": variant["method"],
+                "also_against": [],
+                "row_groups": {},
+            }
             merged["study"] = {**merged.get("study", {}), "headline": None}
             merged["evaluate"] = {
                 **merged["evaluate"],
