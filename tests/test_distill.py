@@ -111,6 +111,8 @@ def test_same_images_whatever_the_shard_count(tmp_path):
     assert cli.main(["distill", *no_pool, "--merge", *map(str, shards), "--out", str(merged)]) == 0
     assert torch.equal(artifacts.load_synthetic(merged)["images"], whole["images"])
     assert torch.equal(artifacts.load_synthetic(merged)["labels"], whole["labels"])
+    # the report follows the merged set to the pool its shards read (the pool's time, the teacher)
+    assert json.loads((merged / "metrics.json").read_text())["pool_dir"] == str(p)
 
 
 def test_merge_with_a_missing_shard_fails(tmp_path, capsys):

@@ -338,6 +338,7 @@ def merge_metrics(folders: list[str]) -> dict:
     finals = {k for s in shards for k in s if k.startswith("final_loss_")}
     return {
         "shards": len(shards),
+        "pool_dir": shards[0].get("inputs", {}).get("pool"),  # the merge job reads no pool: its shards' pool
         "pool_size": shards[0]["pool_size"],
         "pool_members": shards[0].get("pool_members", []),
         "objective": shards[0]["objective"],

@@ -112,7 +112,8 @@ def collect_row(eval_dir: Path) -> dict:
         soft = read_json(recorded_input(ev["inputs"]["soft_labels"], eval_dir) / "metrics.json")
         pool_dir = soft["inputs"]["pool"]
     else:  # evaluate.labels: hard: no relabel job; a pool only where the method synthesized from one
-        soft, pool_dir = {"wall_s": 0.0}, syn.get("inputs", {}).get("pool")
+        # (a merge job of shards records the pool its shards read as pool_dir)
+        soft, pool_dir = {"wall_s": 0.0}, syn.get("inputs", {}).get("pool") or syn.get("pool_dir")
     pool = read_json(recorded_input(pool_dir, eval_dir) / "metrics.json") if pool_dir else {"wall_s": 0.0}
     walls = {"prepare_data": data, "pretrain_pool": pool, "distill": syn, "relabel": soft, "evaluate": ev}
     row = {k: ev[k] for k in ("dataset", "method", "ipc", "arch", "seed", "top1", "top5")}
