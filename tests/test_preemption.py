@@ -16,9 +16,12 @@ from teddy.io.files import load_torch
 
 from .conftest import BASE, ROOT, TINY, tiny_synthetic_set
 
+# long enough to be stopped at a random point (~0.1 s an epoch on one 2-core CPU thread), short enough
+# that the reference and every resumed run stay a few seconds
+BASE_EPOCHS, STUDENT_EPOCHS = 50, 1000
 SLOW = [
     "--set",
-    "pretrain_pool.epochs=150",
+    f"pretrain_pool.epochs={BASE_EPOCHS}",
     "--set",
     "pretrain_pool.prior_epochs=[1]",
     "--set",
@@ -94,7 +97,7 @@ def test_base_training_stopped_anywhere_resumes_exactly(data_dir, base_reference
         and not (interrupted / "metrics.json").exists()
     )
     stopped_at = load_torch(state)["loop"]["epoch"]
-    assert 1 <= stopped_at < 150
+    assert 1 <= stopped_at < BASE_EPOCHS
     subprocess.run(teddy("pretrain-pool", *cfg, "--out", str(interrupted)), check=True, cwd=ROOT)
     assert not state.exists()
     resumed = load_torch(interrupted / "base.pt")["state_dict"]
@@ -106,7 +109,7 @@ def test_base_training_stopped_anywhere_resumes_exactly(data_dir, base_reference
 def student(tmp_path_factory):
     """A relabelled tiny set and the uninterrupted student's metrics."""
     tmp = tmp_path_factory.mktemp("student")
-    cfg, data_dir, pool, syn = tiny_synthetic_set(tmp, "--set", "evaluate.epochs=3000")
+    cfg, data_dir, pool, syn = tiny_synthetic_set(tmp, "--set", f"evaluate.epochs={STUDENT_EPOCHS}")
     soft = tmp / "soft"
     relabel = ["--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
     assert cli.main(["relabel", *cfg, *relabel]) == 0
@@ -126,7 +129,7 @@ def test_student_training_stopped_anywhere_resumes_exactly(student, tmp_path, si
     state = interrupted / "train_state.pt"
     done = signal_when(teddy("evaluate", *args, *often, "--out", str(interrupted)), state.exists, sig)
     expect_stopped(done, sig)
-    assert 0 < load_torch(state)["loop"]["epoch"] < 3000
+    assert 0 < load_torch(state)["loop"]["epoch"] < STUDENT_EPOCHS
     subprocess.run(teddy("evaluate", *args, "--out", str(interrupted)), check=True)
     resumed = json.loads((interrupted / "metrics.json").read_text())
     assert resumed["resumed_from_epoch"] > 0
