@@ -56,7 +56,9 @@ def dvc_yaml(config_sets: list[list[str]], machine: list[str] = ()) -> str:
         _add_stages(stages, config_files, list(machine))
     described = " + ".join(" ".join(files) for files in config_sets)
     header = DVC_HEADER + f"# Config: {described}\n" + "".join(f"# Set: {m}\n" for m in machine)
-    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=100_000)
+    # libyaml's emitter where PyYAML has it (the same text, 3-4x faster on a few hundred stages)
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return header + yaml.dump({"stages": stages}, Dumper=dumper, sort_keys=False, width=100_000)
 
 
 def _add_stages(stages: dict, config_files: list[str], machine: list[str]) -> None:
