@@ -163,13 +163,13 @@ def test_readme_is_a_front_door():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
 
 
-@pytest.mark.slow
 def snakemake_jobs(dry_run: str) -> list[tuple[str, str]]:
     """(rule, folder it writes) of every job a ``snakemake -n`` output lists (``all`` left out)."""
     jobs = re.findall(r"^rule (\w+):\n(?:    (?!output).*\n)*    output: ([^,\n]+)", dry_run, re.M)
     return [(rule, os.path.dirname(first)) for rule, first in jobs if rule != "all"]
 
 
+@pytest.mark.slow
 def test_each_committed_study_schedules_exactly_its_own_jobs_in_both_tools(tmp_path):
     """One `snakemake -n` over every committed study lists exactly the jobs of their plans, each job
     once by the folder it writes (a study's own under results/<dataset>/<study>/, the data and pool
