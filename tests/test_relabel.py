@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from teddy import augment, cli, protocol
+from teddy import augment, cli, config, protocol
 from teddy.io import artifacts
 from teddy.pool.members import load_pool
 
@@ -172,6 +172,14 @@ def test_topk_sharded_soft_labels_replay_the_teachers_top_classes(tmp_path):
     assert cli.main(["relabel", *cfg, *extra, *relabel_args(p, s), "--out", str(top)]) == 0
     dense, sparse = artifacts.load_soft_labels(full), artifacts.load_soft_labels(top)
     assert "logits" not in sparse and [x["start"] for x in sparse["logit_shards"]] == [0, 2, 4]
+    assert torch.load(top / "soft_labels.pt", weights_only=False)["topk"] == 3  # the record says its k
+    # the teacher's agreement counts every shard's views, as the inline file's does
+    agreement = [json.loads((f / "metrics.json").read_text())["teacher_agreement"] for f in (full, top)]
+    assert agreement[0] == pytest.approx(agreement[1])
+    # top-k alone (no shard_epochs): one file of every epoch, nothing inline
+    alone = tmp_path / "alone"
+    assert cli.main(["relabel", *cfg, extra[0], extra[1], *relabel_args(p, s), "--out", str(alone)]) == 0
+    assert [x.name for x in alone.glob("logits_e*.pt")] == ["logits_e0000-0005.pt"]
     assert sorted(x.name for x in top.glob("logits_e*.pt")) == [
         "logits_e0000-0002.pt",
         "logits_e0002-0004.pt",
@@ -253,3 +261,44 @@ def test_a_diverged_teacher_fails_relabel_not_evaluate(tmp_path, monkeypatch, ca
     with pytest.raises(artifacts.ArtifactError, match="non-finite"):
         relabel.check_teacher_logits(torch.tensor([[[0.0, float("nan")]]]), "base", "pool")
     relabel.check_teacher_logits(torch.tensor([[[-60000.0, 60000.0]]]), "base", "pool")  # fits fp16
+
+
+def test_teacher_logits_check_takes_fp16s_whole_range_and_names_the_fix():
+    """Logits up to fp16's largest value (65504) are stored as they are; beyond it, or not finite
+    anywhere, relabel stops with the teacher, the pool and the fix named."""
+    from teddy.stages.relabel import FP16_MAX, check_teacher_logits
+
+    check_teacher_logits(torch.tensor([[[-FP16_MAX, FP16_MAX]]]), "base", "pool")  # the edge fits
+    fix = (
+        "retrain the pool with a lower pretrain_pool.lr or more pretrain_pool.warmup_epochs — rebuilding "
+        "the soft labels alone gives the same"
+    )
+    with pytest.raises(artifacts.ArtifactError) as err:
+        check_teacher_logits(torch.full((1, 2, 3), float("inf")), "ensemble", "results/pool")
+    assert "relabel.teacher 'ensemble' from results/pool gives non-finite logits:" in str(err.value)
+    assert fix in " ".join(str(err.value).split())
+    with pytest.raises(artifacts.ArtifactError) as err:
+        check_teacher_logits(torch.tensor([[[0.0, 70000.0]]]), "base", "p")
+    assert "gives logits up to 7e+04, beyond fp16's 65504:" in str(err.value)
+
+
+def test_relabel_logs_each_epoch_and_refuses_a_pool_of_another_recipe(tmp_path, caplog, capsys):
+    """Progress: one line per epoch (1/E … E/E) when run.progress_seconds is tiny; the teacher is
+    checked against the config's pool recipe (a wider pool than the config's is refused)."""
+    import logging
+
+    cfg, d, p, s = tiny_synthetic_set(tmp_path)
+    often = ["--set", "run.progress_seconds=0.000001"]
+    with caplog.at_level(logging.INFO, logger="teddy.relabel"):
+        assert cli.main(["relabel", *cfg, *often, *relabel_args(p, s), "--out", str(tmp_path / "soft")]) == 0
+    epochs = protocol.student_epochs(config.load([BASE, TINY]), "random", 2)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("relabel random ipc2: ")]
+    assert [line.split()[3] for line in lines] == [f"{e}/{epochs}" for e in range(1, epochs + 1)], lines
+    metrics = json.loads((tmp_path / "soft" / "metrics.json").read_text())
+    assert (metrics["method"], metrics["ipc"]) == ("random", 2)
+    wider = ["--set", "pretrain_pool.width=16"]
+    out = tmp_path / "other"
+    assert cli.main(["relabel", *cfg, *wider, *relabel_args(p, s), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "was built by another recipe (pretrain_pool.width: 8 in the pool, 16 in this config)" in err
+    assert not (out / artifacts.SOFT_LABELS).exists()
