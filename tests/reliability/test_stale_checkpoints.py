@@ -61,7 +61,7 @@ def test_distill_after_a_config_change_starts_afresh(tiny, tmp_path, caplog):
 
 def test_evaluate_after_a_config_change_starts_afresh(tiny, tmp_path):
     cfg, data, pool, syn = tiny
-    cfg = [*cfg, "--set", "evaluate.epochs=3000"]
+    cfg = [*cfg, "--set", "evaluate.epochs=600"]  # long enough to be stopped at its first checkpoint
     soft = tmp_path / "soft"
     relabel = ["--synthetic", str(syn), "--pool", str(pool), "--seed", "0", "--out", str(soft)]
     assert cli.main(["relabel", *cfg, *relabel]) == 0
