@@ -257,6 +257,7 @@ def test_a_diverged_teacher_fails_relabel_not_evaluate(tmp_path, monkeypatch, ca
     assert cli.main(["relabel", *cfg, *relabel_args(p, s), "--out", str(out)]) != 0
     err = capsys.readouterr().err
     assert "beyond fp16" in err and "pretrain_pool.lr" in err and "Traceback" not in err
+    assert f"relabel.teacher 'base' from {p} gives logits up to" in err  # the teacher and its pool
     assert not (out / artifacts.SOFT_LABELS).exists()
     with pytest.raises(artifacts.ArtifactError, match="non-finite"):
         relabel.check_teacher_logits(torch.tensor([[[0.0, float("nan")]]]), "base", "pool")
