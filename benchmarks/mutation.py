@@ -66,6 +66,22 @@ def scratch_project(work: Path, modules: list[str], tests: list[str]) -> Path:
     return work
 
 
+def survivors_of(work: Path, modules: list[str]) -> list[str]:
+    """The mutants an earlier run in ``work`` left alive (mutmut exit code 0), for --rerun-survivors."""
+    from mutmut.stats import status_by_exit_code
+
+    names = []
+    for module in modules:
+        meta = work / "mutants" / "teddy" / f"{module}.py.meta"
+        if not meta.is_file():
+            raise SystemExit(f"--rerun-survivors: {meta} is missing: run {module} in --work {work} first")
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        if any(c is None for c in codes.values()):
+            raise SystemExit(f"--rerun-survivors: the run in {work} did not finish {module}: run it to the end")
+        names += sorted(n for n, c in codes.items() if status_by_exit_code[c] == "survived")
+    return names
+
+
 def summarise(work: Path, modules: list[str], only: list[str] | None = None) -> dict:
     from mutmut.stats import status_by_exit_code
 
@@ -153,6 +169,12 @@ def main() -> int:
     parser.add_argument(
         "--reclassify", action="store_true", help="only re-apply mutation_equivalent.json to --out (no run)"
     )
+    parser.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="after tests were added: in the --work folder of a finished run of the same modules, take the "
+        "repository's tests again and rerun only that run's survivors (every other mutant keeps its result)",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "mutation")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
     args = parser.parse_args()
@@ -163,12 +185,16 @@ def main() -> int:
         report(result["modules"], args.out)
         return 0
 
-    work = scratch_project(args.work, args.modules, args.tests)
+    if args.rerun_survivors:
+        work, names = args.work, survivors_of(args.work, args.modules)
+        shutil.copytree(ROOT / "tests", work / "tests", dirs_exist_ok=True)  # the tests added since
+    else:
+        work, names = scratch_project(args.work, args.modules, args.tests), args.only
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
     t0 = time.time()
-    log = (work / "mutmut.log").open("w")
+    log = (work / "mutmut.log").open("a" if args.rerun_survivors else "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *args.only],
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *names],
         cwd=work,
         env=env,
         stdout=log,
@@ -189,6 +215,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "max_children": args.max_children,
         "command": " ".join(["python benchmarks/mutation.py", *sys.argv[1:]]),
+        **({"survivors_rerun": len(names)} if args.rerun_survivors else {}),
         "date": time.strftime("%Y-%m-%d"),
     }
     modules = classify(summarise(work, args.modules, args.only))

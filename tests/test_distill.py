@@ -521,3 +521,46 @@ def test_crop_curriculum_moves_the_crop_floor_linearly_from_first_to_last_step()
     assert torch.equal(plain, again)
     with pytest.raises(config.ConfigError, match="crop_scale_min_end"):
         config.load([BASE, TINY], [*over, "distill.crop_scale_min_end=0"])
+
+
+def test_merge_metrics_sums_walls_averages_rates_and_keeps_the_pool(tmp_path):
+    """A merge job's metrics: shard count, the first shard's pool (folder, size, members, objective),
+    wall seconds summed, iteration time and each final loss term averaged, health notes once each."""
+    shards = [
+        {
+            "inputs": {"data": "d", "pool": "results/pool/abc"},
+            "pool_size": 3,
+            "pool_members": ["p0", "p1", "p2"],
+        }
+        | {"objective": "bn", "wall_s": 2.0, "iter_s": 0.1, "final_loss_ce": 1.0, "final_loss_bn": 4.0}
+        | {"health": ["b note", "a note"]},
+        {
+            "inputs": {"data": "d", "pool": "results/pool/abc"},
+            "pool_size": 3,
+            "pool_members": ["p0", "p1", "p2"],
+        }
+        | {"objective": "bn", "wall_s": 3.5, "iter_s": 0.3, "final_loss_ce": 2.0, "final_loss_bn": 6.0}
+        | {"health": ["a note"]},
+    ]
+    folders = []
+    for i, metrics in enumerate(shards):
+        (tmp_path / f"s{i}").mkdir()
+        (tmp_path / f"s{i}" / "metrics.json").write_text(json.dumps(metrics))
+        folders.append(str(tmp_path / f"s{i}"))
+    assert distill.merge_metrics(folders) == {
+        "shards": 2,
+        "pool_dir": "results/pool/abc",
+        "pool_size": 3,
+        "pool_members": ["p0", "p1", "p2"],
+        "objective": "bn",
+        "shard_wall_s": 5.5,
+        "health": ["a note", "b note"],
+        "iter_s": pytest.approx(0.2),
+        "final_loss_ce": 1.5,
+        "final_loss_bn": 5.0,
+    }
+    # shards recorded before pool_members and inputs existed: no members, no pool folder
+    old = {k: v for k, v in shards[0].items() if k not in ("pool_members", "inputs", "health")}
+    (tmp_path / "s0" / "metrics.json").write_text(json.dumps(old))
+    merged = distill.merge_metrics([folders[0]])
+    assert (merged["pool_members"], merged["pool_dir"], merged["health"]) == ([], None, [])
