@@ -220,9 +220,9 @@ def test_a_code_change_reruns_exactly_the_stages_downstream_of_it(snakemake_proj
     # stages/report.py is the report's code only (the same edits by dvc: tests/test_pipeline_dvc.py)
     with edited(snakemake_project, "stages/report.py"):
         assert snakemake_plan(snakemake_project) == {"report"}
-    # stages/relabel.py: the relabel jobs, and everything downstream of them
-    with edited(snakemake_project, "stages/relabel.py"):
-        assert snakemake_plan(snakemake_project) == {"relabel", "evaluate", "report"}
+    # stages/evaluate.py: the evaluate jobs, and what is downstream of them (the report)
+    with edited(snakemake_project, "stages/evaluate.py"):
+        assert snakemake_plan(snakemake_project) == {"evaluate", "report"}
     assert snakemake_plan(snakemake_project) == set()  # as it was: nothing to rebuild
 
 
@@ -270,7 +270,7 @@ def test_two_studies_run_side_by_side_in_one_invocation(snakemake_project):
     project = snakemake_project  # up to date: the code edits of the tests above are undone
     (project / "config" / "studies" / "other.yaml").write_text(
         "question: A second study beside mini.\n"
-        "distill: {methods: [random]}\n"  # relabel still reads the shared pool's base model
+        "distill: {methods: [random], ipcs: [1]}\n"  # relabel still reads the shared pool's base model
         "evaluate: {full_data: false, hard_label_archs: []}\n"
     )
     digits = project / "results" / "digits"
