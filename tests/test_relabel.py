@@ -172,7 +172,7 @@ def test_topk_sharded_soft_labels_replay_the_teachers_top_classes(tmp_path):
     assert cli.main(["relabel", *cfg, *extra, *relabel_args(p, s), "--out", str(top)]) == 0
     dense, sparse = artifacts.load_soft_labels(full), artifacts.load_soft_labels(top)
     assert "logits" not in sparse and [x["start"] for x in sparse["logit_shards"]] == [0, 2, 4]
-    assert torch.load(top / "soft_labels.pt", weights_only=False)["topk"] == 3  # the record says its k
+    assert torch.load(top / "soft_labels.pt", weights_only=True)["topk"] == 3  # the record says its k
     # the teacher's agreement counts every shard's views, as the inline file's does
     agreement = [json.loads((f / "metrics.json").read_text())["teacher_agreement"] for f in (full, top)]
     assert agreement[0] == pytest.approx(agreement[1])
