@@ -98,3 +98,19 @@ def tiny_soft_labels(tmp: Path, *extra: str) -> tuple[list[str], Path, Path, Pat
     if not (soft / "metrics.json").exists():
         assert cli.main(["relabel", *cfg, *relabel_args(p, s), "--out", str(soft)]) == 0
     return cfg, d, p, s, soft
+
+
+# make test (xdist --dist loadscope) hands out modules in collection order: the whole-pipeline
+# modules first, longest first, so both workers start the long builds at once and the short tests
+# fill the end, instead of a worker starting a several-minute module when the rest is done
+LONGEST_FIRST = ("test_pipeline_dvc", "test_pipeline_e2e", "test_paper_scale_e2e", "test_gpu_check")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        module = item.path.stem
+        if module in LONGEST_FIRST:
+            return LONGEST_FIRST.index(module)
+        return len(LONGEST_FIRST) + (item.get_closest_marker("slow") is None)
+
+    items.sort(key=rank)  # stable: the collection order within each rank
