@@ -324,6 +324,10 @@ def test_slots_per_batch_puts_several_ipc_slots_in_one_batch(tmp_path):
     batches = distill.plan_batches(10, ipc=3, classes_per_batch=None, slots_per_batch=2)
     assert [b.slots for b in batches] == [(0, 1), (2,)]
     assert batches[0].labels.tolist() == list(range(10)) * 2
+    from teddy import config  # the stage's plan takes the config's slots_per_batch
+
+    cfg = config.load([BASE, TINY], ["distill.slots_per_batch=2", "distill.classes_per_batch=null"])
+    assert [b.slots for b in distill.batches_of(cfg, 10, 3)] == [(0, 1), (2,)]
 
 
 @pytest.mark.parametrize(("matching", "term"), [("taylor", "taylor"), ("cosine", "grad_cos")])
@@ -505,6 +509,11 @@ def test_crop_curriculum_moves_the_crop_floor_linearly_from_first_to_last_step()
     over = ["distill.iterations=5", "distill.crop_scale_min=1.0", "distill.flip=false"]
     cfg = config.load([BASE, TINY], [*over, "distill.crop_scale_min_end=0.08"])
     assert [round(distill.crop_floor(cfg.distill, it), 2) for it in range(5)] == [1.0, 0.77, 0.54, 0.31, 0.08]
+    two = config.load([BASE, TINY], [*over, "distill.iterations=2", "distill.crop_scale_min_end=0.08"])
+    assert [distill.crop_floor(two.distill, it) for it in (0, 1)] == [
+        1.0,
+        pytest.approx(0.08),
+    ]  # ends at the end
     crops = distill.draw_schedule(cfg, 4000, lambda it, g: 0, torch.Generator().manual_seed(0), "cpu").crops
     area = crops[..., 0].abs() * crops[..., 1]
     # whole images first: one side spans the image, the other the aspect ratio's share (≥ √0.75)
@@ -564,3 +573,29 @@ def test_merge_metrics_sums_walls_averages_rates_and_keeps_the_pool(tmp_path):
     (tmp_path / "s0" / "metrics.json").write_text(json.dumps(old))
     merged = distill.merge_metrics([folders[0]])
     assert (merged["pool_members"], merged["pool_dir"], merged["health"]) == ([], None, [])
+
+
+@pytest.mark.parametrize("curve", [None, torch.tensor([[1.0, 2.0], [0.5, 1.5]])])
+def test_a_saved_synthesis_state_restores_everything_it_holds(curve):
+    """distill's checkpoint: images, Adam's moments, the lr schedule, the step, the loss curve so far
+    (none before the first logged step) and the batch generator come back as they were."""
+    from teddy import config
+
+    cfg = config.load([BASE, TINY])
+    st = distill.new_state(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)), cfg, "cpu")
+    (st["x"] ** 2).sum().backward()
+    st["opt"].step()
+    st["sched"].step()
+    st["it"], st["curve"] = 1, curve
+    gen = torch.Generator().manual_seed(7)
+    torch.rand(3, generator=gen)  # the generator part-way through its draws
+    saved = distill.state_dict(st, gen)
+    assert (saved["curve"] is None) == (curve is None)
+    again = torch.Generator()
+    back = distill.load_state(saved, cfg, again, "cpu")
+    assert torch.equal(back["x"], st["x"]) and back["it"] == 1
+    assert (back["curve"] is None) if curve is None else torch.equal(back["curve"], curve)
+    assert torch.equal(again.get_state(), gen.get_state())
+    assert back["sched"].state_dict() == st["sched"].state_dict()
+    moments = back["opt"].state_dict()["state"][0], st["opt"].state_dict()["state"][0]
+    assert all(torch.equal(moments[0][k], moments[1][k]) for k in ("exp_avg", "exp_avg_sq", "step"))
