@@ -67,7 +67,7 @@ def scratch_project(work: Path, modules: list[str], tests: list[str]) -> Path:
 
 
 def survivors_of(work: Path, modules: list[str]) -> list[str]:
-    """The mutants an earlier run in ``work`` left alive (mutmut exit code 0), for --rerun-survivors."""
+    """The mutants an earlier run in ``work`` left alive or timed out, for --rerun-survivors."""
     from mutmut.stats import status_by_exit_code
 
     names = []
@@ -78,7 +78,8 @@ def survivors_of(work: Path, modules: list[str]) -> list[str]:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         if any(c is None for c in codes.values()):
             raise SystemExit(f"--rerun-survivors: the run in {work} did not finish {module}: run it to the end")
-        names += sorted(n for n, c in codes.items() if status_by_exit_code[c] == "survived")
+        # timeouts too: a mutant whose tests were slowed (a loaded or paused machine) gets a fair rerun
+        names += sorted(n for n, c in codes.items() if status_by_exit_code[c] in ("survived", "timeout"))
     return names
 
 
@@ -173,7 +174,8 @@ def main() -> int:
         "--rerun-survivors",
         action="store_true",
         help="after tests were added: in the --work folder of a finished run of the same modules, take the "
-        "repository's tests again and rerun only that run's survivors (every other mutant keeps its result)",
+        "repository's tests again and rerun only that run's survivors and timeouts (every other mutant keeps "
+        "its result)",
     )
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "mutation")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "mutation.json")
