@@ -599,3 +599,29 @@ def test_a_saved_synthesis_state_restores_everything_it_holds(curve):
     assert back["sched"].state_dict() == st["sched"].state_dict()
     moments = back["opt"].state_dict()["state"][0], st["opt"].state_dict()["state"][0]
     assert all(torch.equal(moments[0][k], moments[1][k]) for k in ("exp_avg", "exp_avg_sq", "step"))
+
+
+def test_distill_draws_pool_size_members_and_refuses_a_pool_of_another_recipe_or_data(tmp_path, capsys):
+    """distill.pool_size caps the members drawn; the pool is checked against the config's recipe and
+    against the prepared data it is asked to synthesize from."""
+    run_distill(tmp_path, "random", 1)  # the tiny data and pool
+    d, p = tmp_path / "data", tmp_path / "pool"
+    common = [*CFG, "--pool", str(p), "--method", "teddy", "--ipc", "1", "--seed", "0"]
+    one = tmp_path / "one"
+    assert (
+        cli.main(["distill", *common, "--set", "distill.pool_size=1", "--data", str(d), "--out", str(one)]) == 0
+    )
+    metrics = json.loads((one / "metrics.json").read_text())
+    assert metrics["pool_size"] == 1 and len(metrics["pool_members"]) == 1
+    capsys.readouterr()
+    wider = ["--set", "pretrain_pool.width=16", "--data", str(d), "--out", str(tmp_path / "wider")]
+    assert cli.main(["distill", *common, *wider]) == 1
+    assert (
+        "was built by another recipe (pretrain_pool.width: 8 in the pool, 16 in this config)"
+        in capsys.readouterr().err
+    )
+    other = tmp_path / "other_data"  # fewer training images: another prepared dataset, the same pool recipe
+    fewer = ["--set", "prepare_data.max_train_per_class=20"]
+    assert cli.main(["prepare-data", *CFG, *fewer, "--out", str(other)]) == 0
+    assert cli.main(["distill", *common, *fewer, "--data", str(other), "--out", str(tmp_path / "o")]) == 1
+    assert "was trained on other data than" in capsys.readouterr().err
