@@ -625,3 +625,42 @@ def test_distill_draws_pool_size_members_and_refuses_a_pool_of_another_recipe_or
     assert cli.main(["prepare-data", *CFG, *fewer, "--out", str(other)]) == 0
     assert cli.main(["distill", *common, *fewer, "--data", str(other), "--out", str(tmp_path / "o")]) == 1
     assert "was trained on other data than" in capsys.readouterr().err
+
+
+def test_a_shards_metrics_are_its_batches_own_numbers(tmp_path):
+    """run_shard's record: final loss terms = the last step of the batches' mean curve, the curve
+    logged per step, one member draw per iteration, the batch count, and iteration and image rates
+    that agree with the batch sizes (iter_s × images_per_s = images per iteration)."""
+    from teddy import config
+
+    run_distill(tmp_path, "random", 1)  # the tiny data and pool
+    cfg = config.load([BASE, TINY])
+    logged = {}
+
+    class Tracker:
+        def log_metrics(self, values, step):
+            logged[step] = values
+
+    out = tmp_path / "shard"
+    out.mkdir()
+    inputs = {"data": str(tmp_path / "data"), "pool": str(tmp_path / "pool")}
+    metrics = distill.run_shard(cfg, inputs, out, "teddy", 2, 0, (0, 1), "cpu", Tracker())
+    done = artifacts.load(out / artifacts.BATCHES)
+    curve = torch.stack([b["curve"] for b in done.values()]).mean(0)
+    names = [k.removeprefix("final_loss_") for k in metrics if k.startswith("final_loss_")]
+    assert names and len(curve) == cfg.distill.iterations
+    assert all(metrics[f"final_loss_{n}"] == pytest.approx(float(curve[-1, k])) for k, n in enumerate(names))
+    assert sorted(logged) == list(range(len(curve)))
+    assert all(
+        logged[it][f"loss_{n}"] == pytest.approx(float(curve[it, k]))
+        for it in logged
+        for k, n in enumerate(names)
+    )
+    batches = distill.batches_of(cfg, 10, 2)
+    assert metrics["batches"] == len(done) == len(batches) and metrics["health"] == []
+    assert (metrics["resumed_batches"], metrics["resumed_iterations"]) == (0, 0)
+    assert len(metrics["member_draws"]) == metrics["pool_size"]
+    assert sum(metrics["member_draws"]) == cfg.distill.iterations * len(batches)
+    per_iteration = sum(len(b.labels) for b in batches) / len(batches)
+    assert metrics["iter_s"] * metrics["images_per_s"] == pytest.approx(per_iteration)
+    assert not (out / "checkpoint.pt").exists()
