@@ -44,7 +44,7 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.every or done == self.total:
             rate = (done - self.first) / max(now - self.start, 1e-9)
-            left = (self.total - done) / rate if rate else float("inf")
+            left = (self.total - done) / rate if rate else float("inf") if done < self.total else 0.0
             pace = f"{rate:.1f}/s" if rate >= 1 or not rate else f"{1 / rate:.1f} s each"
             logger = logging.getLogger(f"teddy.{self.what.split()[0]}")
             logger.info("%s: %d/%d (%s, %.0f s left)", self.what, done, self.total, pace, left)

@@ -234,7 +234,9 @@ def run_shard(
     elapsed = time.perf_counter() - t0
     artifacts.save(done, out / BATCHES)
     ckpt_path.unlink(missing_ok=True)
-    curve = torch.stack([b["curve"] for b in done.values()]).mean(0)
+    # a shard may hold no batches (more shards than the IPC has batches): its part is empty
+    curves = [b["curve"] for b in done.values()]
+    curve = torch.stack(curves).mean(0) if curves else torch.zeros(0, len(objective.names))
     for it in range(0, len(curve), max(1, len(curve) // 100)):
         tracker.log_metrics({f"loss_{n}": float(curve[it, k]) for k, n in enumerate(objective.names)}, step=it)
     metrics = {f"final_loss_{n}": float(curve[-1, k]) for k, n in enumerate(objective.names) if len(curve)}
@@ -336,6 +338,7 @@ def run(
 def merge_metrics(folders: list[str]) -> dict:
     shards = [read_json(Path(f) / "metrics.json") for f in folders]
     finals = {k for s in shards for k in s if k.startswith("final_loss_")}
+    busy = [s for s in shards if s.get("batches", 1)] or shards  # a shard without batches has no rate
     return {
         "shards": len(shards),
         "pool_dir": shards[0].get("inputs", {}).get("pool"),  # the merge job reads no pool: its shards' pool
@@ -344,6 +347,6 @@ def merge_metrics(folders: list[str]) -> dict:
         "objective": shards[0]["objective"],
         "shard_wall_s": sum(s["wall_s"] for s in shards),
         "health": sorted({h for s in shards for h in s.get("health", [])}),
-        "iter_s": float(np.mean([s["iter_s"] for s in shards])),
-        **{k: float(np.mean([s[k] for s in shards])) for k in finals},
+        "iter_s": float(np.mean([s["iter_s"] for s in busy])),
+        **{k: float(np.mean([s[k] for s in shards if k in s])) for k in finals},
     }
