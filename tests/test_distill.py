@@ -1,5 +1,8 @@
 import json
+import logging
+import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -627,24 +630,15 @@ def test_distill_draws_pool_size_members_and_refuses_a_pool_of_another_recipe_or
     assert "was trained on other data than" in capsys.readouterr().err
 
 
-def test_a_shards_metrics_are_its_batches_own_numbers(tmp_path):
+def test_a_shards_metrics_are_its_batches_own_numbers(tiny_inputs, tmp_path):
     """run_shard's record: final loss terms = the last step of the batches' mean curve, the curve
     logged per step, one member draw per iteration, the batch count, and iteration and image rates
     that agree with the batch sizes (iter_s × images_per_s = images per iteration)."""
-    from teddy import config
-
-    run_distill(tmp_path, "random", 1)  # the tiny data and pool
-    cfg = config.load([BASE, TINY])
-    logged = {}
-
-    class Tracker:
-        def log_metrics(self, values, step):
-            logged[step] = values
-
+    cfg, tracker = tiny(), Recorder()
     out = tmp_path / "shard"
     out.mkdir()
-    inputs = {"data": str(tmp_path / "data"), "pool": str(tmp_path / "pool")}
-    metrics = distill.run_shard(cfg, inputs, out, "teddy", 2, 0, (0, 1), "cpu", Tracker())
+    metrics = distill.run_shard(cfg, tiny_inputs, out, "teddy", 2, 0, (0, 1), "cpu", tracker)
+    logged = tracker.steps
     done = artifacts.load(out / artifacts.BATCHES)
     curve = torch.stack([b["curve"] for b in done.values()]).mean(0)
     names = [k.removeprefix("final_loss_") for k in metrics if k.startswith("final_loss_")]
@@ -659,8 +653,340 @@ def test_a_shards_metrics_are_its_batches_own_numbers(tmp_path):
     batches = distill.batches_of(cfg, 10, 2)
     assert metrics["batches"] == len(done) == len(batches) and metrics["health"] == []
     assert (metrics["resumed_batches"], metrics["resumed_iterations"]) == (0, 0)
-    assert len(metrics["member_draws"]) == metrics["pool_size"]
+    assert len(metrics["member_draws"]) == metrics["pool_size"] == len(metrics["pool_members"])
+    assert all(isinstance(m, str) and m for m in metrics["pool_members"])
     assert sum(metrics["member_draws"]) == cfg.distill.iterations * len(batches)
     per_iteration = sum(len(b.labels) for b in batches) / len(batches)
     assert metrics["iter_s"] * metrics["images_per_s"] == pytest.approx(per_iteration)
     assert not (out / "checkpoint.pt").exists()
+
+
+# --- distill's functions, called directly on the tiny data and pool (built once for this module) ---
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    d, p = root / "data", root / "pool"
+    assert cli.main(["prepare-data", *CFG, "--out", str(d)]) == 0
+    assert cli.main(["pretrain-pool", *CFG, "--data", str(d), "--out", str(p)]) == 0
+    return {"data": str(d), "pool": str(p)}
+
+
+def tiny(*overrides):
+    from teddy import config
+
+    return config.load([BASE, TINY], overrides)
+
+
+class Recorder:
+    """A tracker that keeps what a stage logs."""
+
+    def __init__(self):
+        self.steps, self.artifacts = {}, []
+
+    def log_metrics(self, values, step):
+        self.steps[step] = values
+
+    def log_artifact(self, path):
+        self.artifacts.append(path)
+
+
+class Quadratic:
+    """A stand-in objective: pulls the view to 0.5; records what each step handed it."""
+
+    names = ["l2", "extra"]
+
+    def __init__(self, extra=0.0):
+        self.extra, self.calls = extra, []
+
+    def __call__(self, member, view, labels, gen):
+        self.calls.append((member, gen))
+        loss = (view - 0.5).pow(2).mean()
+        return loss, torch.stack([loss.detach(), torch.tensor(self.extra)])
+
+
+@pytest.mark.parametrize(("iterations", "every", "saves"), [(4, 2, [2]), (5, 2, [2, 4]), (3, 1, [1, 2])])
+def test_synthesize_batch_runs_each_step_once_and_checkpoints_on_the_cadence(iterations, every, saves):
+    """A checkpoint every ``checkpoint_every`` steps, never after the last (the batch is done then);
+    each step draws its own pool member and hands the batch's generator to the objective."""
+    cfg = tiny(f"distill.iterations={iterations}", f"distill.checkpoint_every={every}")
+    gen = torch.Generator().manual_seed(0)
+    schedule = distill.draw_schedule(cfg, 3, lambda it, g: it % 2, gen, "cpu")
+    objective, saved = Quadratic(), []
+    st = distill.new_state(torch.rand(3, 1, 8, 8), cfg, "cpu")
+    labels = torch.tensor([0, 1, 2])
+    st = distill.synthesize_batch(
+        st, labels, ["m0", "m1"], objective, schedule, cfg, gen, "cpu", lambda s: saved.append(s["it"])
+    )
+    assert saved == saves and st["it"] == iterations
+    assert [m for m, _ in objective.calls] == [("m0", "m1")[it % 2] for it in range(iterations)]
+    assert all(g is gen for _, g in objective.calls)
+    assert st["curve"].shape == (iterations, 2) and bool((st["curve"][:, 0] > 0).all())
+    assert float(st["x"].detach().min()) >= 0 and float(st["x"].detach().max()) <= 1  # clamped to valid images
+    # without a save function (no checkpointing) the batch runs through
+    st = distill.new_state(torch.rand(3, 1, 8, 8), cfg, "cpu")
+    assert distill.synthesize_batch(st, labels, ["m0", "m1"], Quadratic(), schedule, cfg, gen, "cpu")["it"] == (
+        iterations
+    )
+
+
+def test_a_preempted_batch_saves_then_stops_with_where_it_was(monkeypatch):
+    from teddy.runtime.preemption import Preempted, preemption
+
+    cfg = tiny("distill.iterations=4")
+    gen = torch.Generator().manual_seed(0)
+    schedule = distill.draw_schedule(cfg, 2, lambda it, g: 0, gen, "cpu")
+    st = distill.new_state(torch.rand(2, 1, 8, 8), cfg, "cpu")
+    monkeypatch.setattr(preemption, "signal", 15)
+    saved = []
+    with pytest.raises(Preempted, match=r"^preempted at iteration 0 of a batch; checkpoint saved$"):
+        save = lambda s: saved.append(s["it"])  # noqa: E731
+        distill.synthesize_batch(st, torch.tensor([0, 1]), ["m"], Quadratic(), schedule, cfg, gen, "cpu", save)
+    assert saved == [0]
+
+
+def test_new_state_starts_at_step_zero_with_the_synthesis_optimiser():
+    cfg = tiny("distill.lr=0.07")
+    x0 = torch.rand(2, 3, 8, 8)
+    st = distill.new_state(x0, cfg, "cpu")
+    assert (st["it"], st["curve"]) == (0, None) and st["x"].requires_grad
+    assert st["x"].is_contiguous()  # channels-last only on CUDA, where its kernels are faster
+    group = st["opt"].param_groups[0]
+    assert group["betas"] == (0.5, 0.9) and group["params"][0] is st["x"]
+    assert st["sched"].get_last_lr()[0] <= 0.07
+
+
+def test_the_schedule_draws_a_member_per_step_and_flips_only_when_asked():
+    for flip in (False, True):
+        cfg = tiny("distill.iterations=6", f"distill.flip={str(flip).lower()}")
+        seen = []
+
+        def draw(it, gen, seen=seen):
+            seen.append(it)
+            return it % 3
+
+        schedule = distill.draw_schedule(cfg, 50, draw, torch.Generator().manual_seed(1), "cpu")
+        assert seen == list(range(6)) and schedule.members == [0, 1, 2, 0, 1, 2]
+        assert schedule.crops.shape == (6, 50, 4) and len(schedule.shifts) == 6
+        assert bool((schedule.crops[..., 0] < 0).any()) is flip  # a negative width is a mirrored crop
+
+
+def test_the_grid_has_a_row_per_class_and_the_first_images_of_each_in_order(tmp_path):
+    from PIL import Image
+
+    n_classes, ipc, max_ipc, size = 3, 3, 2, 4
+    labels = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0, 2])  # classes interleaved, each class's slots in order
+    slot = {c: 0 for c in range(n_classes)}
+    images = torch.zeros(len(labels), 3, size, size)
+    for i, c in enumerate(labels.tolist()):
+        images[i, :] = (c * ipc + slot[c]) / 10  # grey level = the image's (class, slot)
+        images[i, 1] = 0.05  # a colour image: channels kept apart
+        slot[c] += 1
+    path = tmp_path / "grid.png"
+    distill.save_grid(images, labels, ipc, max_ipc, path)
+    grid = torch.tensor(np.array(Image.open(path).convert("RGB"))).float() / 255
+    # max_ipc columns, a class per row, one pixel of white padding around every image
+    assert grid.shape == (n_classes * (size + 1) + 1, max_ipc * (size + 1) + 1, 3)
+    assert bool((grid[0] == 1).all()) and bool((grid[:, 0] == 1).all())
+    for c in range(n_classes):
+        for s in range(max_ipc):
+            cell = grid[1 + c * (size + 1) : (c + 1) * (size + 1), 1 + s * (size + 1) : (s + 1) * (size + 1)]
+            assert cell[..., 0].mean().item() == pytest.approx((c * ipc + s) / 10, abs=1 / 255)
+            assert cell[..., 1].mean().item() == pytest.approx(0.05, abs=1 / 255)
+
+
+def test_a_merge_names_the_batches_it_found_and_expected():
+    with pytest.raises(Exception, match=r"hold batches \[\], expected 0\.\.2: a shard is missing or belongs"):
+        distill.merge([], 3)
+
+
+def test_run_records_what_it_made_and_creates_its_folder(tiny_inputs, tmp_path):
+    """run's metrics name the set (label, algorithm, IPC, seed, image count, shard), the set file
+    carries the same, the grid goes to the tracker, and a nested output folder is created."""
+    cfg, tracker = tiny(), Recorder()
+    out = tmp_path / "a" / "b"
+    common = {"ipc": 1, "seed": 0, "device": "cpu", "tracker": tracker}
+    metrics = distill.run(cfg, tiny_inputs, {"out": out}, method="teddy", **common)
+    assert {k: metrics[k] for k in ("method", "algorithm", "ipc", "seed", "num_images")} == {
+        "method": "teddy",
+        "algorithm": "teddy",
+        "ipc": 1,
+        "seed": 0,
+        "num_images": 10,
+    }
+    assert metrics["batches"] == 1 and tracker.artifacts == [out / distill.GRID]
+    syn = artifacts.load_synthetic(out)
+    assert (syn["method"], syn["ipc"], syn["seed"]) == ("teddy", 1, 0)
+    part = distill.run(cfg, tiny_inputs, {"out": tmp_path / "part"}, method="teddy", shard=(0, 2), **common)
+    assert (part["shard"], part["method"], part["ipc"], part["batches"]) == ("0/2", "teddy", 1, 1)
+    # random: the seed picks the images, the same seed the same images
+    first, again, other = (
+        distill.run(cfg, tiny_inputs, {"out": tmp_path / f"r{i}"}, method="random", **(common | {"seed": s}))
+        for i, s in enumerate((3, 3, 4))
+    )
+    sets = [artifacts.load_synthetic(tmp_path / f"r{i}")["images"] for i in range(3)]
+    assert torch.equal(sets[0], sets[1]) and not torch.equal(sets[0], sets[2])
+    assert (first["method"], first["seed"], other["seed"], again["num_images"]) == ("random", 3, 4, 10)
+
+
+def test_a_shard_without_batches_writes_an_empty_part_the_merge_takes(tiny_inputs, tmp_path):
+    """More shards than batches (IPC 1 is one batch here): the extra shard writes an empty part
+    instead of failing, and the merge's rate and losses come from the shards that worked."""
+    common = [*CFG, "--data", tiny_inputs["data"], "--method", "teddy", "--ipc", "1", "--seed", "0"]
+    parts = [tmp_path / f"s{i}" for i in range(2)]
+    for i, part in enumerate(parts):
+        shard = ["--pool", tiny_inputs["pool"], "--shard", f"{i}/2", "--out", str(part)]
+        assert cli.main(["distill", *common, *shard]) == 0
+    shard = [json.loads((p / "metrics.json").read_text()) for p in parts]
+    assert shard[1]["batches"] == 0 and shard[1]["health"] == []
+    assert not any(k.startswith("final_loss_") for k in shard[1])
+    merged = tmp_path / "m"
+    assert cli.main(["distill", *common, "--merge", *map(str, parts), "--out", str(merged)]) == 0
+    metrics = json.loads((merged / "metrics.json").read_text())
+    assert metrics["num_images"] == 10 and metrics["shards"] == 2
+    assert metrics["iter_s"] == pytest.approx(shard[0]["iter_s"])
+    assert metrics["final_loss_ce"] == pytest.approx(shard[0]["final_loss_ce"])
+
+
+def _batches(out):
+    return {i: b["images"] for i, b in artifacts.load(out / distill.BATCHES).items()}
+
+
+def test_a_shard_resumes_after_its_last_whole_batch(tiny_inputs, tmp_path, monkeypatch, caplog):
+    """Stopped between batches: the rerun keeps the finished batch, synthesizes the rest, says so
+    in its progress lines, and ends where an uninterrupted run ends."""
+    from teddy.runtime.progress import Progress
+
+    def progress_lines():
+        lines = [r.getMessage() for r in caplog.records if r.name == "teddy.distill"]
+        assert all(line.startswith("distill teddy ipc2 seed0 shard 0/1 batches: ") for line in lines)
+        caplog.clear()
+        return [line.split(": ")[1].split(" ")[0] for line in lines], lines
+
+    cfg = tiny()
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    monkeypatch.setattr(Progress, "every", 0.0)
+    caplog.set_level(logging.INFO, logger="teddy.distill")
+    distill.run_shard(cfg, tiny_inputs, whole, "teddy", 2, 0, (0, 1), "cpu", Recorder())
+    assert progress_lines()[0] == ["0/2", "1/2", "2/2"]
+    out = tmp_path / "stopped"
+    out.mkdir()
+    real, calls = distill.draw_schedule, []
+
+    def stop_at_the_second_batch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("stopped")
+        return real(*args)
+
+    monkeypatch.setattr(distill, "draw_schedule", stop_at_the_second_batch)
+    with pytest.raises(RuntimeError, match="stopped"):
+        distill.run_shard(cfg, tiny_inputs, out, "teddy", 2, 0, (0, 1), "cpu", Recorder())
+    monkeypatch.setattr(distill, "draw_schedule", real)
+    caplog.clear()
+    metrics = distill.run_shard(cfg, tiny_inputs, out, "teddy", 2, 0, (0, 1), "cpu", Recorder())
+    assert (metrics["resumed_batches"], metrics["resumed_iterations"], metrics["batches"]) == (1, 0, 2)
+    expected = _batches(whole)
+    assert set(_batches(out)) == {0, 1} and all(torch.equal(_batches(out)[i], expected[i]) for i in expected)
+    counts, lines = progress_lines()
+    assert counts == ["1/2", "1/2", "2/2"]
+    assert "inf s left" in lines[0]  # nothing done by this run yet: no rate claimed from the checkpoint
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_a_shard_resumes_inside_a_batch_and_counts_only_its_own_steps(tiny_inputs, tmp_path, monkeypatch):
+    cfg = tiny("distill.checkpoint_every=2")
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    distill.run_shard(cfg, tiny_inputs, whole, "teddy", 2, 0, (0, 1), "cpu", Recorder())
+    out = tmp_path / "stopped"
+    out.mkdir()
+    real, calls = distill.synthesize_batch, []
+
+    def stop_after_a_checkpoint_of_the_second_batch(*args):
+        *head, save = args
+        calls.append(1)
+
+        def save_then_stop(st):
+            save(st)
+            if len(calls) == 2:
+                raise RuntimeError("stopped")
+
+        return real(*head, save_then_stop)
+
+    monkeypatch.setattr(distill, "synthesize_batch", stop_after_a_checkpoint_of_the_second_batch)
+    with pytest.raises(RuntimeError, match="stopped"):
+        distill.run_shard(cfg, tiny_inputs, out, "teddy", 2, 0, (0, 1), "cpu", Recorder())
+    monkeypatch.setattr(distill, "synthesize_batch", real)
+    metrics = distill.run_shard(cfg, tiny_inputs, out, "teddy", 2, 0, (0, 1), "cpu", Recorder())
+    assert (metrics["resumed_batches"], metrics["resumed_iterations"]) == (1, 2)
+    expected = _batches(whole)
+    assert all(torch.equal(_batches(out)[i], expected[i]) for i in expected)
+    # this run made 2 steps of batch 1 (10 images each): the rates count those, not the checkpoint's
+    assert metrics["iter_s"] * metrics["images_per_s"] == pytest.approx(10)
+
+
+def test_a_non_finite_loss_term_is_reported_by_name(tiny_inputs, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(distill, "make_objective", lambda *a: Quadratic(extra=float("nan")))
+    caplog.set_level(logging.WARNING, logger="teddy.stages.distill")
+    t0 = time.perf_counter()
+    metrics = distill.run_shard(tiny(), tiny_inputs, tmp_path, "teddy", 1, 7, (0, 1), "cpu", Recorder())
+    wall = time.perf_counter() - t0
+    assert metrics["health"] == ["diverged: non-finite synthesis loss (extra)"]
+    assert metrics["objective"] == "Quadratic" and metrics["final_loss_l2"] > 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    problem = "diverged: non-finite synthesis loss (extra)"
+    assert warned == [f"distill teddy ipc1 seed7: {problem} (lower distill.lr or the loss weights)"]
+    assert 0 < metrics["iter_s"] * tiny().distill.iterations <= wall
+
+
+def test_no_steps_keep_the_initial_images_and_claim_no_loss(tiny_inputs, tmp_path):
+    """distill.iterations 0 with init teacher is the selection-only baseline: no curve, no final
+    loss, nothing logged per step."""
+    tracker = Recorder()
+    cfg = tiny("distill.iterations=0", "distill.init=teacher")
+    metrics = distill.run_shard(cfg, tiny_inputs, tmp_path, "teddy", 1, 0, (0, 1), "cpu", tracker)
+    assert tracker.steps == {} and not any(k.startswith("final_loss_") for k in metrics)
+    assert metrics["batches"] == 1 and metrics["health"] == [] and sum(metrics["member_draws"]) == 0
+
+
+def test_the_pool_and_teacher_are_the_configs(tiny_inputs, tmp_path, monkeypatch):
+    """A members pool is narrowed to distill.pool_archs (a base-model method ignores it); init
+    teacher uses relabel's teacher, checked against this config and data."""
+    from teddy.pool import members
+
+    asked, teachers = [], []
+
+    def load_pool(path, kind, device, size, archs, **checks):
+        asked.append((kind, archs, checks["built_for"].distill.pool_archs, checks["data_dir"]))
+        return members.load_pool(path, kind, device, size, archs, **checks)
+
+    class Teacher(members.Teacher):
+        def __init__(self, *args):
+            teachers.append(args)
+            super().__init__(*args)
+
+    monkeypatch.setattr(distill, "load_pool", load_pool)
+    monkeypatch.setattr(distill, "Teacher", Teacher)
+    cfg = tiny("distill.pool_archs=[convnet]", "distill.init=teacher", "distill.iterations=1")
+    for method in ("teddy", "sre2l"):
+        (tmp_path / method).mkdir()
+        distill.run_shard(cfg, tiny_inputs, tmp_path / method, method, 1, 0, (0, 1), "cpu", Recorder())
+    assert [a[:2] for a in asked] == [("prior", ("convnet",)), ("base", None)]
+    assert all(a[2] == ("convnet",) and a[3] == tiny_inputs["data"] for a in asked)
+    assert teachers == [(tiny_inputs["pool"], cfg.relabel.teacher, "cpu", cfg, tiny_inputs["data"])] * 2
+
+
+def test_real_batch_draws_follow_the_batch_generator_so_a_rerun_is_identical(tiny_inputs, tmp_path):
+    """A real-batch objective draws its real images with the batch's own generator: the same seed
+    synthesizes the same images in the same process, whatever else drew random numbers."""
+    cfg = tiny("distill.matching=taylor")
+    sets = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        torch.rand(7)  # the global generator moves between the runs
+        distill.run_shard(cfg, tiny_inputs, tmp_path / name, "teddy", 1, 0, (0, 1), "cpu", Recorder())
+        sets.append(_batches(tmp_path / name)[0])
+    assert torch.equal(sets[0], sets[1])
