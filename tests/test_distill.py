@@ -844,7 +844,7 @@ def test_a_shard_without_batches_writes_an_empty_part_the_merge_takes(tiny_input
     merged = tmp_path / "m"
     assert cli.main(["distill", *common, "--merge", *map(str, parts), "--out", str(merged)]) == 0
     metrics = json.loads((merged / "metrics.json").read_text())
-    assert metrics["num_images"] == 10 and metrics["shards"] == 2
+    assert (metrics["num_images"], metrics["shards"], metrics["algorithm"], metrics["ipc"]) == (10, 2, "teddy", 1)
     assert metrics["iter_s"] == pytest.approx(shard[0]["iter_s"])
     assert metrics["final_loss_ce"] == pytest.approx(shard[0]["final_loss_ce"])
 
@@ -990,3 +990,12 @@ def test_real_batch_draws_follow_the_batch_generator_so_a_rerun_is_identical(tin
         distill.run_shard(cfg, tiny_inputs, tmp_path / name, "teddy", 1, 0, (0, 1), "cpu", Recorder())
         sets.append(_batches(tmp_path / name)[0])
     assert torch.equal(sets[0], sets[1])
+
+
+def test_a_long_curve_is_logged_at_about_a_hundred_steps(tiny_inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(distill, "make_objective", lambda *a: Quadratic())
+    tracker = Recorder()
+    cfg = tiny("distill.iterations=200", "distill.checkpoint_every=1000")
+    distill.run_shard(cfg, tiny_inputs, tmp_path, "teddy", 1, 0, (0, 1), "cpu", tracker)
+    assert sorted(tracker.steps) == list(range(0, 200, 2))
+    assert set(tracker.steps[198]) == {"loss_l2", "loss_extra"}
