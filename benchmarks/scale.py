@@ -44,20 +44,25 @@ def log(msg: str) -> None:
 
 
 def measured(cmd: list[str], log_file: Path) -> dict:
-    """Run ``cmd``; wall seconds and the peak of its process tree's summed RSS."""
+    """Run ``cmd``; wall seconds and the peaks of its process tree's summed RSS and summed PSS.
+
+    RSS counts every page a process maps, so forked loader workers count the parent's shared pages
+    (torch's libraries, the listing) once more each; PSS splits each shared page among the processes
+    that share it, so the summed PSS is the memory the tree really takes."""
     import psutil
 
     with open(log_file, "w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        peak, done = [0], threading.Event()
+        peak, done = [0, 0], threading.Event()
 
         def sample():
             parent = psutil.Process(proc.pid)
             while not done.is_set():
                 try:
-                    tree = [parent, *parent.children(recursive=True)]
-                    peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree if p.is_running()))
+                    tree = [p for p in (parent, *parent.children(recursive=True)) if p.is_running()]
+                    peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
+                    peak[1] = max(peak[1], sum(p.memory_full_info().pss for p in tree))
                 except psutil.Error:
                     pass
                 time.sleep(0.1)
@@ -70,7 +75,8 @@ def measured(cmd: list[str], log_file: Path) -> dict:
     wall = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}… failed ({code}); its log: {log_file}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(peak[0] / 2**20, 1)}
+    rss, pss = (round(p / 2**20, 1) for p in peak)
+    return {"wall_s": round(wall, 2), "peak_rss_mb": rss, "peak_pss_mb": pss}
 
 
 def folder_mb(path: Path) -> float:

@@ -83,10 +83,11 @@ def load_torch(path: str | Path, map_location: Any = "cpu") -> Any:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def write_json(obj: Any, path: str | Path) -> None:
+def write_json(obj: Any, path: str | Path, indent: int | None = 2) -> None:
+    """``indent`` None: compact, through json's C encoder (an index of millions of entries)."""
     if not is_main():  # torch.distributed: rank 0 writes
         return
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    text = json.dumps(obj, indent=indent, sort_keys=False) + "\n"
     with atomic_path(path, size=len(text.encode())) as tmp:
         tmp.write_text(text)
 

@@ -256,7 +256,7 @@ def prepare_files(cfg, spec, prep: dict, out: Path) -> dict:
             "classes": [listing.classes[c] for c in keep_cls],
             **{s: {"files": [p for p, _ in e], "labels": [y for _, y in e]} for s, e in kept.items()},
         }
-        write_json(index, out / INDEX)
+        write_json(index, out / INDEX, indent=None)  # millions of paths: compact, through the C encoder
         index_digest = artifacts.hash_file(out / INDEX)
         artifacts.record_checksum(out / INDEX, index_digest)
         caches = {s: {"file": w.path.name, "sha256": w.finish(rows[s])} for s, w in writers.items()}
