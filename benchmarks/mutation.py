@@ -66,8 +66,22 @@ def scratch_project(work: Path, modules: list[str], tests: list[str]) -> Path:
     return work
 
 
+def require_same_source(work: Path, modules: list[str], root: Path = ROOT) -> None:
+    """--rerun-survivors reruns an earlier run's mutants, which are of the code as it was then: if a
+    module changed since, tests written for the new code would fail on the code, not on the mutant,
+    and count as kills. Refuse, naming the module."""
+    for module in modules:
+        then, now = work / "teddy" / f"{module}.py", root / "teddy" / f"{module}.py"
+        if not then.is_file() or then.read_bytes() != now.read_bytes():
+            raise SystemExit(
+                f"--rerun-survivors: teddy/{module}.py changed since the run in {work} (or that run never "
+                f"copied it): its mutants are of other code; run {module} again without --rerun-survivors"
+            )
+
+
 def survivors_of(work: Path, modules: list[str]) -> list[str]:
     """The mutants an earlier run in ``work`` left alive or timed out, for --rerun-survivors."""
+    require_same_source(work, modules)
     from mutmut.stats import status_by_exit_code
 
     names = []
