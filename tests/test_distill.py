@@ -844,7 +844,8 @@ def test_a_shard_without_batches_writes_an_empty_part_the_merge_takes(tiny_input
     merged = tmp_path / "m"
     assert cli.main(["distill", *common, "--merge", *map(str, parts), "--out", str(merged)]) == 0
     metrics = json.loads((merged / "metrics.json").read_text())
-    assert (metrics["num_images"], metrics["shards"], metrics["algorithm"], metrics["ipc"]) == (10, 2, "teddy", 1)
+    recorded = (metrics["num_images"], metrics["shards"], metrics["algorithm"], metrics["ipc"])
+    assert recorded == (10, 2, "teddy", 1)
     assert metrics["iter_s"] == pytest.approx(shard[0]["iter_s"])
     assert metrics["final_loss_ce"] == pytest.approx(shard[0]["final_loss_ce"])
 

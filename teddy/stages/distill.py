@@ -18,6 +18,8 @@ iterations and resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -255,10 +257,54 @@ def run_shard(
             "pool_members": [e["file"] for e in pool_manifest],  # what it drew from
             "member_draws": member_counts,
             "batches": len(done),
+            "synthesis_key": synthesis_key(cfg, method, ipc, seed, inputs["pool"]),
             "iter_s": elapsed / max(1, iters),
             "images_per_s": image_iters / max(elapsed, 1e-9),
         }
     )
+
+
+def synthesis_key(cfg, algorithm: str, ipc: int, seed: int, pool_dir) -> str:
+    """What makes shards parts of one synthetic set: the algorithm, IPC and seed, the distill keys
+    that shape the images (not the machine's: shards, checkpointing), the dataset and the pool (its
+    manifest's sha256). Shards with different keys are batches of different sets."""
+    skip = {"variants", *config_mod.grid_keys()["distill"]}
+    distill = {
+        k: v
+        for k, v in config_mod.to_dict(cfg)["distill"].items()
+        if k not in skip and not config_mod.is_machine_key("distill", k)
+    }
+    manifest = Path(pool_dir) / "manifest.json"
+    pool = artifacts.hash_file(manifest) if manifest.is_file() else None
+    what = [algorithm, ipc, seed, cfg.run.dataset, distill, pool]
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_parts(folders: list, label: str, ipc: int, seed: int) -> None:
+    """The shards given to a merge are parts of this one set: its method, IPC and seed, one shard
+    count, each shard once, and one synthesis key (same settings, same pool)."""
+    parts = [(Path(f), read_json(Path(f) / "metrics.json")) for f in folders]
+    for folder, m in parts:
+        theirs = (m.get("method"), m.get("ipc"), m.get("seed"))
+        if theirs != (label, ipc, seed):
+            raise ArtifactError(
+                f"{folder} is a shard of {theirs[0]} ipc{theirs[1]} seed{theirs[2]}, not of {label} ipc{ipc} "
+                f"seed{seed}: merge only the shard folders of one set (--method, --ipc, --seed as theirs)"
+            )
+    shards = [m["shard"] for _, m in parts if "shard" in m]
+    counts = {s.split("/")[1] for s in shards}
+    if len(counts) > 1 or len(set(shards)) < len(shards):
+        raise ArtifactError(
+            f"shards {[str(f) for f, _ in parts]} are {shards}: a merge takes each shard of one split "
+            "(i/n, one n) once"
+        )
+    keys = [(f, m["synthesis_key"]) for f, m in parts if "synthesis_key" in m]
+    for folder, key in keys[1:]:
+        if key != keys[0][1]:
+            raise ArtifactError(
+                f"{folder} was synthesized with other distill settings or another pool than {keys[0][0]}: "
+                "its batches belong to another set; rerun the shards with one config and one pool"
+            )
 
 
 def merge(folders: list[Path], expected: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,6 +373,7 @@ def run(
                 return metrics | {"shard": f"{shard[0]}/{shard[1]}"}
             merge_from = [out]
         else:
+            check_parts(merge_from, label, ipc, seed)
             metrics |= merge_metrics(merge_from)
         images, labels = merge(merge_from, n_batches)
     artifacts.save_synthetic(images, labels, out / SYNTHETIC, method=label, ipc=ipc, seed=seed)

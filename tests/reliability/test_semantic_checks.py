@@ -1,7 +1,8 @@
 """Checksums prove a file is the one written, not that it is right (issue 36, 3): data, teacher and
 soft labels that stay internally consistent after a wrong edit (checksums redone) are still caught by
 cheap semantic checks: per-class label counts against the manifest, a base model below chance on
-val, stored soft labels against a re-run of the teacher on a sample of views."""
+val, stored soft labels against a re-run of the teacher on a sample of views, and a merge against
+shards of another set."""
 
 import json
 import shutil
@@ -100,3 +101,35 @@ def test_a_base_model_swapped_with_checksums_redone_is_caught(tiny, tmp_path, ca
     code = cli.main([*argv, "--out", str(tmp_path / "e")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "recorded when it was built" in err, err
+
+
+def test_a_merge_takes_only_the_shards_of_its_own_set(tiny, tmp_path, capsys):
+    """Shards of another seed, another config or the same shard twice would merge into a set that
+    no single run made (the batch indices still fit): each is refused by name, no set is written."""
+    cfg, data, pool = tiny[:3]
+    common = [*cfg, "--data", str(data), "--method", "teddy", "--ipc", "2"]
+
+    def shard(name, i, seed, *extra):
+        out = tmp_path / name
+        argv = ["distill", *common, *extra, "--pool", str(pool), "--seed", str(seed)]
+        assert cli.main([*argv, "--shard", f"{i}/2", "--out", str(out)]) == 0
+        return str(out)
+
+    def merge(*parts):
+        capsys.readouterr()
+        out = tmp_path / f"merged{len(list(tmp_path.iterdir()))}"
+        code = cli.main(["distill", *common, "--seed", "0", "--merge", *parts, "--out", str(out)])
+        return code, capsys.readouterr().err, out
+
+    a0, a1 = shard("a0", 0, 0), shard("a1", 1, 0)
+    b1 = shard("b1", 1, 1)  # seed 1's shard 1
+    c1 = shard("c1", 1, 0, "--set", "distill.lr=0.05")  # seed 0's shard 1 under another lr
+    code, err, out = merge(a0, b1)
+    assert code == 1 and f"{b1} is a shard of teddy ipc2 seed1, not of teddy ipc2 seed0" in err
+    assert not (out / "synthetic.pt").exists()
+    code, err, out = merge(a0, c1)
+    assert code == 1 and f"{c1} was synthesized with other distill settings or another pool than {a0}" in err
+    code, err, out = merge(a0, a0, a1)
+    assert code == 1 and "a merge takes each shard of one split (i/n, one n) once" in err
+    code, err, out = merge(a0, a1)
+    assert code == 0 and (out / "synthetic.pt").exists()
