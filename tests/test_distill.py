@@ -1000,3 +1000,18 @@ def test_a_long_curve_is_logged_at_about_a_hundred_steps(tiny_inputs, tmp_path, 
     distill.run_shard(cfg, tiny_inputs, tmp_path, "teddy", 1, 0, (0, 1), "cpu", tracker)
     assert sorted(tracker.steps) == list(range(0, 200, 2))
     assert set(tracker.steps[198]) == {"loss_l2", "loss_extra"}
+
+
+def test_real_inits_follow_the_set_seed_and_split_a_class_among_its_slots(tiny_inputs, tmp_path):
+    """The candidates come from the set's seed (another seed, other real images) and are split
+    among the IPC's slots even when init_candidates asks for more than a class can give each slot."""
+    sets = {}
+    runs = (("s0", 0, "real"), ("s1", 1, "real"), ("many", 0, "teacher", "distill.init_candidates=100000"))
+    for name, seed, how, *extra in runs:
+        cfg = tiny(f"distill.init={how}", "distill.iterations=0", *extra)
+        (tmp_path / name).mkdir()
+        distill.run_shard(cfg, tiny_inputs, tmp_path / name, "teddy", 3, seed, (0, 1), "cpu", Recorder())
+        sets[name] = torch.cat(list(_batches(tmp_path / name).values()))
+    assert not torch.equal(sets["s0"], sets["s1"])
+    flat = sets["many"].flatten(1)
+    assert len(flat) == 30 and len(torch.unique(flat, dim=0)) == 30  # no image in two slots
