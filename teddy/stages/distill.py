@@ -43,6 +43,7 @@ from teddy.runtime.device import autocast
 from teddy.runtime.preemption import Preempted, preemption
 from teddy.runtime.progress import Progress
 from teddy.train import warmup_cosine
+from teddy.workflow import params
 
 log = logging.getLogger(__name__)
 
@@ -265,18 +266,15 @@ def run_shard(
 
 
 def synthesis_key(cfg, algorithm: str, ipc: int, seed: int, pool_dir) -> str:
-    """What makes shards parts of one synthetic set: the algorithm, IPC and seed, the distill keys
-    that shape the images (not the machine's: shards, checkpointing), the dataset and the pool (its
-    manifest's sha256). Shards with different keys are batches of different sets."""
-    skip = {"variants", *config_mod.grid_keys()["distill"]}
-    distill = {
-        k: v
-        for k, v in config_mod.to_dict(cfg)["distill"].items()
-        if k not in skip and not config_mod.is_machine_key("distill", k)
-    }
+    """What makes shards parts of one synthetic set: the algorithm, IPC and seed, the config keys its
+    result depends on (the same ``param_keys`` that trigger Snakemake's reruns: dataset, dtype, the
+    distill keys the algorithm reads) and the pool (its manifest's sha256). Shards with different
+    keys are batches of different sets."""
+    data = config_mod.to_dict(cfg)
+    settings = params.params_of(data, params.param_keys(data, "distill", method=algorithm))
     manifest = Path(pool_dir) / "manifest.json"
     pool = artifacts.hash_file(manifest) if manifest.is_file() else None
-    what = [algorithm, ipc, seed, cfg.run.dataset, distill, pool]
+    what = [algorithm, ipc, seed, settings, pool]
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
