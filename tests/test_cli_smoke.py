@@ -227,6 +227,7 @@ def test_a_gpu_runs_report_is_rebuilt_without_a_gpu(pipeline, monkeypatch, capsy
     cuda = ["--config", str(BASE), "--config", str(TINY), "--set", "run.device=cuda"]
     evals = [str(p) for p in sorted(tmp.glob("eval_*"))]
     sets = ["--set", "distill.methods=[teddy, sre2l, random]", "--set", "distill.ipcs=[2]"]
+    sets += ["--set", "evaluate.hard_label_archs=[convnet]"]  # the runs' own protocol (checked by report)
     assert main(["report", *cuda, *sets, "--evaluations", *evals, "--out", str(tmp / "report_cuda")]) == 0
     assert json.loads((tmp / "report_cuda" / "metrics.json").read_text())["device"] == "cpu"
     assert main(["prepare-data", *cuda, "--out", str(tmp / "data_cuda")]) == 0

@@ -15,6 +15,7 @@ from teddy.io.files import ArtifactError, atomic_path, read_json, write_json
 from teddy.method import registry
 from teddy.protocol import full_data_ipc, full_data_row
 from teddy.runtime.provenance import git_sha, provenance
+from teddy.workflow.params import param_keys
 from teddy.workflow.plan import evaluation_grid
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,72 @@ def collect_row(eval_dir: Path) -> dict:
         f"{stage}_s": round(walls[stage]["wall_s"] + walls[stage].get("shard_wall_s", 0), 3) for stage in STAGES
     }
     return row
+
+
+_ABSENT = "<absent>"  # a key the recorded config does not have (written before the key existed)
+
+
+def _recorded(data, key: str):
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return _ABSENT
+        data = data[part]
+    return data
+
+
+def protocol_mismatches(cfg, eval_dir: Path, seen: dict | None = None) -> list[tuple[str, str, str, str]]:
+    """How the jobs behind one evaluation ran under other settings than ``cfg`` states: per job
+    (evaluate, the relabel it read, the distill that made its set), every key its result depends on
+    (teddy.workflow.params.param_keys: the keys whose change makes Snakemake rerun it) whose value
+    in the job's own config.resolved.yaml differs from ``cfg``'s, as (folder, key, ran, here).
+    ``seen`` caches the jobs already compared (a set's relabel and distill serve every student)."""
+    seen = {} if seen is None else seen
+    want = to_dict(cfg)
+    ev = read_json(eval_dir / "metrics.json")
+    jobs = [("evaluate", eval_dir, None)]
+    if "soft_labels" in ev["inputs"]:
+        jobs.append(("relabel", recorded_input(ev["inputs"]["soft_labels"], eval_dir), None))
+    jobs.append(("distill", recorded_input(ev["inputs"]["synthetic"], eval_dir), ev["method"]))
+    problems = []
+    for stage, folder, method in jobs:
+        if (folder, method) not in seen:
+            resolved = folder / config.RESOLVED
+            if not resolved.is_file():
+                found = [(str(folder), config.RESOLVED, "nothing", "written by every stage")]
+            else:
+                ran = config.read_yaml(resolved)
+                keys = param_keys(want, stage, method)
+                found = [
+                    (str(folder), key, repr(_recorded(ran, key)), repr(_recorded(want, key)))
+                    for key in keys
+                    if _recorded(ran, key) != _recorded(want, key)
+                ]
+            seen[folder, method] = found
+        problems += seen[folder, method]
+    return problems
+
+
+def check_protocol(cfg, eval_dirs: list[Path]) -> None:
+    """Refuse to pair numbers made under another protocol than the report states (a stale folder
+    of an earlier config, results copied in from another study): an ArtifactError naming each
+    differing key with its two values, how many job folders ran with it, and one of them."""
+    seen: dict = {}
+    problems = [p for d in eval_dirs for p in protocol_mismatches(cfg, d, seen)]
+    if not problems:
+        return
+    folders: dict[tuple[str, str, str], list[str]] = {}
+    for folder, key, ran, here in problems:
+        folders.setdefault((key, ran, here), []).append(folder)
+    lines = [
+        f"{key} = {ran} where this config has {here}, in {len(set(where))} job folder(s), e.g. {where[0]}"
+        for (key, ran, here), where in folders.items()
+    ]
+    raise ArtifactError(
+        "the runs this report pairs were not all made under the protocol it states: "
+        + "; ".join(lines)
+        + ". Rerun them under this config (Snakemake reruns every job whose settings changed; "
+        "`make repro` for DVC), or report them with the config they ran under"
+    )
 
 
 def flag_below_baseline(df: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -539,7 +606,8 @@ def run(cfg, inputs: dict, outputs: dict, *, device, tracker) -> dict:
     """inputs: ``evaluations`` (list of evaluate dirs); outputs: ``out`` dir."""
     evaluations = find_evaluations(inputs["evaluations"])
     rows = [collect_row(d) for d in evaluations]
-    df = in_config_grid(pd.DataFrame(rows), cfg)
+    df = in_config_grid(pd.DataFrame(rows), cfg)  # keeps the rows' index: evaluations[i] is row i
+    check_protocol(cfg, [evaluations[i] for i in df.index])
     df = add_hlr(add_ior(df, cfg.report.baseline_method))
     df = flag_below_baseline(df, cfg.report.baseline_method)
     df = df.sort_values(["dataset", "method", "ipc", "arch", "seed"]).reset_index(drop=True)

@@ -133,3 +133,42 @@ def test_a_merge_takes_only_the_shards_of_its_own_set(tiny, tmp_path, capsys):
     assert code == 1 and "a merge takes each shard of one split (i/n, one n) once" in err
     code, err, out = merge(a0, a1)
     assert code == 0 and (out / "synthetic.pt").exists()
+
+
+def test_a_report_refuses_runs_made_under_another_protocol(tiny, tmp_path, capsys):
+    """An evaluation (or the relabel it read) made under other settings than the report's config
+    (a stale folder of an earlier config, a run copied in from another study) has numbers the report
+    would pair and print under a protocol they were not made with: refused, naming the key, its two
+    values and a folder; nothing written."""
+    cfg, data, pool, syn, soft = tiny
+    grid = [
+        "--set",
+        "distill.methods=[random]",
+        "--set",
+        "distill.ipcs=[2]",
+        "--set",
+        "evaluate.archs=[convnet]",
+    ]
+    ev = tmp_path / "ev"
+    argv = ["evaluate", *cfg, *evaluate_args(data, syn, soft), "--set", "evaluate.lr=0.05", "--out", str(ev)]
+    assert cli.main(argv) == 0
+
+    def report(*sets):
+        capsys.readouterr()
+        out = tmp_path / f"report{len(list(tmp_path.iterdir()))}"
+        code = cli.main(["report", *cfg, *grid, *sets, "--evaluations", str(ev), "--out", str(out)])
+        return code, capsys.readouterr().err.strip(), out
+
+    code, err, out = report()  # the config's students train at lr 0.002; this one trained at 0.05
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert f"evaluate.lr = 0.05 where this config has 0.002, in 1 job folder(s), e.g. {ev}" in err, err
+    assert not (out / "summary.csv").exists() and not (out / "metrics.json").exists()
+    # its own lr, but soft labels cropped otherwise than this config says
+    code, err, out = report("--set", "evaluate.lr=0.05", "--set", "relabel.crop_scale_min=0.5")
+    assert (
+        code == 1
+        and f"relabel.crop_scale_min = 0.08 where this config has 0.5, in 1 job folder(s), e.g. {soft}" in err
+    )
+    assert not (out / "summary.csv").exists() and not (out / "metrics.json").exists()
+    code, err, out = report("--set", "evaluate.lr=0.05")  # the protocol it ran under
+    assert code == 0 and (out / "summary.csv").is_file(), err
