@@ -154,8 +154,8 @@ def pipeline_overlay(dataset: str, device: str, quick: bool) -> dict:
         "pretrain_pool": {
             "width": 8 if small else 64,
             "epochs": 2 if small else 5,
-            "prior_epochs": [1] if small else [1, 2],
-            "post_members": 1 if small else 2,
+            "prior_epochs": [] if small else [1, 2],  # the smoke's random draws no member: none trained
+            "post_members": 0 if small else 2,
         },
         "distill": {
             "methods": ["random"] if small else ["teddy", "random"],

@@ -79,12 +79,12 @@ def check_results(project, dataset: str, archs: list[str], classes: int) -> pd.D
 
 def test_tiny_imagenet_paper_config_on_a_miniature(tmp_path):
     root = miniature.make(
-        "tiny_imagenet", tmp_path / "tiny-imagenet-200", classes=6, train=10, val=4, size=32, bad=True
+        "tiny_imagenet", tmp_path / "tiny-imagenet-200", classes=6, train=10, val=4, size=16, bad=True
     )
     project = paper_run(
         tmp_path,
         "tiny_imagenet",
-        prepare_data={"root": str(root), "image_size": 32, "bad_files": "skip", "workers": 1},
+        prepare_data={"root": str(root), "image_size": 16, "bad_files": "skip", "workers": 1},
         distill={"shards": 1},  # ImageNet's test runs class-group shards
         evaluate={"archs": ["resnet18"]},
     )
