@@ -1,6 +1,7 @@
 import json
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -659,6 +660,7 @@ def test_a_shards_metrics_are_its_batches_own_numbers(tiny_inputs, tmp_path):
     per_iteration = sum(len(b.labels) for b in batches) / len(batches)
     assert metrics["iter_s"] * metrics["images_per_s"] == pytest.approx(per_iteration)
     assert not (out / "checkpoint.pt").exists()
+    assert metrics["synthesis_key"] == distill.synthesis_key(cfg, "teddy", 2, 0, tiny_inputs["pool"])
 
 
 # --- distill's functions, called directly on the tiny data and pool (built once for this module) ---
@@ -957,6 +959,8 @@ def test_no_steps_keep_the_initial_images_and_claim_no_loss(tiny_inputs, tmp_pat
     metrics = distill.run_shard(cfg, tiny_inputs, tmp_path, "teddy", 1, 0, (0, 1), "cpu", tracker)
     assert tracker.steps == {} and not any(k.startswith("final_loss_") for k in metrics)
     assert metrics["batches"] == 1 and metrics["health"] == [] and sum(metrics["member_draws"]) == 0
+    (curve,) = [b["curve"] for b in artifacts.load(tmp_path / distill.BATCHES).values()]
+    assert curve.dim() == 2 and curve.shape[0] == 0 and curve.shape[1] >= 1  # a row per step, a column per term
 
 
 def test_the_pool_and_teacher_are_the_configs(tiny_inputs, tmp_path, monkeypatch):
@@ -1021,3 +1025,119 @@ def test_real_inits_follow_the_set_seed_and_split_a_class_among_its_slots(tiny_i
     assert not torch.equal(sets["s0"], sets["s1"])
     flat = sets["many"].flatten(1)
     assert len(flat) == 30 and len(torch.unique(flat, dim=0)) == 30  # no image in two slots
+
+
+def test_batches_of_takes_the_configs_classes_and_slots_per_batch():
+    cfg = tiny("distill.classes_per_batch=3", "distill.slots_per_batch=2")
+    batches = distill.batches_of(cfg, 10, 4)
+    assert [b.classes for b in batches] == [(0, 1, 2), (3, 4, 5), (6, 7, 8), (9,)] * 2
+    assert [b.slots for b in batches] == [(0, 1)] * 4 + [(2, 3)] * 4
+
+
+def _parts(tmp_path, *records):
+    """Shard folders holding only the metrics a merge checks, named a, b, c, ..."""
+    folders = []
+    for name, record in zip("abcdef", records, strict=False):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(record))
+        folders.append(str(tmp_path / name))
+    return folders
+
+
+def test_a_merge_checks_each_shards_set_split_and_key(tmp_path):
+    """check_parts refuses, naming the folder: a shard of another method, IPC or seed; shards of
+    different splits or one shard twice; a shard whose synthesis key differs from the first's."""
+
+    def shard(i, n=2, key="k1", **set_):
+        return {"method": "teddy", "ipc": 3, "seed": 7, "shard": f"{i}/{n}", "synthesis_key": key} | set_
+
+    def refused(tmp, *records):
+        with pytest.raises(distill.ArtifactError) as err:
+            distill.check_parts(_parts(tmp, *records), "teddy", 3, 7)
+        return str(err.value)
+
+    for n, other in enumerate(({"seed": 8}, {"ipc": 4}, {"method": "sre2l"})):
+        tmp = tmp_path / f"set{n}"
+        tmp.mkdir()
+        theirs = {"method": "teddy", "ipc": 3, "seed": 7} | other
+        said = refused(tmp, shard(0), shard(1, **other))
+        assert said == (
+            f"{tmp / 'b'} is a shard of {theirs['method']} ipc{theirs['ipc']} seed{theirs['seed']}, not of "
+            "teddy ipc3 seed7: merge only the shard folders of one set (--method, --ipc, --seed as theirs)"
+        )
+    (tmp_path / "twice").mkdir()
+    said = refused(tmp_path / "twice", shard(0), shard(0), shard(1))
+    assert said == (
+        f"shards {_parts_names(tmp_path / 'twice', 3)} are ['0/2', '0/2', '1/2']: a merge takes each shard of "
+        "one split (i/n, one n) once"
+    )
+    (tmp_path / "splits").mkdir()
+    assert "(i/n, one n) once" in refused(tmp_path / "splits", shard(0), shard(1, n=3))
+    (tmp_path / "key").mkdir()
+    said = refused(tmp_path / "key", shard(0), shard(1, key="k2"))
+    assert said == (
+        f"{tmp_path / 'key' / 'b'} was synthesized with other distill settings or another pool than "
+        f"{tmp_path / 'key' / 'a'}: its batches belong to another set; rerun the shards with one config and "
+        "one pool"
+    )
+    (tmp_path / "fine").mkdir()
+    assert distill.check_parts(_parts(tmp_path / "fine", shard(1), shard(0)), "teddy", 3, 7) is None
+
+
+def _parts_names(tmp, n):
+    return [str(tmp / name) for name in "abcdef"[:n]]
+
+
+def test_the_synthesis_key_is_what_the_sets_batches_depend_on(tiny_inputs, tmp_path):
+    """Equal for the same algorithm, IPC, seed, relevant settings and pool; different when any of
+    them changes, including the pool's manifest; blind to the keys the algorithm does not read."""
+    cfg, pool = tiny(), tiny_inputs["pool"]
+    key = distill.synthesis_key(cfg, "teddy", 2, 0, pool)
+    assert len(key) == 16 and key == distill.synthesis_key(tiny(), "teddy", 2, 0, pool)
+    changed = [
+        distill.synthesis_key(cfg, "sre2l", 2, 0, pool),
+        distill.synthesis_key(cfg, "teddy", 3, 0, pool),
+        distill.synthesis_key(cfg, "teddy", 2, 1, pool),
+        distill.synthesis_key(tiny("distill.lr=0.05"), "teddy", 2, 0, pool),
+        distill.synthesis_key(cfg, "teddy", 2, 0, tmp_path),  # a folder without a pool manifest
+    ]
+    copied = tmp_path / "pool"
+    copied.mkdir()
+    manifest = json.loads((Path(pool) / "manifest.json").read_text())
+    (copied / "manifest.json").write_text(json.dumps({**manifest, "extra": 1}))
+    changed.append(distill.synthesis_key(cfg, "teddy", 2, 0, copied))
+    assert len({key, *changed}) == len(changed) + 1
+    # random reads neither the synthesis lr nor the iterations: its sets do not depend on them
+    assert distill.synthesis_key(cfg, "random", 2, 0, pool) == distill.synthesis_key(
+        tiny("distill.lr=0.05", "distill.iterations=9"), "random", 2, 0, pool
+    )
+
+
+def test_a_merge_averages_rates_over_the_shards_that_synthesized(tmp_path):
+    """A shard recorded before ``batches`` existed counts as busy; one with no batches does not."""
+    base = {"pool_size": 1, "objective": "bn", "wall_s": 1.0}
+    folders = _parts(
+        tmp_path,
+        base | {"iter_s": 1.0},
+        base | {"batches": 2, "iter_s": 3.0},
+        base | {"batches": 0, "iter_s": 0},
+    )
+    assert distill.merge_metrics(folders)["iter_s"] == pytest.approx(2.0)
+
+
+class ThreeTerms(Quadratic):
+    names = ["l2", "extra", "more"]
+
+    def __call__(self, member, view, labels, gen):
+        loss = (view - 0.5).pow(2).mean()
+        return loss, torch.stack([loss.detach(), torch.tensor(float("nan")), torch.tensor(float("inf"))])
+
+
+def test_every_non_finite_term_is_named(tiny_inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(distill, "make_objective", lambda *a: ThreeTerms())
+    cfg = tiny("distill.iterations=1")
+    metrics = distill.run_shard(cfg, tiny_inputs, tmp_path, "teddy", 1, 0, (0, 1), "cpu", Recorder())
+    assert metrics["health"] == ["diverged: non-finite synthesis loss (extra, more)"]
+    batches = distill.batches_of(cfg, 10, 1)  # one step per batch: the rates still agree
+    per_iteration = sum(len(b.labels) for b in batches) / len(batches)
+    assert metrics["iter_s"] * metrics["images_per_s"] == pytest.approx(per_iteration)
