@@ -14,6 +14,7 @@ is added for start-up).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -48,7 +49,7 @@ def runtimes_min(data) -> dict[str, int]:
     return {r.stage: math.ceil(2 * r.job_h * 60 + 10) for r in rows}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Cost:
     """FLOPs of one forward pass of one image, parameters, activation elements per image."""
 
@@ -70,6 +71,7 @@ class Row:
     notes: list[str] = field(default_factory=list)
 
 
+@functools.cache  # the same model's count is asked once per stage and config the estimate prices
 def arch_cost(arch: str, spec: models.InputSpec, width: int) -> Cost:
     """FLOPs/params/activations of one image on the meta device (no compute, no memory)."""
     from torch.utils.flop_counter import FlopCounterMode
