@@ -101,9 +101,27 @@ def tiny_soft_labels(tmp: Path, *extra: str) -> tuple[list[str], Path, Path, Pat
 
 
 # make test (xdist --dist loadscope) hands out modules in collection order: the whole-pipeline
-# modules first, longest first, so both workers start the long builds at once and the short tests
-# fill the end, instead of a worker starting a several-minute module when the rest is done
-LONGEST_FIRST = ("test_pipeline_dvc", "test_pipeline_e2e", "test_paper_scale_e2e", "test_gpu_check")
+# modules first, then every module of ten seconds or more, longest first (their durations in make
+# test, 2026-12-08), so both workers start the long builds at once and the short tests fill the end,
+# instead of one worker running a long module while the other has nothing left
+LONGEST_FIRST = (
+    "test_pipeline_dvc",
+    "test_pipeline_e2e",
+    "test_paper_scale_e2e",
+    "test_gpu_check",
+    "test_preemption",
+    "test_distributed",
+    "test_studies",
+    "test_interrupted_workflow",
+    "test_tracking_outage",
+    "test_distill",
+    "test_workflow",
+    "test_stale_checkpoints",
+    "test_extending",
+    "test_tracking",
+    "test_cli_smoke",
+    "test_pool",
+)
 
 
 def pytest_collection_modifyitems(config, items):
