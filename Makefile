@@ -28,10 +28,13 @@ run: $(STAMP)
 	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --config study=$(STUDY)
 	@echo "Results: results/<dataset>/$(STUDY)/report/summary.md — MLflow: make mlflow-ui"
 
-# pytest-xdist: one worker per core (2 here), one torch thread per worker (tests/conftest.py)
+# pytest-xdist: one worker per core (2 here), one torch thread per worker (tests/conftest.py); a
+# module stays on one worker (its shared fixtures), handed out in tests/conftest.py's order (longest
+# first): without --no-loadscope-reorder xdist sorts modules by their number of tests, which sent the
+# few-test, minutes-long pipeline modules last
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope -m "not slurm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m "not slurm" $(PYTEST_ARGS)
 
 # The suite without the whole-pipeline tests (marked slow): a few minutes, for iterating.
 test-quick: $(STAMP)

@@ -100,7 +100,8 @@ def tiny_soft_labels(tmp: Path, *extra: str) -> tuple[list[str], Path, Path, Pat
     return cfg, d, p, s, soft
 
 
-# make test (xdist --dist loadscope) hands out modules in collection order: the whole-pipeline
+# make test (xdist --dist loadscope --no-loadscope-reorder) hands out modules in collection order
+# (xdist's default reorder would sort them by their number of tests instead): the whole-pipeline
 # modules first, then every module of ten seconds or more, longest first (their durations in make
 # test, 2026-12-08), so both workers start the long builds at once and the short tests fill the end,
 # instead of one worker running a long module while the other has nothing left
