@@ -64,6 +64,14 @@ def relabel_args(p: Path, s: Path) -> list[str]:
     return ["--synthetic", str(s), "--pool", str(p), "--seed", "0"]
 
 
+# `teddy report`'s grid for the one evaluation tiny_soft_labels' set gives: random, IPC 2, a ConvNet
+REPORT_ONE_RANDOM = [
+    *("--set", "distill.methods=[random]"),
+    *("--set", "distill.ipcs=[2]"),
+    *("--set", "evaluate.archs=[convnet]"),
+]
+
+
 def evaluate_args(d: Path, s: Path, r: Path, arch: str = "convnet") -> list[str]:
     """``teddy evaluate`` inputs: data ``d``, synthetic set ``s``, soft labels ``r`` (seed 0)."""
     return ["--data", str(d), "--synthetic", str(s), "--soft-labels", str(r), "--arch", arch, "--seed", "0"]

@@ -9,7 +9,7 @@ import pytest
 
 from teddy import cli
 
-from ..conftest import evaluate_args, tiny_soft_labels
+from ..conftest import REPORT_ONE_RANDOM, evaluate_args, tiny_soft_labels
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,7 @@ def test_the_report_names_flagged_runs(tiny, tmp_path):
                 "report",
                 *cfg,
                 *[a for o in diverging for a in ("--set", o)],
-                "--set",
-                "distill.methods=[random]",
-                "--set",
-                "distill.ipcs=[2]",
-                "--set",
-                "evaluate.archs=[convnet]",
+                *REPORT_ONE_RANDOM,
                 "--evaluations",
                 str(ev),
                 "--out",

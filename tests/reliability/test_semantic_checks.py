@@ -13,7 +13,7 @@ import torch
 from teddy import cli
 from teddy.io import artifacts
 
-from ..conftest import evaluate_args, tiny_soft_labels
+from ..conftest import REPORT_ONE_RANDOM, evaluate_args, tiny_soft_labels
 
 
 @pytest.fixture(scope="module")
@@ -141,14 +141,7 @@ def test_a_report_refuses_runs_made_under_another_protocol(tiny, tmp_path, capsy
     would pair and print under a protocol they were not made with: refused, naming the key, its two
     values and a folder; nothing written."""
     cfg, data, pool, syn, soft = tiny
-    grid = [
-        "--set",
-        "distill.methods=[random]",
-        "--set",
-        "distill.ipcs=[2]",
-        "--set",
-        "evaluate.archs=[convnet]",
-    ]
+    grid = REPORT_ONE_RANDOM
     ev = tmp_path / "ev"
     argv = ["evaluate", *cfg, *evaluate_args(data, syn, soft), "--set", "evaluate.lr=0.05", "--out", str(ev)]
     assert cli.main(argv) == 0
