@@ -15,7 +15,7 @@ from teddy.io.files import ArtifactError, atomic_path, read_json, write_json
 from teddy.method import registry
 from teddy.protocol import full_data_ipc, full_data_row
 from teddy.runtime.provenance import git_sha, provenance
-from teddy.workflow.params import param_keys
+from teddy.workflow.params import lookup, param_keys
 from teddy.workflow.plan import evaluation_grid
 
 log = logging.getLogger(__name__)
@@ -132,22 +132,23 @@ def collect_row(eval_dir: Path) -> dict:
 _ABSENT = "<absent>"  # a key the recorded config does not have (written before the key existed)
 
 
-def _recorded(data, key: str):
-    for part in key.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return _ABSENT
-        data = data[part]
-    return data
+def _recorded(data: dict, key: str):
+    try:
+        return lookup(data, key)
+    except (KeyError, TypeError):
+        return _ABSENT
 
 
-def protocol_mismatches(cfg, eval_dir: Path, seen: dict | None = None) -> list[tuple[str, str, str, str]]:
+def protocol_mismatches(
+    want: dict, eval_dir: Path, seen: dict | None = None
+) -> list[tuple[str, str, str, str]]:
     """How the jobs behind one evaluation ran under other settings than ``cfg`` states: per job
     (evaluate, the relabel it read, the distill that made its set), every key its result depends on
     (teddy.workflow.params.param_keys: the keys whose change makes Snakemake rerun it) whose value
     in the job's own config.resolved.yaml differs from ``cfg``'s, as (folder, key, ran, here).
-    ``seen`` caches the jobs already compared (a set's relabel and distill serve every student)."""
+    ``want`` is the report's config as a plain dict; ``seen`` caches the jobs already compared (a set's
+    relabel and distill serve every student)."""
     seen = {} if seen is None else seen
-    want = to_dict(cfg)
     ev = read_json(eval_dir / "metrics.json")
     jobs = [("evaluate", eval_dir, None)]
     if "soft_labels" in ev["inputs"]:
@@ -162,11 +163,8 @@ def protocol_mismatches(cfg, eval_dir: Path, seen: dict | None = None) -> list[t
             else:
                 ran = config.read_yaml(resolved)
                 keys = param_keys(want, stage, method)
-                found = [
-                    (str(folder), key, repr(_recorded(ran, key)), repr(_recorded(want, key)))
-                    for key in keys
-                    if _recorded(ran, key) != _recorded(want, key)
-                ]
+                pairs = {key: (_recorded(ran, key), _recorded(want, key)) for key in keys}
+                found = [(str(folder), k, repr(a), repr(b)) for k, (a, b) in pairs.items() if a != b]
             seen[folder, method] = found
         problems += seen[folder, method]
     return problems
@@ -177,7 +175,8 @@ def check_protocol(cfg, eval_dirs: list[Path]) -> None:
     of an earlier config, results copied in from another study): an ArtifactError naming each
     differing key with its two values, how many job folders ran with it, and one of them."""
     seen: dict = {}
-    problems = [p for d in eval_dirs for p in protocol_mismatches(cfg, d, seen)]
+    want = to_dict(cfg)
+    problems = [p for d in eval_dirs for p in protocol_mismatches(want, d, seen)]
     if not problems:
         return
     folders: dict[tuple[str, str, str], list[str]] = {}
