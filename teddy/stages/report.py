@@ -139,16 +139,13 @@ def _recorded(data: dict, key: str):
         return _ABSENT
 
 
-def protocol_mismatches(
-    want: dict, eval_dir: Path, seen: dict | None = None
-) -> list[tuple[str, str, str, str]]:
-    """How the jobs behind one evaluation ran under other settings than ``cfg`` states: per job
-    (evaluate, the relabel it read, the distill that made its set), every key its result depends on
-    (teddy.workflow.params.param_keys: the keys whose change makes Snakemake rerun it) whose value
-    in the job's own config.resolved.yaml differs from ``cfg``'s, as (folder, key, ran, here).
-    ``want`` is the report's config as a plain dict; ``seen`` caches the jobs already compared (a set's
-    relabel and distill serve every student)."""
-    seen = {} if seen is None else seen
+def protocol_mismatches(want: dict, eval_dir: Path, seen: dict) -> list[tuple[str, str, str, str]]:
+    """How the jobs behind one evaluation ran under other settings than the report's config ``want``
+    (a plain dict) states: per job (evaluate, the relabel it read, the distill that made its set),
+    every key its result depends on (teddy.workflow.params.param_keys: the keys whose change makes
+    Snakemake rerun it) whose value in the job's own config.resolved.yaml differs, as (folder, key,
+    ran, here). ``seen`` keeps the jobs already compared (a set's relabel and distill serve every
+    student)."""
     ev = read_json(eval_dir / "metrics.json")
     jobs = [("evaluate", eval_dir, None)]
     if "soft_labels" in ev["inputs"]:
