@@ -76,7 +76,9 @@ def arch_cost(arch: str, spec: models.InputSpec, width: int) -> Cost:
     """FLOPs/params/activations of one image on the meta device (no compute, no memory)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = models.create_model(arch, spec, width=width).to("meta")  # some builders compute on tensors
+    # eval: one image through a model whose last maps are 1×1 (ResNet on 8-px digits) is no batch for
+    # batch norm's training statistics; the count of FLOPs is the same
+    model = models.create_model(arch, spec, width=width).to("meta").eval()  # builders compute on tensors
     x = torch.empty(1, spec.channels, spec.image_size, spec.image_size, device="meta")
     acts = [0]
 

@@ -40,6 +40,16 @@ def test_imagenet_counts_follow_the_config():
     )
 
 
+def test_a_model_whose_last_maps_are_one_pixel_is_counted():
+    """ResNet-18 on 8-px digits (the quickstart's students) ends in 1×1 maps: one image is no batch for
+    batch norm's training statistics, so the count runs the model in eval mode (same FLOPs)."""
+    digits = estimate.models.InputSpec(10, 1, 8, (0.5,), (0.2,))
+    r18 = estimate.arch_cost("resnet18", digits, 0)
+    assert r18.params == 11_172_810 and r18.flops > 0  # 3×3 stem, 10 classes
+    rows, _ = rows_of(paths=[ROOT / "config" / "studies" / "quickstart.yaml"])
+    assert rows["evaluate"].flops > 0
+
+
 def test_counts_the_files_when_the_root_is_there(tmp_path, capsys):
     root = miniature.make("tiny_imagenet", tmp_path / "tiny", classes=3, train=4, val=2, size=16)
     paths = [BASE, ROOT / "config" / "experiments" / "tiny_imagenet.yaml"]
