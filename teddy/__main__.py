@@ -1,5 +1,11 @@
 import sys
 
-from teddy.cli import main
+from teddy.runtime.jobserver import delegate
 
-sys.exit(main())
+# with TEDDY_JOB_SERVER set, a warm interpreter runs the command (teddy/runtime/jobserver.py)
+code = delegate()
+if code is None:
+    from teddy.cli import main
+
+    code = main()
+sys.exit(code)

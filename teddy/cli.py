@@ -220,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--out", default="results/INDEX.md", metavar="FILE")
     index.add_argument("--check", action="store_true", help="write nothing; exit 1 if --out is not current")
+    serve = sub.add_parser(
+        "job-server",
+        help="Import torch and MLflow once and run this machine's stage jobs in forks of it "
+        "(TEDDY_JOB_SERVER names its socket; with `-- COMMAND`, for that command's jobs).",
+    )
+    serve.add_argument("--socket", metavar="PATH", help="where to listen (default: a new private folder)")
+    serve.add_argument(
+        "--idle-timeout",
+        type=positive("--idle-timeout", float),
+        metavar="S",
+        help="stop after S s without a job",
+    )
+    serve.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ...: serve while it runs")
     mini = sub.add_parser(
         "make-miniature",
         help="Write a small copy of an image-file layout (from Fashion-MNIST or digits) to try a layout on.",
@@ -357,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_estimate(args)
     if args.stage == "index":
         return write_index(args)
+    if args.stage == "job-server":
+        return run_job_server(args)
     _, ins, sel = STAGES[args.stage]
     try:
         # after prepare-data the stages read its index: an image-file dataset's folder is not walked
@@ -405,6 +420,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"teddy {args.stage}: {problem}", file=sys.stderr)
         return 2
     return runner.run(args.stage, cfg, inputs, Path(args.out), selection, options)
+
+
+def run_job_server(args) -> int:
+    """``teddy job-server``: kept out of :func:`main`, whose imports are every stage's code (the
+    server's loop is not what a stage runs; the client, teddy/runtime/jobserver.py, is)."""
+    from teddy.runtime import serve_jobs
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return serve_jobs.main(args.socket, args.idle_timeout, command)
 
 
 def run_estimate(args) -> int:

@@ -15,6 +15,34 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: one worker per core, one
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def job_server(tmp_path_factory):
+    """One `teddy job-server` per test process: the stage jobs the tests start (Snakemake's, DVC's,
+    `python -m teddy` subprocesses) fork from it instead of importing torch and MLflow each time.
+    Jobs started before it listens run as fresh processes. TEDDY_TEST_JOB_SERVER=0: none (every job a
+    fresh interpreter, the path SLURM jobs take)."""
+    if os.environ.get("TEDDY_TEST_JOB_SERVER", "1") == "0":
+        yield None
+        return
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("job_server")
+    path = folder / "socket"
+    with open(folder / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "teddy", "job-server", "--socket", str(path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    os.environ["TEDDY_JOB_SERVER"] = str(path)
+    yield path
+    os.environ.pop("TEDDY_JOB_SERVER", None)
+    server.terminate()
+    server.wait(timeout=60)
+
+
 @pytest.fixture
 def tiny_cfg():
     from teddy import config
