@@ -23,9 +23,12 @@ $(STAMP): pyproject.toml constraints.txt
 # profiles/local: rerun-incomplete (an interrupted run's half-written outputs are redone), one retry
 # (a stage stopped by SIGTERM resumes from its checkpoint), keep-going.
 # STUDY: a study of config/studies/ (several: STUDY=a,b); `make run` builds the quickstart study.
+# `teddy job-server --`: the jobs fork from one interpreter that has imported torch and MLflow
+# (docs/slurm.md#a-warm-interpreter-for-local-jobs); JOB_SERVER= runs each job as a fresh process.
 STUDY ?= quickstart
+JOB_SERVER ?= $(BIN)/python -m teddy job-server --
 run: $(STAMP)
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --config study=$(STUDY)
+	$(JOB_SERVER) $(BIN)/snakemake --profile profiles/local --cores $(CORES) --config study=$(STUDY)
 	@echo "Results: results/<dataset>/$(STUDY)/report/summary.md — MLflow: make mlflow-ui"
 
 # pytest-xdist: one worker per core (2 here), one torch thread per worker (tests/conftest.py); a
@@ -61,7 +64,7 @@ dvc-yaml: $(STAMP)
 	$(BIN)/python -m teddy workflow dvc $(addprefix --study ,$(subst $(COMMA), ,$(STUDY))) $(addprefix --set ,$(DVC_SET))
 
 repro: dvc-yaml
-	$(BIN)/dvc repro
+	$(JOB_SERVER) $(BIN)/dvc repro
 
 # results/INDEX.md: one row per study (question, headline, where it ran, command, commit)
 index: $(STAMP)

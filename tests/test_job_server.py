@@ -218,3 +218,23 @@ def test_job_server_with_a_command_serves_its_jobs_and_exits_with_its_code(packa
     assert "started: teddy echo" in done.stderr
     socket_path = done.stderr.split("listening at ")[1].split()[0]
     assert not Path(socket_path).exists()
+
+
+def test_job_server_passes_a_sigterm_to_its_command_and_serves_until_it_ends(tmp_path):
+    """`make run` interrupted by SIGTERM: the command (Snakemake) gets it and may stop its jobs cleanly;
+    the server stays until the command ends and exits with its code."""
+    script = f'trap "echo stopping > {tmp_path}/seen; exit 3" TERM; sleep 100 >/dev/null 2>&1 & wait'
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "teddy", "job-server", "--", "sh", "-c", script],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while "listening at" not in (line := proc.stderr.readline()):
+        assert line and time.monotonic() < deadline, "the job server never listened"
+    time.sleep(0.5)  # the command's trap is set
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert (tmp_path / "seen").read_text() == "stopping\n"

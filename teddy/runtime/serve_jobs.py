@@ -219,7 +219,8 @@ class Server:
             if not done:
                 continue
             if pid == self.command_pid:
-                self.command_status = os.waitstatus_to_exitcode(status)
+                code = os.waitstatus_to_exitcode(status)
+                self.command_status = 128 - code if code < 0 else code  # a signal: the shell's 128 + N
                 self.command_pid, self.stopping = None, True
                 continue
             conn, t0, label = self.jobs.pop(pid)
