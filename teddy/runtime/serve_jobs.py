@@ -385,6 +385,14 @@ def main(socket_path: str | None, idle_s: float | None, command: list[str]) -> i
     start_env = {k: v for k, v in START_ENV.items() if k != stash}
     key = interpreter_key(start_env)
     missing = preload()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():  # a fork could not use CUDA again
+        print("teddy job-server: CUDA was initialised while importing; not serving", file=sys.stderr)
+        if not command:
+            return 1
+        import subprocess
+
+        return subprocess.call(command, env={**start_env, **returned})  # its jobs as fresh processes
     set_by_imports = {k: v for k, v in os.environ.items() if k not in start_env}
     server = Server(socket_path, key, set_by_imports, idle_s)
     if missing:
