@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 
+from teddy.runtime.job_child import run_child
 from teddy.runtime.jobserver import (
     START_ENV,
     THREAD_COUNTS,
@@ -177,7 +178,12 @@ class Server:
             pass
         label = " ".join(["teddy", *request["argv"][1:2]])
         self.jobs[pid] = (conn, time.monotonic(), label)
-        send_line(conn, {"pid": pid})
+        try:
+            send_line(conn, {"pid": pid})
+        except OSError:  # the caller left before its job started: the job goes (reaped later)
+            self.say(f"pid {pid}: its caller went away before it started; killing the job")
+            _kill_group(pid)
+            return
         conn.setblocking(False)
         self.selector.register(conn, selectors.EVENT_READ, pid)
         self.say(f"pid {pid} started: {label}")
@@ -203,10 +209,7 @@ class Server:
         except OSError:
             pass
         self.say(f"pid {pid}: its caller went away; killing the job")
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(pid)
 
     def _reap(self):
         import time
@@ -228,7 +231,8 @@ class Server:
                 {"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)}
             )
             self.say(f"pid {pid} {label}: {outcome} after {time.monotonic() - t0:.1f} s")
-            self.selector.unregister(conn)
+            if conn.fileno() != -1 and conn in self.selector.get_map():
+                self.selector.unregister(conn)
             try:
                 conn.setblocking(True)
                 send_line(conn, outcome)
@@ -239,10 +243,7 @@ class Server:
     def close(self):
         """Stop listening and end the jobs still running (their callers learn it)."""
         for pid in self.jobs:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(pid)
         for pid, (conn, _, _) in self.jobs.items():
             try:
                 os.waitpid(pid, 0)
@@ -255,109 +256,6 @@ class Server:
         self.listener.close()
         if os.path.exists(self.path):
             os.unlink(self.path)
-
-
-def run_child(request: dict, fds: list[int], set_by_imports: dict) -> int:
-    """In the forked child: become the caller's process (process group, standard streams, folder,
-    environment, ``sys.argv``/``sys.path``), import the package afresh and run ``python -m teddy``'s
-    module as the interpreter would, ending as it ends (non-daemon threads joined, atexit run)."""
-    import importlib
-    import runpy
-    import tempfile
-
-    os.setpgid(0, 0)
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-    for fd in fds:
-        if fd > 2:
-            os.close(fd)
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["env"])
-    for name, value in set_by_imports.items():  # as the imports would have in a fresh process
-        os.environ.setdefault(name, value)
-    tempfile.tempdir = None  # read from TMPDIR on first use
-    sys.argv, sys.path[:] = list(request["argv"]), request["path"]
-    for name in [m for m in sys.modules if m == "teddy" or m.startswith("teddy.")]:
-        del sys.modules[name]
-    importlib.invalidate_caches()
-    _fresh_interpreter_state(request["env"], request["key"]["unbuffered"])
-    jobserver = importlib.import_module("teddy.runtime.jobserver")  # the caller's copy
-    jobserver.SERVED = True  # its __main__ runs the command here rather than handing it over again
-    try:
-        runpy.run_module("teddy", run_name="__main__", alter_sys=True)
-        code = 0
-    except SystemExit as exc:
-        code = _exit_code(exc.code)
-    except KeyboardInterrupt:
-        _excepthook()
-        code = 128 + signal.SIGINT
-        _finish()
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-    except BaseException:  # noqa: BLE001 — an uncaught error ends the job as it ends python: traceback, 1
-        _excepthook()
-        code = 1
-    return _finish(code)
-
-
-def _fresh_interpreter_state(env: dict, unbuffered: bool) -> None:
-    """What a fresh interpreter would have that the server's forked copy does not: standard streams on
-    the caller's descriptors, unconfigured logging, the job's torch thread count, unseeded numpy."""
-    import io
-    import logging
-
-    encoding, errors = sys.stdout.encoding, sys.stdout.errors
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(open(0, "rb", closefd=False), encoding, errors)
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
-        open(1, "wb", closefd=False),
-        encoding,
-        errors,
-        line_buffering=unbuffered or os.isatty(1),
-        write_through=unbuffered,
-    )
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
-        open(2, "wb", closefd=False), encoding, "backslashreplace", line_buffering=True
-    )
-    root = logging.getLogger()
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-    root.setLevel(logging.WARNING)
-    threads = env.get("OMP_NUM_THREADS", "")
-    if threads.isdigit() and int(threads) > 0 and "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(int(threads))
-    if "numpy" in sys.modules:
-        sys.modules["numpy"].random.seed()  # a fresh process seeds it from the OS
-
-
-def _exit_code(code) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    print(code, file=sys.stderr)
-    return 1
-
-
-def _excepthook() -> None:
-    sys.excepthook(*sys.exc_info())
-
-
-def _finish(code: int = 0) -> int:
-    """Interpreter shutdown's steps that run Python code: join non-daemon threads, run atexit, flush."""
-    import atexit
-    import threading
-
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            code = code or 120
-    return code
 
 
 def main(socket_path: str | None, idle_s: float | None, command: list[str]) -> int:
@@ -420,3 +318,10 @@ def _listening(path: str) -> bool:
     finally:
         probe.close()
     return True
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone
+        pass
