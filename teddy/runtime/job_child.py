@@ -40,14 +40,14 @@ def run_child(request: dict, fds: list[int], set_by_imports: dict) -> int:
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc.code)
-    except KeyboardInterrupt:
-        _excepthook()
-        code = 128 + signal.SIGINT
+    except KeyboardInterrupt:  # python prints it, then dies of SIGINT
+        sys.excepthook(*sys.exc_info())
         _finish()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
+        code = 128 + signal.SIGINT  # not reached: the signal ends the process
     except BaseException:  # noqa: BLE001 — an uncaught error ends the job as it ends python: traceback, 1
-        _excepthook()
+        sys.excepthook(*sys.exc_info())
         code = 1
     return _finish(code)
 
@@ -88,10 +88,6 @@ def _exit_code(code) -> int:
         return code & 0xFF
     print(code, file=sys.stderr)
     return 1
-
-
-def _excepthook() -> None:
-    sys.excepthook(*sys.exc_info())
 
 
 def _finish(code: int = 0) -> int:

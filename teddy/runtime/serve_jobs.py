@@ -10,6 +10,7 @@ import sys
 
 from teddy.runtime.job_child import run_child
 from teddy.runtime.jobserver import (
+    ENV,
     START_ENV,
     THREAD_COUNTS,
     interpreter_key,
@@ -55,10 +56,10 @@ def preload() -> list[str]:
 class Server:
     """One listening socket; a forked child per job; a single thread (forking is safe)."""
 
-    def __init__(self, path: str, key: dict, set_by_imports: dict, idle_s: float | None = None, log=None):
+    def __init__(self, path: str, key: dict, set_by_imports: dict, idle_s: float | None = None):
         import selectors
 
-        self.path, self.idle_s, self.log = path, idle_s, log or sys.stderr
+        self.path, self.idle_s = path, idle_s
         self.key = key  # taken before the libraries were imported
         self.set_by_imports = set_by_imports  # environment variables the imports set (torch's inductor)
         self.jobs: dict[int, tuple[socket.socket, float, str]] = {}
@@ -77,7 +78,7 @@ class Server:
         self.selector.register(self.wake_r, selectors.EVENT_READ)
 
     def say(self, text: str) -> None:
-        print(f"teddy job-server: {text}", file=self.log, flush=True)
+        print(f"teddy job-server: {text}", file=sys.stderr, flush=True)
 
     def serve(self) -> int:
         """Serve until SIGTERM/SIGINT, the command's end, the parent's death or ``idle_s`` idle. With a
@@ -295,11 +296,11 @@ def main(socket_path: str | None, idle_s: float | None, command: list[str]) -> i
     server = Server(socket_path, key, set_by_imports, idle_s)
     if missing:
         server.say(f"not preloaded (each job imports it): {', '.join(missing)}")
-    server.say(f"listening at {socket_path} (export TEDDY_JOB_SERVER={socket_path})")
+    server.say(f"listening at {socket_path} (export {ENV}={socket_path})")
     if command:
         import subprocess
 
-        env = {**start_env, **returned, "TEDDY_JOB_SERVER": socket_path}
+        env = {**start_env, **returned, ENV: socket_path}
         try:
             server.command_pid = subprocess.Popen(command, env=env).pid
         except OSError as err:
